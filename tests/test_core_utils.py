@@ -1,0 +1,47 @@
+"""Small llmlab helpers: progress bars, plot style, the course facts."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from llmlab import course, plotting, progress  # noqa: E402
+
+
+def test_progress_counts_and_can_be_silenced(monkeypatch, capsys):
+    assert sum(progress.progress(range(5), desc="x")) == 10
+    monkeypatch.setenv(progress.PROGRESS_ENV, "0")
+    bar = progress.progress(range(3))
+    assert bar.disable and list(bar) == [0, 1, 2]
+
+
+def test_course_style_and_labels():
+    plotting.use_course_style()
+    assert matplotlib.rcParams["axes.grid"] is True
+    fig, ax = plt.subplots()
+    plotting.labelled(ax, "Loss", "step", "loss (nats)")
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("Loss", "step", "loss (nats)")
+    with pytest.raises(ValueError, match="ylabel"):
+        plotting.labelled(ax, "Loss", "step", "")
+    plt.close(fig)
+
+
+def test_colab_cell_installs_from_the_repository_without_torch():
+    cell = course.COLAB_SETUP_CELL
+    assert f"github.com/{course.REPOSITORY}@{course.BRANCH}" in cell
+    assert '"google.colab" in sys.modules' in cell
+    assert "torch" not in cell  # Colab's torch is never reinstalled
+    compile(cell, "colab-cell", "exec")
+
+
+def test_read_requirements(tmp_path):
+    lock = tmp_path / "r.txt"
+    lock.write_text("# c\nFoo_Bar==1.2 ; python_version > '3'\nbaz==0.1\n")
+    assert course.read_requirements(lock) == {"foo-bar": "1.2", "baz": "0.1"}
+    lock.write_text("foo>=1\n")
+    with pytest.raises(ValueError, match="expected 'name==version'"):
+        course.read_requirements(lock)
