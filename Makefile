@@ -1,7 +1,8 @@
 # LLM Lab: two commands on a fresh machine.
 #   make lab    set up .venv, fetch the offline models, open JupyterLab at chapter 00
 #   make test   the same set-up, then the whole test suite (what CI runs)
-# Other targets: labs (regenerate labs/), lint, doctor, assets, lock, clean.
+# Other targets: labs (regenerate labs/), chapters (re-execute chapters at full size),
+# lint, doctor, assets, lock, clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +16,7 @@ WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(2, os.cpu_count() or 1))")
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup lab test labs lint doctor assets lock clean
+.PHONY: setup lab test labs chapters lint doctor assets lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -c "import sys; assert sys.version_info >= (3, 11), 'LLM Lab needs Python >= 3.11, found ' + sys.version.split()[0]"
@@ -41,6 +42,10 @@ test: setup
 
 labs: $(STAMP)
 	$(PY) -m llmlab labs
+
+# Re-execute chapter notebooks in place at full size (NB=path to do one), to commit outputs.
+chapters: setup
+	$(PY) tools/run_chapters.py $(NB)
 
 lint: $(STAMP)
 	$(PY) -m ruff check utils tests tools chapters solutions

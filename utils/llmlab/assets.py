@@ -27,6 +27,7 @@ take the hub ids instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -290,8 +291,22 @@ def load_smollm2(dtype=None, device=None):
     from llmlab.env import pick_device
 
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+    with _quiet_transformers():  # a sub-second load needs no progress bar in the notebook
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
     return model.to(device or pick_device()).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 def load_minilm(device=None):
@@ -301,4 +316,5 @@ def load_minilm(device=None):
 
     from llmlab.env import pick_device
 
-    return SentenceTransformer(source, device=str(device or pick_device()))
+    with _quiet_transformers():
+        return SentenceTransformer(source, device=str(device or pick_device()))
