@@ -11,6 +11,8 @@ STAMP  := $(VENV)/.llmlab-installed
 START  := chapters/00_start_here/00_start_here.ipynb
 # Extra arguments for JupyterLab, e.g. make lab JUPYTER_ARGS="--no-browser --port 8899"
 JUPYTER_ARGS ?=
+# Jupyter refuses to run as root unless told; containers and CI machines often are root.
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # pytest workers: one per core, two at least (notebook tests wait on their kernels).
 WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(2, os.cpu_count() or 1))")
 export HF_HUB_OFFLINE ?= 1
@@ -32,7 +34,7 @@ assets: $(STAMP)
 	$(PY) -m llmlab assets fetch
 
 lab: setup
-	$(PY) -m jupyter lab $(JUPYTER_ARGS) $(START)
+	$(PY) -m jupyter lab --ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) $(JUPYTER_ARGS) $(START)
 
 test: setup
 	$(PY) -m llmlab doctor

@@ -59,9 +59,16 @@ def test_make_lab_serves_chapter_00(root, tmp_path):
         status, page = _get(f"{base}/lab?token={token}")
         assert status == 200 and b"JupyterLab" in page
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        _stop(server)
         log.close()
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Stop make and the Jupyter server it started (one process group)."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except ProcessLookupError:  # already gone (it failed to start)
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)

@@ -72,7 +72,7 @@ def main(python: str) -> None:
         [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()
-    body = "".join(f'      - "{pin}"\n' for pin in pins) + "      - -e .\n"
+    body = "".join(f"      - '{pin}'\n" for pin in pins) + "      - -e .\n"
     (ROOT / "environment.yml").write_text(ENV_HEADER.format(python=version) + body)
     print(f"locked {len(pins)} packages for Python {version}")
 

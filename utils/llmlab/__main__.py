@@ -3,7 +3,7 @@
     doctor                  what this machine has; exit status 1 when the course can't run
     assets fetch [KEY...]   download and prepare the offline models
     assets status           which assets are ready, and where
-    labs [--check]          regenerate labs/ from solutions/ (or only check they are current)
+    labs [--check]          regenerate labs/ and the README's chapter map (or check them)
     grade PATH... [...]     grade students' lab notebooks (see: python -m llmlab grade --help)
 """
 
@@ -29,15 +29,27 @@ def main(argv: list[str] | None = None) -> int:
     if command == "assets":
         return _assets(rest)
     if command == "labs":
-        from llmlab import labs
-
-        return labs.main(rest)
+        return _labs(rest)
     if command == "grade":
         from llmlab import grading
 
         return grading.main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def _labs(args: list[str]) -> int:
+    """Regenerate labs/ from solutions/, then the README's chapter map (it lists the labs)."""
+    from llmlab import course, labs
+
+    status = labs.main(args)
+    root = course.repo_root()
+    if status == 0 and root is not None:
+        stale = course.update_readme(root, check="--check" in args)
+        if stale and "--check" in args:
+            print("README.md: the chapter map is out of date (run: make labs)")
+            return 1
+    return status
 
 
 def _assets(args: list[str]) -> int:

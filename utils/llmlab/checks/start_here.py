@@ -1,0 +1,178 @@
+"""Checks of chapter 00's warm-up lab: softmax, log-softmax, cross-entropy, temperature.
+
+Each ``check_NAME(fn)`` compares ``fn`` with ``reference_NAME`` on named cases, prints one line
+and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the lab keeps using::
+
+    softmax = check_stable_softmax(softmax).fn
+
+Inputs come from a private generator seeded here, so a check never moves the notebook's seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from llmlab.checks import Case, CheckResult, run_check
+
+# --------------------------------------------------------------------------------------------
+# References: what a correct answer returns (built on PyTorch's own implementations)
+
+
+def reference_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax of ``x`` along ``dim``: same shape and dtype as ``x``, sums to 1 along ``dim``."""
+    return torch.softmax(x, dim=dim)
+
+
+def reference_log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Log of the softmax of ``x`` along ``dim``, computed without overflow or log(0)."""
+    return torch.log_softmax(x, dim=dim)
+
+
+def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of ``targets`` under ``logits``.
+
+    logits: (..., vocab) float; targets: (...) int64 in [0, vocab). Returns a 0-dim tensor.
+    """
+    vocab = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+
+
+def reference_apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature``; raises ValueError unless temperature is a finite number > 0."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, received {temperature!r}")
+    return logits / temperature
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """Standard-normal values of ``shape`` from a private generator (global seed untouched)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, dtype=dtype)
+
+
+def _masked(seed: int = 0) -> torch.Tensor:
+    """(3, 6) logits with some entries -inf, as a causal mask makes them; every row keeps one."""
+    x = _randn(3, 6, seed=seed)
+    mask = torch.ones(3, 6, dtype=torch.bool).triu(diagonal=1)
+    return x.masked_fill(mask, float("-inf"))
+
+
+def _different_scales() -> torch.Tensor:
+    """(2, 5): one row around +1000, one around 0. A max over the whole tensor breaks row 2."""
+    x = _randn(2, 5, seed=3)
+    x[0] += 1000.0
+    return x
+
+
+def _logit_cases() -> list[Case]:
+    """Inputs shared by softmax and log-softmax: odd shapes, a non-last dim, huge values."""
+    return [
+        Case("1-D vector of 5", (_randn(5, seed=1),)),
+        Case("(3, 7) rows", (_randn(3, 7, seed=2),)),
+        Case("(2, 3, 5) along the last dim", (_randn(2, 3, 5, seed=4),)),
+        Case("(2, 3, 5) along dim=1", (_randn(2, 3, 5, seed=5),), {"dim": 1},
+             hint="reduce along `dim`, not always the last axis; keepdim=True keeps shapes "
+                  "broadcastable."),
+        Case("(4, 3) along dim=0", (_randn(4, 3, seed=6),), {"dim": 0},
+             hint="reduce along `dim`, not always the last axis."),
+        Case("large logits (around 1000)", (1000.0 + 10 * _randn(2, 5, seed=7),),
+             hint="exp(1000) overflows to inf; subtract the max along `dim` before exp."),
+        Case("very negative logits (around -1000)", (-1000.0 + 10 * _randn(2, 5, seed=8),),
+             hint="exp(-1000) underflows to 0; subtract the max along `dim` before exp."),
+        Case("rows on very different scales", (_different_scales(),),
+             hint="take the max of each row (along `dim`, keepdim=True), not of the whole "
+                  "tensor."),
+        Case("masked entries (-inf)", (_masked(seed=9),),
+             hint="exp(-inf) is 0; make sure -inf entries do not turn into NaN."),
+        Case("float64 input", (_randn(3, 4, dtype=torch.float64, seed=10),),
+             hint="keep the input's dtype: do not convert to float32."),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_stable_softmax(softmax: Callable) -> CheckResult:
+    """Check ``softmax(x, dim=-1)`` against :func:`reference_softmax`."""
+    return run_check(
+        "stable_softmax", softmax, reference_softmax, _logit_cases(),
+        hint="exp(x - max) / sum of exp(x - max), both along `dim` with keepdim=True.",
+    )
+
+
+def _spread_case() -> Case:
+    """Log-softmax of [0, -200]: its softmax underflows to 0 in float32, so log gives -inf."""
+    x = torch.tensor([[0.0, -200.0, 1.0], [3.0, 2.0, -150.0]])
+    return Case("entries far below the max", (x,),
+                hint="log(softmax(x)) gives log(0) = -inf for tiny probabilities; compute "
+                     "x - max - log(sum(exp(x - max))) instead.")
+
+
+def check_log_softmax(log_softmax: Callable) -> CheckResult:
+    """Check ``log_softmax(x, dim=-1)`` against :func:`reference_log_softmax`."""
+    return run_check(
+        "log_softmax", log_softmax, reference_log_softmax, [*_logit_cases(), _spread_case()],
+        hint="log_softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log(sum(exp(x - m))) "
+             "and m the max along `dim`.",
+    )
+
+
+def _targets(*shape: int, vocab: int, seed: int) -> torch.Tensor:
+    """Random int64 token ids in [0, vocab) of ``shape``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, shape, generator=generator)
+
+
+def check_cross_entropy(cross_entropy: Callable) -> CheckResult:
+    """Check ``cross_entropy(logits, targets)`` against :func:`reference_cross_entropy`."""
+    large = 1000.0 * _randn(4, 10, seed=13)
+    large_targets = large.argmin(dim=-1)  # the least likely token: its probability underflows
+    cases = [
+        Case("(4, 10) logits", (_randn(4, 10, seed=11), _targets(4, vocab=10, seed=12)),
+             hint="average over the examples (mean, not sum)."),
+        Case("one example (1, 5)", (_randn(1, 5, seed=14), _targets(1, vocab=5, seed=15))),
+        Case("(2, 3, 7) logits, (2, 3) targets",
+             (_randn(2, 3, 7, seed=16), _targets(2, 3, vocab=7, seed=17)),
+             hint="flatten to (N, vocab) and (N,) first; the mean is over all positions."),
+        Case("large logits (x1000)", (large, large_targets),
+             hint="use a stable log_softmax (x - logsumexp(x)), not log(softmax(x))."),
+        Case("float64 logits", (_randn(3, 6, dtype=torch.float64, seed=18),
+                                _targets(3, vocab=6, seed=19))),
+    ]
+    return run_check(
+        "cross_entropy", cross_entropy, reference_cross_entropy, cases,
+        hint="-log_softmax(logits, dim=-1) at each target id, averaged over positions "
+             "(a 0-dim tensor).",
+    )
+
+
+def check_apply_temperature(apply_temperature: Callable) -> CheckResult:
+    """Check ``apply_temperature(logits, temperature)``, bad temperatures included."""
+    validate = "check the temperature first: raise ValueError unless it is a finite number > 0."
+    cases = [
+        Case("temperature 1 leaves logits unchanged", (_randn(5, seed=20), 1.0)),
+        Case("temperature 0.5 sharpens", (_randn(3, 7, seed=21), 0.5),
+             hint="divide the logits by the temperature."),
+        Case("temperature 2 flattens (2, 3, 5)", (_randn(2, 3, 5, seed=22), 2.0),
+             hint="divide the logits by the temperature."),
+        Case("integer temperature 3", (_randn(4, seed=23), 3)),
+        Case("temperature 0 is rejected", (_randn(5, seed=24), 0.0), raises=ValueError,
+             hint=validate),
+        Case("negative temperature is rejected", (_randn(5, seed=25), -1.0), raises=ValueError,
+             hint=validate),
+        Case("infinite temperature is rejected", (_randn(5, seed=26), float("inf")),
+             raises=ValueError, hint=validate),
+    ]
+    return run_check(
+        "apply_temperature", apply_temperature, reference_apply_temperature, cases,
+        hint="return logits / temperature.",
+    )
