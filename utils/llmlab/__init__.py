@@ -23,6 +23,7 @@ _SUBMODULES = {
     "notebooks",
     "plotting",
     "progress",
+    "attention", "blocks", "ffn", "norms", "positional", "seq2seq",  # chapter 01
 }
 
 

@@ -1,0 +1,340 @@
+"""Position information for attention: sinusoidal, learned, RoPE and ALiBi.
+
+Attention alone is blind to order (permute the keys and values together and the output does
+not change), so every Transformer injects positions somewhere:
+
+- added to the token embeddings: :func:`sinusoidal_encoding` (Vaswani et al. 2017) or a
+  :class:`LearnedPositionalEmbedding` table (GPT-2, BERT);
+- rotating q and k inside attention: RoPE (Su et al. 2021; LLaMA, SmolLM2), see
+  :func:`rope_frequencies`, :func:`apply_rotary`, :class:`RotaryEmbedding`;
+- a bias on the attention scores: ALiBi (Press et al. 2022), see :func:`alibi_bias`.
+
+RoPE convention. Here RoPE uses the **rotate-half** layout of HF LLaMA (GPT-NeoX): dimension i
+of the first half pairs with dimension i + head_dim/2, and the pair rotates by angle
+position * theta_i, theta_i = base^(-2i/head_dim). The RoFormer paper (and Meta's original
+LLaMA code) pairs *adjacent* dimensions (2i, 2i+1) instead; the two differ by a fixed
+permutation of q's and k's dimensions, which leaves q.k unchanged, but checkpoints are saved in
+one layout or the other. This one matches ``transformers`` and SmolLM2 exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "sinusoidal_encoding",
+    "SinusoidalPositionalEmbedding",
+    "LearnedPositionalEmbedding",
+    "rope_inverse_frequencies",
+    "rope_frequencies",
+    "rotate_half",
+    "apply_rotary",
+    "RotaryEmbedding",
+    "alibi_slopes",
+    "alibi_bias",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Absolute positions, added to the embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def sinusoidal_encoding(
+    seq: int,
+    d_model: int,
+    base: float = 10000.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The fixed encoding of "Attention Is All You Need", shape (seq, d_model).
+
+    PE[pos, 2i] = sin(pos / base^(2i/d_model)), PE[pos, 2i+1] = cos(pos / base^(2i/d_model)):
+    each pair of dimensions is a clock at its own frequency, from one turn per 2*pi positions
+    (i = 0) to one per 2*pi*base positions, so PE[pos + k] is a fixed rotation of PE[pos].
+    """
+    _check_positive_int(seq, "seq")
+    _check_positive_int(d_model, "d_model")
+    if d_model % 2:
+        raise ValueError(f"d_model: expected an even number (sin/cos pairs), got {d_model}")
+    position = torch.arange(seq, device=device, dtype=torch.float32)[:, None]
+    inv_freq = base ** (-torch.arange(0, d_model, 2, device=device, dtype=torch.float32) / d_model)
+    angle = position * inv_freq  # (seq, d_model / 2)
+    pe = torch.empty(seq, d_model, device=device, dtype=torch.float32)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle)
+    return pe.to(dtype)
+
+
+class SinusoidalPositionalEmbedding(nn.Module):
+    """:func:`sinusoidal_encoding` as a module: positions (...) -> (..., d_model); no parameters.
+
+    The table holds ``max_seq`` positions (a non-persistent buffer, so checkpoints stay small);
+    it is the same interface as :class:`LearnedPositionalEmbedding`, so models can swap them.
+    """
+
+    def __init__(self, max_seq: int, d_model: int, base: float = 10000.0):
+        super().__init__()
+        self.max_seq = max_seq
+        self.d_model = d_model
+        self.register_buffer("table", sinusoidal_encoding(max_seq, d_model, base), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        _check_positions(positions, self.max_seq)
+        return self.table[positions]
+
+
+class LearnedPositionalEmbedding(nn.Embedding):
+    """One trained vector per position (GPT-2's ``wpe``, BERT's position embeddings).
+
+    positions (...) -> (..., d_model). It cannot represent positions >= ``max_seq``: the reason
+    learned tables do not extrapolate to longer inputs.
+    """
+
+    def __init__(self, max_seq: int, d_model: int):
+        _check_positive_int(max_seq, "max_seq")
+        _check_positive_int(d_model, "d_model")
+        super().__init__(max_seq, d_model)
+        self.max_seq = max_seq
+        self.d_model = d_model
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        _check_positions(positions, self.max_seq)
+        return super().forward(positions)
+
+
+# --------------------------------------------------------------------------------------------
+# RoPE: rotary position embedding
+# --------------------------------------------------------------------------------------------
+
+
+def rope_inverse_frequencies(
+    head_dim: int, base: float = 10000.0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """theta_i = base^(-2i/head_dim) for i = 0 .. head_dim/2 - 1, float32 (head_dim / 2,)."""
+    _check_positive_int(head_dim, "head_dim")
+    if head_dim % 2:
+        raise ValueError(
+            f"head_dim: expected an even number (dimensions rotate in pairs), got {head_dim}"
+        )
+    return 1.0 / (
+        base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    )
+
+
+def _rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # The same float32 operations as transformers' LlamaRotaryEmbedding, so results are bitwise equal.
+    freqs = positions[..., None].float() * inv_freq  # (..., head_dim / 2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout: angle i serves dims i and i + d/2
+    return emb.cos(), emb.sin()
+
+
+def rope_frequencies(
+    head_dim: int,
+    max_seq: int,
+    base: float = 10000.0,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for positions 0 .. max_seq - 1, each (max_seq, head_dim), float32.
+
+    Row m holds cos(m * theta_i) and sin(m * theta_i), with angle i repeated at dims i and
+    i + head_dim/2 (the rotate-half layout; see the module docstring).
+    """
+    _check_positive_int(max_seq, "max_seq")
+    inv_freq = rope_inverse_frequencies(head_dim, base, device)
+    return _rope_cos_sin(torch.arange(max_seq, device=device), inv_freq)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim: a 90-degree turn of each pair."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rotate q or k by their positions: x * cos + rotate_half(x) * sin.
+
+    x: (batch, heads, seq, head_dim). cos, sin: a table (max_seq, head_dim) from
+    :func:`rope_frequencies`, or per-batch values (batch, seq, head_dim) from
+    :class:`RotaryEmbedding`. positions: None (x holds positions 0 .. seq-1: the first seq rows
+    of a table), or (seq,) / (batch, seq) integer positions to look up in the table (e.g. the
+    offset positions of new tokens with a KV cache, or left-padded batches).
+
+    Afterwards (R_m q) . (R_n k) = q . R_(n-m) k: the score depends on the offset n - m only.
+    Computed in x's dtype, as in transformers.
+    """
+    _check_dims(x, 4, "x", "(batch, heads, seq, head_dim)")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+    batch, _, seq, head_dim = x.shape
+    if head_dim % 2:
+        raise ValueError(f"x: expected an even head_dim, got shape {tuple(x.shape)}")
+    for t, name in ((cos, "cos"), (sin, "sin")):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() not in (2, 3) or t.shape[-1] != head_dim:
+            raise ValueError(
+                f"{name}: expected (max_seq, {head_dim}) or (batch, seq, {head_dim}), "
+                f"got shape {tuple(t.shape)}"
+            )
+    if cos.shape != sin.shape:
+        raise ValueError(
+            f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}"
+        )
+
+    if positions is not None:
+        if cos.dim() != 2:
+            raise ValueError(
+                f"cos: positions index a table (max_seq, head_dim), got shape {tuple(cos.shape)}"
+            )
+        if positions.dim() not in (1, 2) or positions.shape[-1] != seq:
+            raise ValueError(
+                f"positions: expected ({seq},) or (batch, {seq}), got shape {tuple(positions.shape)}"
+            )
+        _check_positions(positions, cos.shape[0])
+        cos, sin = cos[positions], sin[positions]  # (seq, head_dim) or (batch, seq, head_dim)
+    elif cos.dim() == 2:
+        if cos.shape[0] < seq:
+            raise ValueError(
+                f"cos: expected at least {seq} rows (x's seq), got shape {tuple(cos.shape)}"
+            )
+        cos, sin = cos[:seq], sin[:seq]
+    elif cos.shape[1] != seq or cos.shape[0] not in (1, batch):
+        raise ValueError(
+            f"cos: expected shape ({batch}, {seq}, {head_dim}), got {tuple(cos.shape)}"
+        )
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE as a module: positions (seq,) or (batch, seq) -> (cos, sin), each (..., head_dim).
+
+    Computed on the fly from the inverse frequencies (no length limit, for length-extrapolation
+    experiments), exactly as transformers' ``LlamaRotaryEmbedding``. A model computes (cos, sin)
+    once per forward and hands them to every attention layer
+    (``MultiHeadAttention(..., rope=(cos, sin))``).
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        self.register_buffer("inv_freq", rope_inverse_frequencies(head_dim, base), persistent=False)
+
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(positions, torch.Tensor) or positions.is_floating_point():
+            raise TypeError(f"positions: expected an integer tensor, got {_describe(positions)}")
+        if positions.dim() not in (1, 2):
+            raise ValueError(
+                f"positions: expected (seq,) or (batch, seq), got shape {tuple(positions.shape)}"
+            )
+        cos, sin = _rope_cos_sin(positions, self.inv_freq)
+        if dtype is not None:
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos, sin
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}"
+
+
+# --------------------------------------------------------------------------------------------
+# ALiBi: attention with linear biases
+# --------------------------------------------------------------------------------------------
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """The per-head slopes m of ALiBi, float32 (n_heads,).
+
+    For n heads (a power of 2) the geometric sequence starting at and with ratio 2^(-8/n):
+    for 8 heads 1/2, 1/4, ..., 1/256. Otherwise, as in the paper's code: the slopes of the
+    closest smaller power of 2, then every other slope of the next power of 2.
+    """
+    _check_positive_int(n_heads, "n_heads")
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        slopes = power_of_2(n_heads)
+    else:
+        closest = 2 ** math.floor(math.log2(n_heads))
+        slopes = power_of_2(closest) + power_of_2(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(
+    n_heads: int,
+    seq_q: int,
+    seq_k: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Additive ALiBi bias (1, n_heads, seq_q, seq_k): -m_h * |distance between query and key|.
+
+    The queries are the last seq_q of the seq_k positions (as :func:`llmlab.attention.causal_mask`
+    aligns them). With a causal mask this is the paper's bias m * [-(i-1), ..., -1, 0]; the
+    symmetric |i - j| also serves bidirectional encoders. Pass it as the float ``mask`` of
+    attention, combined with the causal mask by ``llmlab.attention.combine_masks``.
+    """
+    seq_k = seq_q if seq_k is None else seq_k
+    _check_positive_int(seq_q, "seq_q")
+    _check_positive_int(seq_k, "seq_k")
+    q_pos = torch.arange(seq_k - seq_q, seq_k, device=device)[:, None]
+    k_pos = torch.arange(seq_k, device=device)[None, :]
+    distance = (q_pos - k_pos).abs().float()  # (seq_q, seq_k)
+    slopes = alibi_slopes(n_heads).to(device)
+    return (-slopes[:, None, None] * distance).unsqueeze(0).to(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(x) -> str:
+    return f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected >= 1, got {value}")
+
+
+def _check_dims(x, ndim: int, name: str, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims {layout}, got shape {tuple(x.shape)}")
+
+
+def _check_positions(positions, max_seq: int) -> None:
+    if (
+        not isinstance(positions, torch.Tensor)
+        or positions.is_floating_point()
+        or positions.dtype == torch.bool
+    ):
+        raise TypeError(f"positions: expected an integer tensor, got {_describe(positions)}")
+    if positions.numel() and (positions.min() < 0 or positions.max() >= max_seq):
+        raise ValueError(
+            f"positions: expected values in [0, {max_seq}) (max_seq={max_seq}), "
+            f"got min {int(positions.min())}, max {int(positions.max())}"
+        )
