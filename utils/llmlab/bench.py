@@ -554,7 +554,7 @@ def compile_offline(
             )
     source = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
     target = GPUTarget("cuda", arch, 32)
-    from llmlab.kernels.softmax import _triton_library_for  # tl.max & co. in their GPU form
+    from llmlab.kernels.launch import _triton_library_for  # tl.max & co. in their GPU form
 
     with _triton_library_for(interpret=False):
         options = {"num_warps": num_warps, "num_stages": num_stages}

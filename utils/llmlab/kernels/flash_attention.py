@@ -39,7 +39,7 @@ import math
 import torch
 
 from llmlab import kernels
-from llmlab.kernels.softmax import TritonKernel
+from llmlab.kernels.launch import TritonKernel
 
 try:  # the reference path (laptops, CI without Triton) must import without Triton
     import triton.language as tl
