@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.positional import apply_rotary
+from llmlab.validate import check_dims, check_float, check_positive_int
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -106,8 +107,8 @@ def causal_mask(
     (``torch``'s ``is_causal=True`` aligns top-left instead; both agree when seq_q == seq_k.)
     """
     seq_k = seq_q if seq_k is None else seq_k
-    _check_positive_int(seq_q, "seq_q")
-    _check_positive_int(seq_k, "seq_k")
+    check_positive_int(seq_q, "seq_q")
+    check_positive_int(seq_k, "seq_k")
     if seq_k < seq_q:
         raise ValueError(
             f"seq_k: expected >= seq_q={seq_q} (the keys include the queries' own positions), "
@@ -212,8 +213,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Grouped-query attention: each key/value head serves ``n_rep`` consecutive query heads
     (query head h uses kv head h // n_rep), the layout of LLaMA's ``repeat_kv``.
     """
-    _check_dims(x, 4, "x", "(batch, kv_heads, seq, head_dim)")
-    _check_positive_int(n_rep, "n_rep")
+    check_dims(x, 4, "x", "(batch, kv_heads, seq, head_dim)")
+    check_positive_int(n_rep, "n_rep")
     if n_rep == 1:
         return x
     batch, kv_heads, seq, head_dim = x.shape
@@ -249,10 +250,10 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
     ):
         super().__init__()
-        _check_positive_int(d_model, "d_model")
-        _check_positive_int(n_heads, "n_heads")
+        check_positive_int(d_model, "d_model")
+        check_positive_int(n_heads, "n_heads")
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        _check_positive_int(n_kv_heads, "n_kv_heads")
+        check_positive_int(n_kv_heads, "n_kv_heads")
         if n_heads % n_kv_heads:
             raise ValueError(
                 f"n_kv_heads: expected a divisor of n_heads={n_heads}, got {n_kv_heads}"
@@ -263,7 +264,7 @@ class MultiHeadAttention(nn.Module):
                     f"n_heads: expected a divisor of d_model={d_model} (or pass head_dim), got {n_heads}"
                 )
             head_dim = d_model // n_heads
-        _check_positive_int(head_dim, "head_dim")
+        check_positive_int(head_dim, "head_dim")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
         self.d_model = d_model
@@ -296,14 +297,14 @@ class MultiHeadAttention(nn.Module):
         (self-attention only). With ``return_weights`` also returns the attention weights
         (batch, heads, seq_q, seq_k).
         """
-        _check_dims(x, 3, "x", "(batch, seq, d_model)")
-        _check_float(x, "x")
+        check_dims(x, 3, "x", "(batch, seq, d_model)")
+        check_float(x, "x")
         if x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x: expected last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
             )
         if context is not None:
-            _check_dims(context, 3, "context", "(batch, seq_k, d_model)")
+            check_dims(context, 3, "context", "(batch, seq_k, d_model)")
             if context.shape[0] != x.shape[0] or context.shape[-1] != self.d_model:
                 raise ValueError(
                     f"context: expected shape ({x.shape[0]}, seq_k, {self.d_model}), "
@@ -376,7 +377,7 @@ def naive_attention_memory(
     itemsize. FlashAttention never materialises ``scores``: only ``qkvo`` remains.
     """
     for value, name in ((seq, "seq"), (heads, "heads"), (head_dim, "head_dim"), (batch, "batch")):
-        _check_positive_int(value, name)
+        check_positive_int(value, name)
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -391,30 +392,11 @@ def naive_attention_memory(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected >= 1, got {value}")
-
-
-def _check_dims(x, ndim: int, name: str, layout: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name}: expected {ndim} dims {layout}, got shape {tuple(x.shape)}")
-
-
-def _check_float(x: torch.Tensor, name: str) -> None:
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-
-
 def _check_qkv(q, k, v) -> None:
-    _check_dims(q, 4, "q", "(batch, heads, seq_q, head_dim)")
-    _check_dims(k, 4, "k", "(batch, heads, seq_k, head_dim)")
-    _check_dims(v, 4, "v", "(batch, heads, seq_k, head_dim_v)")
-    _check_float(q, "q")
+    check_dims(q, 4, "q", "(batch, heads, seq_q, head_dim)")
+    check_dims(k, 4, "k", "(batch, heads, seq_k, head_dim)")
+    check_dims(v, 4, "v", "(batch, heads, seq_k, head_dim_v)")
+    check_float(q, "q")
     for t, name in ((k, "k"), (v, "v")):
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: expected dtype {q.dtype} (the dtype of q), got {t.dtype}")

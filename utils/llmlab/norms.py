@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmlab.validate import check_positive_int
+
 __all__ = ["LayerNorm", "RMSNorm", "make_norm", "NORMS"]
 
 
@@ -26,7 +28,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
-        _check_positive_int(d_model, "d_model")
+        check_positive_int(d_model, "d_model")
         self.d_model = d_model
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
@@ -56,7 +58,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
-        _check_positive_int(d_model, "d_model")
+        check_positive_int(d_model, "d_model")
         self.d_model = d_model
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
@@ -84,13 +86,6 @@ def make_norm(kind: str, d_model: int, eps: float | None = None, bias: bool = Tr
     if kind == "rms":
         return RMSNorm(d_model, eps=1e-6 if eps is None else eps)
     raise ValueError(f"kind: expected one of {NORMS}, got {kind!r}")
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected >= 1, got {value}")
 
 
 def _check_input(x, d_model: int) -> None:

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from llmlab.validate import check_dims, check_positive_int
+
 __all__ = [
     "sinusoidal_encoding",
     "SinusoidalPositionalEmbedding",
@@ -56,8 +58,8 @@ def sinusoidal_encoding(
     each pair of dimensions is a clock at its own frequency, from one turn per 2*pi positions
     (i = 0) to one per 2*pi*base positions, so PE[pos + k] is a fixed rotation of PE[pos].
     """
-    _check_positive_int(seq, "seq")
-    _check_positive_int(d_model, "d_model")
+    check_positive_int(seq, "seq")
+    check_positive_int(d_model, "d_model")
     if d_model % 2:
         raise ValueError(f"d_model: expected an even number (sin/cos pairs), got {d_model}")
     position = torch.arange(seq, device=device, dtype=torch.float32)[:, None]
@@ -95,8 +97,8 @@ class LearnedPositionalEmbedding(nn.Embedding):
     """
 
     def __init__(self, max_seq: int, d_model: int):
-        _check_positive_int(max_seq, "max_seq")
-        _check_positive_int(d_model, "d_model")
+        check_positive_int(max_seq, "max_seq")
+        check_positive_int(d_model, "d_model")
         super().__init__(max_seq, d_model)
         self.max_seq = max_seq
         self.d_model = d_model
@@ -116,7 +118,7 @@ def rope_inverse_frequencies(
     head_dim: int, base: float = 10000.0, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """theta_i = base^(-2i/head_dim) for i = 0 .. head_dim/2 - 1, float32 (head_dim / 2,)."""
-    _check_positive_int(head_dim, "head_dim")
+    check_positive_int(head_dim, "head_dim")
     if head_dim % 2:
         raise ValueError(
             f"head_dim: expected an even number (dimensions rotate in pairs), got {head_dim}"
@@ -146,7 +148,7 @@ def rope_frequencies(
     Row m holds cos(m * theta_i) and sin(m * theta_i), with angle i repeated at dims i and
     i + head_dim/2 (the rotate-half layout; see the module docstring).
     """
-    _check_positive_int(max_seq, "max_seq")
+    check_positive_int(max_seq, "max_seq")
     inv_freq = rope_inverse_frequencies(head_dim, base, device)
     return _rope_cos_sin(torch.arange(max_seq, device=device), inv_freq)
 
@@ -174,7 +176,7 @@ def apply_rotary(
     Afterwards (R_m q) . (R_n k) = q . R_(n-m) k: the score depends on the offset n - m only.
     Computed in x's dtype, as in transformers.
     """
-    _check_dims(x, 4, "x", "(batch, heads, seq, head_dim)")
+    check_dims(x, 4, "x", "(batch, heads, seq, head_dim)")
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
     batch, _, seq, head_dim = x.shape
@@ -265,7 +267,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     for 8 heads 1/2, 1/4, ..., 1/256. Otherwise, as in the paper's code: the slopes of the
     closest smaller power of 2, then every other slope of the next power of 2.
     """
-    _check_positive_int(n_heads, "n_heads")
+    check_positive_int(n_heads, "n_heads")
 
     def power_of_2(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -294,8 +296,8 @@ def alibi_bias(
     attention, combined with the causal mask by ``llmlab.attention.combine_masks``.
     """
     seq_k = seq_q if seq_k is None else seq_k
-    _check_positive_int(seq_q, "seq_q")
-    _check_positive_int(seq_k, "seq_k")
+    check_positive_int(seq_q, "seq_q")
+    check_positive_int(seq_k, "seq_k")
     q_pos = torch.arange(seq_k - seq_q, seq_k, device=device)[:, None]
     k_pos = torch.arange(seq_k, device=device)[None, :]
     distance = (q_pos - k_pos).abs().float()  # (seq_q, seq_k)
@@ -310,20 +312,6 @@ def alibi_bias(
 
 def _describe(x) -> str:
     return f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected >= 1, got {value}")
-
-
-def _check_dims(x, ndim: int, name: str, layout: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name}: expected {ndim} dims {layout}, got shape {tuple(x.shape)}")
 
 
 def _check_positions(positions, max_seq: int) -> None:
