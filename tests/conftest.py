@@ -13,6 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    # Under pytest-xdist each worker would start one torch thread per core: N workers on N
+    # cores then fight over them (a 15 s training test took minutes). Share the cores instead.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # notebook kernels started by the tests
+
+
 def pytest_collectstart(collector):
     # tqdm bars and library warnings go to stderr and vary run to run; widget views and HTML
     # carry random ids. None of them is what a checked cell claims.
