@@ -40,3 +40,14 @@ def pytest_collectstart(collector):
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def fresh_check_registry(monkeypatch):
+    """Each test starts with an empty check registry and no check log."""
+    from llmlab import checks
+
+    monkeypatch.delenv(checks.LOG_ENV_VAR, raising=False)
+    checks.clear_results()
+    yield
+    checks.clear_results()

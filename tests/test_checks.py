@@ -6,13 +6,13 @@ exposes them, a NotImplementedError stub reports "not implemented", and garbage 
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 
 import nbformat
 import pytest
 import torch
+from check_contract import CheckContract
 from nbformat.v4 import new_code_cell, new_notebook
 
 import llmlab.checks as checks
@@ -25,50 +25,6 @@ CHECKS = {
     "check_cross_entropy": (sh.check_cross_entropy, sh.reference_cross_entropy),
     "check_apply_temperature": (sh.check_apply_temperature, sh.reference_apply_temperature),
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch):
-    """Each test starts with an empty registry and no check log."""
-    monkeypatch.delenv(checks.LOG_ENV_VAR, raising=False)
-    checks.clear_results()
-    yield
-    checks.clear_results()
-
-
-def test_every_check_of_the_module_is_tested():
-    defined = {name for name, _ in inspect.getmembers(sh, inspect.isfunction)
-               if name.startswith("check_")}
-    assert defined == set(CHECKS)
-
-
-# --------------------------------------------------------------------------------------------
-# Every check: reference, stub, garbage
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_reference_passes(name, capsys):
-    check, reference = CHECKS[name]
-    result = check(reference)
-    assert result.passed, result.message
-    assert result.fn is reference
-    assert result.exercise == name.removeprefix("check_")  # the convention grading relies on
-    assert capsys.readouterr().out == result.message + "\n"
-    assert result.message.startswith("✅") and f"passed all {result.n_cases} cases" in result.message
-    assert result.n_cases >= 5
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_not_implemented_stub_fails(name):
-    check, reference = CHECKS[name]
-
-    def stub(*args, **kwargs):
-        raise NotImplementedError("exercise not done yet: replace this line with your code")
-
-    result = check(stub)
-    assert not result.passed
-    assert "not implemented yet: fill in the function above" in result.message
-    assert result.fn is reference
 
 
 def _raise_value_error(*args, **kwargs):
@@ -94,14 +50,11 @@ GARBAGE = {
 }
 
 
-@pytest.mark.parametrize("garbage", GARBAGE)
-@pytest.mark.parametrize("name", CHECKS)
-def test_garbage_fails_without_raising(name, garbage):
-    check, reference = CHECKS[name]
-    result = check(GARBAGE[garbage])
-    assert not result.passed
-    assert result.message.startswith("❌") and "\n" not in result.message
-    assert result.fn is reference
+class TestContract(CheckContract):
+    MODULE = sh
+    CHECKS = CHECKS
+    GARBAGE = GARBAGE
+    MIN_CASES = 5
 
 
 def test_exception_message_names_type_and_message():

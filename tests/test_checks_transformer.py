@@ -7,14 +7,13 @@ implemented", garbage never raises, and the notebook's global seed does not move
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from check_contract import CheckContract
 
-import llmlab.checks as checks
 from llmlab import attention, positional
 from llmlab.checks import transformer as tr
 
@@ -32,50 +31,6 @@ CHECKS = {
     "check_apply_rotary": (tr.check_apply_rotary, tr.reference_apply_rotary),
     "check_decoder_block": (tr.check_decoder_block, tr.reference_decoder_block),
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch):
-    """Each test starts with an empty registry and no check log."""
-    monkeypatch.delenv(checks.LOG_ENV_VAR, raising=False)
-    checks.clear_results()
-    yield
-    checks.clear_results()
-
-
-def test_every_check_of_the_module_is_tested():
-    defined = {name for name, _ in inspect.getmembers(tr, inspect.isfunction)
-               if name.startswith("check_")}
-    assert defined == set(CHECKS)
-
-
-# --------------------------------------------------------------------------------------------
-# Every check: reference, stub, garbage, seed
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_reference_passes(name, capsys):
-    check, reference = CHECKS[name]
-    result = check(reference)
-    assert result.passed, result.message
-    assert result.fn is reference
-    assert result.exercise == name.removeprefix("check_")  # the convention grading relies on
-    assert capsys.readouterr().out == result.message + "\n"
-    assert f"passed all {result.n_cases} cases" in result.message
-    assert result.n_cases >= 6
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_not_implemented_stub_fails(name):
-    check, reference = CHECKS[name]
-
-    def stub(*args, **kwargs):
-        raise NotImplementedError("exercise not done yet: replace this line with your code")
-
-    result = check(stub)
-    assert not result.passed
-    assert "not implemented yet: fill in the function above" in result.message
-    assert result.fn is reference
 
 
 def _raise_value_error(*args, **kwargs):
@@ -102,23 +57,11 @@ GARBAGE = {
 }
 
 
-@pytest.mark.parametrize("garbage", GARBAGE)
-@pytest.mark.parametrize("name", CHECKS)
-def test_garbage_fails_without_raising(name, garbage):
-    check, reference = CHECKS[name]
-    result = check(GARBAGE[garbage])
-    assert not result.passed
-    assert result.message.startswith("❌") and "\n" not in result.message
-    assert result.fn is reference
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_checks_leave_the_global_seed_alone(name):
-    check, reference = CHECKS[name]
-    torch.manual_seed(1234)
-    before = torch.random.get_rng_state()
-    check(reference)
-    assert torch.equal(torch.random.get_rng_state(), before)
+class TestContract(CheckContract):
+    MODULE = tr
+    CHECKS = CHECKS
+    GARBAGE = GARBAGE
+    MIN_CASES = 6
 
 
 # --------------------------------------------------------------------------------------------
