@@ -1,0 +1,184 @@
+"""llmlab.train: AdamW == torch's, the schedule, the loss, clipping, accumulation, and
+checkpoints that are atomic and resume exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab import train as tr
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=17, d=12, dropout=0.1):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.mix = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.embed.weight  # tied, as in GPT-2
+
+    def forward(self, ids):
+        return self.head(self.norm(self.drop(torch.tanh(self.mix(self.embed(ids))))))
+
+
+def batch_fn(i, batch=4, seq=6, vocab=17):
+    g = torch.Generator().manual_seed(1000 + i)
+    x = torch.randint(0, vocab, (batch, seq + 1), generator=g)
+    return x[:, :-1], x[:, 1:]
+
+
+def test_adamw_equals_torch_over_100_steps():
+    torch.manual_seed(0)
+    a = TinyLM(dropout=0.0)
+    b = TinyLM(dropout=0.0)
+    b.load_state_dict(a.state_dict())
+    kw = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
+    ours, theirs = tr.AdamW(a.parameters(), **kw), torch.optim.AdamW(b.parameters(), **kw)
+    for step in range(100):
+        x, y = batch_fn(step)
+        for model, opt in ((a, ours), (b, theirs)):
+            opt.zero_grad()
+            F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_adamw_rejects_bad_hyperparameters():
+    p = [nn.Parameter(torch.zeros(2))]
+    for kw, name in [({"lr": -1}, "lr"), ({"betas": (1.0, 0.9)}, "betas"), ({"eps": 0}, "eps"),
+                     ({"weight_decay": -0.1}, "weight_decay")]:
+        with pytest.raises(ValueError, match=name):
+            tr.AdamW(p, **kw)
+
+
+def test_warmup_cosine_shape():
+    total = 100
+    lrs = [tr.warmup_cosine(s, total) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # 10% warmup
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
+    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert tr.warmup_cosine(99, 100, min_ratio=0.1) == pytest.approx(0.1)
+    assert tr.warmup_cosine(0, 10, warmup_frac=0.0) == 1.0
+    with pytest.raises(ValueError, match="total_steps"):
+        tr.warmup_cosine(0, 0)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_lm_loss_equals_cross_entropy(smoothing):
+    logits = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[0, 1] = -100
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=smoothing)
+    torch.testing.assert_close(tr.lm_loss(logits, targets, smoothing), expected)
+    with pytest.raises(ValueError, match="targets"):
+        tr.lm_loss(logits, targets[:, :3])
+
+
+def test_clip_grad_norm_equals_torch():
+    torch.manual_seed(0)
+    a, b = TinyLM(dropout=0.0), TinyLM(dropout=0.0)
+    b.load_state_dict(a.state_dict())
+    x, y = batch_fn(0)
+    for m in (a, b):
+        (100 * F.cross_entropy(m(x).flatten(0, 1), y.flatten())).backward()
+    ours = tr.clip_grad_norm(list(a.parameters()), 0.5)
+    theirs = torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5)
+    torch.testing.assert_close(ours, theirs)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    torch.manual_seed(0)
+    a = TinyLM(dropout=0.0)
+    b = TinyLM(dropout=0.0)
+    b.load_state_dict(a.state_dict())
+
+    def small(i):  # micro-batch i = half of big batch i // 2
+        x, y = batch_fn(i // 2, batch=8)
+        half = slice(0, 4) if i % 2 == 0 else slice(4, 8)
+        return x[half], y[half]
+
+    base = dict(steps=5, label_smoothing=0.0, clip_norm=1.0, warmup_frac=0.2)
+    h_acc = tr.train(a, small, tr.TrainConfig(grad_accum=2, **base), progress=False)
+    h_big = tr.train(b, lambda i: batch_fn(i, batch=8), tr.TrainConfig(**base), progress=False)
+    assert h_acc.loss == pytest.approx(h_big.loss, rel=1e-5)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_training_lowers_the_loss_and_logs():
+    torch.manual_seed(0)
+    model = TinyLM()
+    fixed = batch_fn(0)
+    config = tr.TrainConfig(steps=30, lr=1e-2, eval_every=10)
+    h = tr.train(model, lambda i: fixed, config, evaluate=lambda m: 1.0, progress=False)
+    assert h.loss[-1] < h.loss[0]
+    assert h.eval_step == [10, 20, 30] and len(h.lr) == 30
+    assert h.tokens[-1] == 30 * fixed[0].numel() and h.tokens_per_second() > 0
+
+
+def test_bf16_autocast_runs_on_cpu():
+    torch.manual_seed(0)
+    h = tr.train(TinyLM(), batch_fn, tr.TrainConfig(steps=3, precision="bf16"), progress=False)
+    assert all(math.isfinite(v) for v in h.loss)
+    with pytest.raises(ValueError, match="fp16"):
+        tr.train(TinyLM(), batch_fn, tr.TrainConfig(steps=1, precision="fp16"), progress=False)
+
+
+@pytest.mark.parametrize("optimizer", ["llmlab", "torch"])
+def test_a_resumed_run_equals_an_unbroken_one(tmp_path, optimizer):
+    config = tr.TrainConfig(steps=12, checkpoint_every=4, lr=5e-3, optimizer=optimizer)
+    torch.manual_seed(0)
+    unbroken = TinyLM()
+    init = {k: v.clone() for k, v in unbroken.state_dict().items()}
+    full = tr.train(unbroken, batch_fn, config, checkpoint_dir=tmp_path / "a", progress=False)
+
+    first = TinyLM()
+    first.load_state_dict(init)
+    part = tr.train(first, batch_fn, config, checkpoint_dir=tmp_path / "b", stop_after=6, progress=False)
+    assert len(part.loss) == 6
+    torch.manual_seed(123)  # the restart happens in a fresh process with other RNG states
+    second = TinyLM()  # the weights come from the checkpoint
+    resumed = tr.train(second, batch_fn, config, checkpoint_dir=tmp_path / "b", progress=False)
+    assert resumed.loss == full.loss  # exactly: same batches, same dropout masks, same updates
+    for pa, pb in zip(unbroken.parameters(), second.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    config = tr.TrainConfig(steps=6, checkpoint_every=2, keep_checkpoints=2)
+    tr.train(TinyLM(), batch_fn, config, checkpoint_dir=tmp_path, progress=False)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["step-00000004", "step-00000006"]
+    assert tr.latest_checkpoint(tmp_path).name == "step-00000006"
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    model = TinyLM()
+    opt = tr.AdamW(model.parameters())
+    monkeypatch.setattr("safetensors.torch.save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        tr.save_checkpoint(tmp_path, 7, model, opt, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept  # no half-written step-7, no temp
+    with pytest.raises(FileNotFoundError, match="latest_checkpoint"):
+        tr.load_checkpoint(tmp_path / "nope", model)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="steps"):
+        tr.TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="precision"):
+        tr.TrainConfig(precision="fp8")
+    with pytest.raises(TypeError, match="config"):
+        tr.train(TinyLM(), batch_fn, {"steps": 1})
