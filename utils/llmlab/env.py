@@ -236,9 +236,9 @@ def _check_kernels(report: Report) -> None:
 
     mode = kernels.backend()
     report.add("triton kernels", f"{mode.name}: {mode.reason}", required=False)
-    registered = kernels.registry()
+    registered = kernels.load_all()
     if not registered:
-        report.add("kernels", "none registered yet (chapter 01 adds the first)", required=False)
+        report.add("kernels", "none found in llmlab.kernels", required=False)
     for name in sorted(registered):
         report.add(f"kernel {name}", mode.describe(name), required=False)
 

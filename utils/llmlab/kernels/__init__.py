@@ -47,6 +47,17 @@ def registry() -> dict[str, str]:
     return dict(_REGISTRY)
 
 
+def load_all() -> dict[str, str]:
+    """Import every kernel module of this package (each registers itself); return the registry."""
+    import importlib
+    import pkgutil
+
+    for module_info in pkgutil.iter_modules(__path__):
+        if not module_info.name.startswith("_") and module_info.name != "launch":
+            importlib.import_module(f"{__name__}.{module_info.name}")
+    return registry()
+
+
 def backend() -> Backend:
     """Decide where Triton kernels run: see the module docstring."""
     if importlib.util.find_spec("triton") is None:
