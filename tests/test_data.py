@@ -27,7 +27,7 @@ def code():
 
 
 def test_import_is_cheap():
-    utils = Path(data.__file__).resolve().parents[1]
+    utils = Path(data.__file__).resolve().parents[2]
     code = "import sys, llmlab.data; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code],
