@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ from torch import nn
 
 from llmlab.positional import apply_rotary
 from llmlab.validate import check_dims, check_float, check_positive_int
+
+if TYPE_CHECKING:
+    from llmlab.models.cache import KVCache
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -286,6 +290,8 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         return_weights: bool = False,
+        cache: KVCache | None = None,
+        layer_idx: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (batch, seq_q, d_model) -> (batch, seq_q, d_model).
 
@@ -296,6 +302,11 @@ class MultiHeadAttention(nn.Module):
         (seq, head_dim) or (batch, seq, head_dim)), applied to q and k after the projections
         (self-attention only). With ``return_weights`` also returns the attention weights
         (batch, heads, seq_q, seq_k).
+        cache, layer_idx: a :class:`llmlab.models.cache.KVCache` and this layer's index in it
+        (self-attention only). This call's k and v (after RoPE, before GQA repetition) are
+        appended to the cache and the queries attend to every cached key: x holds the *new*
+        positions, ``rope`` must be computed at those positions, and the causal mask aligns
+        the queries with the last keys.
         """
         check_dims(x, 3, "x", "(batch, seq, d_model)")
         check_float(x, "x")
@@ -314,6 +325,14 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(
                     "rope: rotary embeddings apply to self-attention only (context is set)"
                 )
+        if cache is not None:
+            if context is not None:
+                raise ValueError("cache: a KV cache serves self-attention only (context is set)")
+            if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
+                raise TypeError(
+                    f"layer_idx: expected an int (this layer's slot in the cache), got "
+                    f"{type(layer_idx).__name__}"
+                )
         if rope is not None and (not isinstance(rope, (tuple, list)) or len(rope) != 2):
             raise TypeError(f"rope: expected a (cos, sin) pair, got {type(rope).__name__}")
         batch, seq_q, _ = x.shape
@@ -327,6 +346,9 @@ class MultiHeadAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)  # every position so far
+            seq_k = k.shape[2]
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
 

@@ -24,6 +24,7 @@ Chapter 02's GPT, BERT, LLaMA and PaLM are stacks of these blocks (a decoder-onl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,6 +32,9 @@ from torch import nn
 from llmlab.attention import MultiHeadAttention
 from llmlab.ffn import ACTIVATIONS, FeedForward
 from llmlab.norms import NORMS, make_norm
+
+if TYPE_CHECKING:
+    from llmlab.models.cache import KVCache
 
 __all__ = ["BlockConfig", "EncoderBlock", "DecoderBlock"]
 
@@ -180,6 +184,8 @@ class DecoderBlock(nn.Module):
         memory_mask: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         return_weights: bool = False,
+        cache: KVCache | None = None,
+        layer_idx: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x: (batch, seq, d_model) -> same shape.
 
@@ -188,6 +194,8 @@ class DecoderBlock(nn.Module):
         memory_mask: cross-attention mask broadcastable to (batch, heads, seq, src_seq), e.g.
         ``padding_mask(src_lengths)``. rope: (cos, sin), applied in self-attention. With
         ``return_weights`` also returns ``{"self": ..., "cross": ...}`` attention weights.
+        cache, layer_idx: a KV cache and this block's slot in it, for the self-attention
+        (x then holds only the new positions; see :class:`llmlab.attention.MultiHeadAttention`).
         """
         _check_x(x, self.config.d_model)
         if self.has_cross_attention:
@@ -199,7 +207,9 @@ class DecoderBlock(nn.Module):
         weights = {}
 
         def attend(h):
-            out, weights["self"] = self.self_attn(h, mask=mask, rope=rope, return_weights=True)
+            out, weights["self"] = self.self_attn(
+                h, mask=mask, rope=rope, return_weights=True, cache=cache, layer_idx=layer_idx
+            )
             return out
 
         def cross_attend(h):

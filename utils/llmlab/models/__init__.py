@@ -1,0 +1,63 @@
+"""Chapter 02's model families, built from chapter 01's blocks.
+
+    >>> from llmlab.models import Llama, GPT, GPTConfig
+    >>> model = Llama.from_smollm2()                 # SmolLM2-135M in our own code
+    >>> cache = model.new_cache()
+    >>> logits = model(prompt_ids, cache=cache)      # (batch, seq, vocab); then one token a call
+
+Families: :class:`GPT` (decoder-only, learned positions), :class:`Bert` (encoder-only with
+MLM and NSP heads), :class:`T5` (encoder-decoder with a relative position bias),
+:class:`Llama` (RMSNorm, RoPE, SwiGLU, GQA) and :class:`PaLM` (parallel block, multi-query
+attention). :mod:`llmlab.models.counting` counts their parameters and FLOPs per token by
+formula. Every causal LM (GPT, Llama, PaLM) takes ``model(input_ids, cache=None)`` and
+``model.new_cache()`` (:class:`KVCache`).
+"""
+
+from llmlab.models.bert import Bert, BertOutput, bert_state_dict
+from llmlab.models.cache import KVCache
+from llmlab.models.causal_lm import CausalLM
+from llmlab.models.configs import BertConfig, GPTConfig, LlamaConfig, PaLMConfig, T5Config
+from llmlab.models.counting import (
+    PUBLISHED,
+    count_parameters,
+    flops_per_token,
+    matmul_parameters,
+    parameter_breakdown,
+)
+from llmlab.models.gpt import GPT, gpt2_state_dict
+from llmlab.models.llama import (
+    Llama,
+    llama_config_from_hf,
+    llama_state_dict,
+    load_smollm2_llama,
+)
+from llmlab.models.palm import PaLM
+from llmlab.models.t5 import T5, relative_position_bucket, t5_state_dict
+
+__all__ = [
+    "KVCache",
+    "CausalLM",
+    "GPTConfig",
+    "LlamaConfig",
+    "PaLMConfig",
+    "BertConfig",
+    "T5Config",
+    "GPT",
+    "Llama",
+    "PaLM",
+    "Bert",
+    "BertOutput",
+    "T5",
+    "gpt2_state_dict",
+    "llama_state_dict",
+    "llama_config_from_hf",
+    "load_smollm2_llama",
+    "bert_state_dict",
+    "t5_state_dict",
+    "relative_position_bucket",
+    "count_parameters",
+    "parameter_breakdown",
+    "matmul_parameters",
+    "flops_per_token",
+    "PUBLISHED",
+]

@@ -1,0 +1,144 @@
+"""The decoder-only language model that GPT, LLaMA and PaLM share.
+
+    token ids -> embedding [+ learned positions] -> N x DecoderBlock (no cross-attention)
+              -> final norm -> lm_head -> logits over the vocabulary
+
+The three families differ only in the choices inside: which norm, where positions enter
+(added to the embedding, or RoPE inside attention), which FFN, how many key/value heads,
+whether there are biases, and whether attention and FFN run one after the other or side by
+side. Each family's config turns those choices into a :class:`~llmlab.blocks.BlockConfig`
+and this class stacks the blocks.
+
+The KV cache. ``model(ids, cache=cache)`` treats ``ids`` as the positions that follow the
+``cache.length`` already cached, appends their keys and values, and returns their logits:
+
+    cache = model.new_cache()
+    logits = model(prompt, cache=cache)                   # prefill
+    logits = model(logits[:, -1:].argmax(-1), cache=cache)   # one new token, O(prefix) work
+
+so each generated token costs one row of attention instead of a forward pass over the whole
+prefix. The logits equal those of the full sequence without a cache (tests check 1e-5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmlab.blocks import DecoderBlock
+from llmlab.models.cache import KVCache
+from llmlab.norms import make_norm
+from llmlab.positional import LearnedPositionalEmbedding, RotaryEmbedding
+
+__all__ = ["CausalLM", "check_input_ids"]
+
+
+class CausalLM(nn.Module):
+    """A stack of decoder blocks between a token embedding and an output head.
+
+    Built by the families (:class:`~llmlab.models.GPT`, :class:`~llmlab.models.Llama`,
+    :class:`~llmlab.models.PaLM`) from their config: ``config.block_config()`` gives the block,
+    ``config.positions`` is ``"learned"`` or ``"rope"``, ``config.tie_embeddings`` shares the
+    embedding matrix with the output head.
+
+    Module names follow LLaMA's checkpoints (``embed_tokens``, ``layers.i.self_attn.q_proj``,
+    ``layers.i.mlp.gate_proj``, ``norm``, ``lm_head``), so SmolLM2 loads with a short key map.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        block = config.block_config()
+        self.block_config = block
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_positions = None
+        self.rotary = None
+        if config.positions == "learned":
+            self.embed_positions = LearnedPositionalEmbedding(config.max_seq, config.d_model)
+        else:
+            head_dim = block.head_dim or config.d_model // config.n_heads
+            self.rotary = RotaryEmbedding(head_dim, base=config.rope_base)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(
+            DecoderBlock(block, cross_attention=False) for _ in range(config.n_layers)
+        )
+        # Pre-norm stacks end with one more norm; post-norm blocks already end normalised.
+        self.norm = (
+            make_norm(block.norm, config.d_model, eps=block.norm_eps, bias=block.bias)
+            if block.norm_first
+            else nn.Identity()
+        )
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(_init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache with one slot per layer, for ``forward(..., cache=...)``."""
+        return KVCache(self.config.n_layers)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """input_ids: (batch, seq) token ids -> logits (batch, seq, vocab_size), float.
+
+        With ``cache``, ``input_ids`` are the positions ``cache.length`` .. ``cache.length +
+        seq - 1``; their keys and values are appended to the cache.
+        """
+        return self.lm_head(self.hidden_states(input_ids, cache))
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final-normed hidden states (batch, seq, d_model) that ``lm_head`` reads."""
+        check_input_ids(input_ids, self.config.vocab_size)
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache: expected a KVCache or None, got {type(cache).__name__}")
+        if cache is not None and cache.n_layers != self.config.n_layers:
+            raise ValueError(
+                f"cache: expected {self.config.n_layers} layers (use model.new_cache()), "
+                f"got {cache.n_layers}"
+            )
+        start = 0 if cache is None else cache.length
+        seq = input_ids.shape[1]
+        positions = torch.arange(start, start + seq, device=input_ids.device)
+        x = self.embed_tokens(input_ids)
+        rope = None
+        if self.embed_positions is not None:
+            if start + seq > self.config.max_seq:
+                raise ValueError(
+                    f"input_ids: positions up to {start + seq - 1} exceed max_seq="
+                    f"{self.config.max_seq} (learned positions cannot extrapolate)"
+                )
+            x = x + self.embed_positions(positions)
+        else:
+            rope = self.rotary(positions, dtype=x.dtype)
+        x = self.dropout(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope=rope, cache=cache, layer_idx=i)
+        return self.norm(x)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied embedding counts once), as ``sum(p.numel())``."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def _init_weights(module: nn.Module) -> None:
+    # GPT-2's initialisation: N(0, 0.02) for every matrix, zero biases (norms keep ones/zeros).
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def check_input_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
+    """``input_ids`` must be an integer tensor (batch, seq) with ids in [0, vocab_size)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor of token ids, got {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"{name}: expected shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}"
+        )
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(
+            f"{name}: expected ids in [0, {vocab_size}), got min {int(input_ids.min())}, "
+            f"max {int(input_ids.max())}"
+        )

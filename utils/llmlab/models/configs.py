@@ -1,0 +1,239 @@
+"""The configs of the five families, side by side: what each one chooses.
+
+Every family is the same Transformer block with different switches. Read the
+``block_config`` methods top to bottom and you have the table of chapter 02:
+
+    family  layout           norm           positions       FFN        attention   biases
+    GPT     decoder-only     LayerNorm pre  learned         GELU       MHA         yes
+    BERT    encoder-only     LayerNorm post learned (+type) GELU       MHA         yes
+    T5      encoder-decoder  RMSNorm pre    relative bias   ReLU       MHA         no
+    LLaMA   decoder-only     RMSNorm pre    RoPE            SwiGLU     GQA         no
+    PaLM    decoder-only     LayerNorm pre  RoPE            SwiGLU     MQA         no
+            (parallel block: attention and FFN read the same normed input)
+
+Sizes have no defaults: a config says which model it is (``PUBLISHED`` in
+:mod:`llmlab.models.counting` holds the papers' configs). Each config validates itself and
+names the bad field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmlab.blocks import BlockConfig
+
+__all__ = ["GPTConfig", "LlamaConfig", "PaLMConfig", "BertConfig", "T5Config"]
+
+
+def _check_sizes(config, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is None and name in optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if getattr(config, "n_kv_heads", None) and config.n_heads % config.n_kv_heads:
+        raise ValueError(
+            f"n_kv_heads: expected a divisor of n_heads={config.n_heads}, got {config.n_kv_heads}"
+        )
+    if getattr(config, "head_dim", None) is None and config.d_model % config.n_heads:
+        raise ValueError(
+            f"n_heads: expected a divisor of d_model={config.d_model} (or set head_dim), "
+            f"got {config.n_heads}"
+        )
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout: expected a float in [0, 1), got {config.dropout!r}")
+
+
+@dataclass
+class GPTConfig:
+    """GPT-2 (Radford et al. 2019): learned positions, pre-norm LayerNorm, GELU, tied head.
+
+    ``norm_first=False`` gives GPT-1's post-norm layout (no final norm). ``d_ff`` defaults to
+    4 * d_model.
+    """
+
+    vocab_size: int
+    max_seq: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int | None = None
+    norm_eps: float = 1e-5
+    norm_first: bool = True
+    activation: str = "gelu_tanh"
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    positions: str = "learned"
+
+    def __post_init__(self):
+        _check_sizes(
+            self, ("vocab_size", "max_seq", "d_model", "n_layers", "n_heads", "d_ff"), ("d_ff",)
+        )
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.positions != "learned":
+            raise ValueError(f"positions: GPT uses 'learned' positions, got {self.positions!r}")
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff,
+            activation=self.activation, norm="layer", norm_eps=self.norm_eps,
+            norm_first=self.norm_first, bias=True, dropout=self.dropout,
+        )  # fmt: skip
+
+
+@dataclass
+class LlamaConfig:
+    """LLaMA (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases.
+
+    ``n_kv_heads`` < ``n_heads`` is GQA (LLaMA 2 70B, SmolLM2: 9 query heads share 3 kv heads).
+    ``max_seq`` is None: RoPE has no table, so nothing limits the length but memory.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    norm_eps: float = 1e-6
+    rope_base: float = 10000.0
+    tie_embeddings: bool = False
+    dropout: float = 0.0
+    max_seq: int | None = None
+    positions: str = "rope"
+
+    def __post_init__(self):
+        _check_sizes(
+            self,
+            ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "n_kv_heads", "head_dim"),
+            ("n_kv_heads", "head_dim"),
+        )
+        if self.positions != "rope":
+            raise ValueError(f"positions: LLaMA uses 'rope', got {self.positions!r}")
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff,
+            n_kv_heads=self.n_kv_heads, head_dim=self.head_dim, activation="swiglu",
+            norm="rms", norm_eps=self.norm_eps, norm_first=True, bias=False,
+            dropout=self.dropout,
+        )  # fmt: skip
+
+
+@dataclass
+class PaLMConfig:
+    """PaLM (Chowdhery et al. 2022): parallel block, multi-query attention, SwiGLU, RoPE,
+    no biases anywhere (LayerNorm without bias too), shared input/output embeddings.
+
+    The parallel block computes x + attn(norm(x)) + ffn(norm(x)): one norm per layer and the
+    two matmul groups can run at once. ``n_kv_heads=1`` is multi-query attention.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    n_kv_heads: int | None = 1
+    head_dim: int | None = None
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    max_seq: int | None = None
+    positions: str = "rope"
+
+    def __post_init__(self):
+        _check_sizes(
+            self,
+            ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "n_kv_heads", "head_dim"),
+            ("n_kv_heads", "head_dim"),
+        )
+        if self.positions != "rope":
+            raise ValueError(f"positions: PaLM uses 'rope', got {self.positions!r}")
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff,
+            n_kv_heads=self.n_kv_heads, head_dim=self.head_dim, activation="swiglu",
+            norm="layer", norm_eps=self.norm_eps, norm_first=True, parallel=True, bias=False,
+            dropout=self.dropout,
+        )  # fmt: skip
+
+
+@dataclass
+class BertConfig:
+    """BERT (Devlin et al. 2019): a post-norm encoder, learned positions + token types,
+    a LayerNorm on the embeddings, exact GELU; heads for masked-LM (tied to the embeddings)
+    and next-sentence prediction (on a tanh pooler over the first token, [CLS])."""
+
+    vocab_size: int
+    max_seq: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int | None = None
+    type_vocab_size: int = 2
+    norm_eps: float = 1e-12
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        _check_sizes(
+            self,
+            ("vocab_size", "max_seq", "d_model", "n_layers", "n_heads", "d_ff", "type_vocab_size"),
+            ("d_ff",),
+        )
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff, activation="gelu",
+            norm="layer", norm_eps=self.norm_eps, norm_first=False, bias=True,
+            dropout=self.dropout,
+        )  # fmt: skip
+
+
+@dataclass
+class T5Config:
+    """T5 (Raffel et al. 2020): encoder-decoder, RMS norm without bias, no biases at all,
+    attention scale 1.0, and a learned bias per (head, relative-distance bucket), computed in
+    the first layer of each stack and shared by all its layers. ReLU FFN (T5 v1.0).
+
+    ``head_dim`` is T5's ``d_kv`` (n_heads * head_dim need not equal d_model).
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    head_dim: int | None = None
+    n_decoder_layers: int | None = None
+    num_buckets: int = 32
+    max_distance: int = 128
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        _check_sizes(
+            self,
+            ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "head_dim", "num_buckets",
+             "max_distance", "n_decoder_layers"),
+            ("head_dim", "n_decoder_layers"),
+        )  # fmt: skip
+        if self.n_decoder_layers is None:
+            self.n_decoder_layers = self.n_layers
+        if self.head_dim is None:
+            self.head_dim = self.d_model // self.n_heads
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff, head_dim=self.head_dim,
+            attn_scale=1.0, activation="relu", norm="rms", norm_eps=self.norm_eps,
+            norm_first=True, bias=False, dropout=self.dropout,
+        )  # fmt: skip
