@@ -51,3 +51,13 @@ def fresh_check_registry(monkeypatch):
     checks.clear_results()
     yield
     checks.clear_results()
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """Run Triton kernels in the CPU interpreter for this test (kernels decide at launch)."""
+    pytest.importorskip("triton")
+    from llmlab import kernels
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels.backend().name == "interpreter"

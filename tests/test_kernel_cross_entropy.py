@@ -13,19 +13,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import gen as _gen
+from kernel_testing import requires_cuda
 
 from llmlab import bench, kernels
 from llmlab.kernels import cross_entropy as C
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run Triton kernels in the CPU interpreter for this test."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.backend().name == "interpreter"
 
 
 @pytest.fixture
@@ -34,10 +26,6 @@ def no_kernel(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if kernels.backend().name == "native":
         pytest.skip("checks the path of a machine without CUDA")
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _problem(n, d, v, seed=0, ignored=(), dtype=torch.float32):

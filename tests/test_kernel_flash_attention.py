@@ -13,11 +13,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import requires_cuda
 
 from llmlab import kernels
 from llmlab.kernels import flash_attention as FA
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture

@@ -10,24 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import gen as _gen
+from kernel_testing import requires_cuda
 
 from llmlab import bench, kernels
 from llmlab.kernels import rmsnorm as R
 from llmlab.norms import RMSNorm
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run Triton kernels in the CPU interpreter for this test."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.backend().name == "interpreter"
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _inputs(shape, seed=0, dtype=torch.float32):

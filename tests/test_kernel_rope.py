@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_testing import gen as _gen
+from kernel_testing import requires_cuda
 
 from llmlab import bench, kernels
 from llmlab.kernels import rope as R
 from llmlab.positional import RotaryEmbedding, apply_rotary, rope_frequencies
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run Triton kernels in the CPU interpreter for this test."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.backend().name == "interpreter"
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _tables(kind: str, batch: int, seq: int, head_dim: int, seed: int = 0):

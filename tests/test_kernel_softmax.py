@@ -16,19 +16,10 @@ import textwrap
 
 import pytest
 import torch
+from kernel_testing import requires_cuda
 
 from llmlab import kernels
 from llmlab.kernels import softmax as S
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run Triton kernels in the CPU interpreter for this test."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.backend().name == "interpreter"
 
 
 def _grad_check(x: torch.Tensor, atol: float = 1e-6):

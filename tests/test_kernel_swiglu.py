@@ -10,24 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import gen as _gen
+from kernel_testing import requires_cuda
 
 from llmlab import bench, kernels
 from llmlab.ffn import FeedForward
 from llmlab.kernels import swiglu as W
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run Triton kernels in the CPU interpreter for this test."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.backend().name == "interpreter"
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _check(gate: torch.Tensor, up: torch.Tensor, atol: float = 1e-6):
