@@ -10,7 +10,11 @@ A chapter's test file subclasses :class:`CheckContract` (its name must start wit
 
 and gets, for every check: the reference passes (and is handed back), a NotImplementedError
 stub reports "not implemented", garbage fails without raising, and the global seed stays put.
-Mutants (plausible wrong answers) stay in the chapter's own file: they differ per check.
+
+The chapter's file also defines, at module level, ``CORRECT_VARIANTS`` (``[(check name, another
+correct answer)]``: each must pass) and ``MUTANTS`` (``[(check name, plausible wrong answer,
+the case that must expose it, words the message must contain)]``: each must fail on exactly
+that case, with a hint, and hand back the reference). Every check needs at least one of each.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ class CheckContract:
             metafunc.parametrize("name", list(self.CHECKS))
         if "garbage" in metafunc.fixturenames:
             metafunc.parametrize("garbage", list(self.GARBAGE))
+        if "variant" in metafunc.fixturenames:
+            variants = getattr(metafunc.module, "CORRECT_VARIANTS", [])
+            metafunc.parametrize("variant", variants, ids=[fn.__name__ for _, fn in variants])
+        if "mutant" in metafunc.fixturenames:
+            mutants = getattr(metafunc.module, "MUTANTS", [])
+            metafunc.parametrize("mutant", mutants, ids=[m[1].__name__ for m in mutants])
 
     def test_every_check_of_the_module_is_tested(self):
         defined = {name for name, _ in inspect.getmembers(self.MODULE, inspect.isfunction)
@@ -72,3 +82,25 @@ class CheckContract:
         before = torch.random.get_rng_state()
         check(reference)
         assert torch.equal(torch.random.get_rng_state(), before)
+
+    def test_correct_variants_pass(self, variant):
+        name, fn = variant
+        check, _ = self.CHECKS[name]
+        result = check(fn)
+        assert result.passed, result.message
+        assert result.fn is fn
+
+    def test_mutant_fails_on_the_case_that_exposes_it(self, mutant):
+        name, fn, case, words = mutant
+        check, reference = self.CHECKS[name]
+        result = check(fn)
+        assert not result.passed, f"{fn.__name__} passed {name}"
+        assert result.failed_case == case, result.message
+        assert f"case {case!r}" in result.message and words in result.message, result.message
+        assert "Hint:" in result.message
+        assert result.fn is reference
+
+    def test_every_check_has_a_mutant_and_a_correct_variant(self, request):
+        module = request.module
+        assert {name for name, *_ in getattr(module, "MUTANTS", [])} == set(self.CHECKS)
+        assert {name for name, *_ in getattr(module, "CORRECT_VARIANTS", [])} == set(self.CHECKS)
