@@ -1,0 +1,329 @@
+"""The checks of chapter 03's training labs (llmlab.checks.training).
+
+For every check: the reference passes, other correct answers pass too (torch's own optimizer
+and clipping, llmlab.train's pieces), plausible wrong answers (mutants) fail on the case that
+exposes them with a hint that names the mistake, a NotImplementedError stub reports "not
+implemented", garbage never raises, and the notebook's global seed does not move.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from check_contract import CheckContract
+
+from llmlab import train as tr
+from llmlab.checks import training as tc
+
+CHECKS = {
+    "check_warmup_cosine": (tc.check_warmup_cosine, tc.reference_warmup_cosine),
+    "check_adamw_step": (tc.check_adamw_step, tc.reference_adamw_step),
+    "check_train_step": (tc.check_train_step, tc.reference_train_step),
+}
+
+
+def _raise_value_error(*args, **kwargs):
+    raise ValueError("boom")
+
+
+GARBAGE = {
+    "returns None": lambda *a, **k: None,
+    "returns a list": lambda *a, **k: [0.1, 0.9],
+    "returns a string": lambda *a, **k: "0.5",
+    "returns NaN": lambda *a, **k: float("nan"),
+    "returns its first input": lambda x, *a, **k: x,
+    "raises ValueError": _raise_value_error,
+    "takes no arguments": lambda: 1.0,
+    "is not a function (None)": None,
+}
+
+
+class TestContract(CheckContract):
+    MODULE = tc
+    CHECKS = CHECKS
+    GARBAGE = GARBAGE
+    MIN_CASES = 6
+
+
+# --------------------------------------------------------------------------------------------
+# warmup_cosine: correct variants and mutants
+
+
+def schedule_lambda_lr(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    # The same curve written with the cosine's phase in steps rather than a 0..1 progress.
+    warmup = round(warmup_frac * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total_steps - 1 - warmup)
+    return min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * (step - warmup) / span)) / 2
+
+
+def schedule_warmup_from_zero(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    warmup = round(warmup_frac * total_steps)
+    if step < warmup:
+        return step / warmup
+    return tc.reference_warmup_cosine(step, total_steps, warmup_frac, min_ratio)
+
+
+def schedule_misses_min(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    warmup = round(warmup_frac * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / (total_steps - warmup)  # never reaches 1
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_decays_over_all_steps(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    warmup = round(warmup_frac * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = step / (total_steps - 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_ignores_min_ratio(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    return tc.reference_warmup_cosine(step, total_steps, warmup_frac, 0.0)
+
+
+def schedule_no_warmup(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    return tc.reference_warmup_cosine(step, total_steps, 0.0, min_ratio)
+
+
+# --------------------------------------------------------------------------------------------
+# adamw_step: correct variants and mutants
+
+
+def adamw_torch(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01):
+    # torch.optim.AdamW itself, kept in the state dict between calls.
+    if not state:
+        state["params"] = [torch.nn.Parameter(p.clone()) for p in params]
+        state["opt"] = torch.optim.AdamW(state["params"], lr=lr, betas=betas, eps=eps,
+                                         weight_decay=weight_decay, foreach=False)
+    for shadow, p, g in zip(state["params"], params, grads, strict=True):
+        shadow.data.copy_(p)
+        shadow.grad = g.clone()
+    for group in state["opt"].param_groups:
+        group["lr"] = lr
+    state["opt"].step()
+    for shadow, p in zip(state["params"], params, strict=True):
+        p.copy_(shadow.detach())
+
+
+def adamw_llmlab(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01):
+    if not state:
+        state["params"] = [torch.nn.Parameter(p.clone()) for p in params]
+        state["opt"] = tr.AdamW(state["params"], lr=lr, betas=betas, eps=eps,
+                                weight_decay=weight_decay)
+    for shadow, p, g in zip(state["params"], params, grads, strict=True):
+        shadow.data.copy_(p)
+        shadow.grad = g.clone()
+    for group in state["opt"].param_groups:
+        group["lr"] = lr
+    state["opt"].step()
+    for shadow, p in zip(state["params"], params, strict=True):
+        p.copy_(shadow.detach())
+
+
+def make_adamw(l2=False, bias_correction=True, eps_inside=False, beta2_for_m=False,
+               step_from_zero=False, decay_without_lr=False, decay_after=False):
+    def adamw_step(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01):
+        beta1, beta2 = betas
+        if not state:
+            state.update(step=0, m=[torch.zeros_like(p) for p in params],
+                         v=[torch.zeros_like(p) for p in params])
+        if not step_from_zero:
+            state["step"] += 1
+        t = state["step"]
+        for p, g, m, v in zip(params, grads, state["m"], state["v"], strict=True):
+            if l2:
+                g = g + weight_decay * p
+            elif not decay_after:
+                p.mul_(1 - (1 if decay_without_lr else lr) * weight_decay)
+            b1 = beta2 if beta2_for_m else beta1
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            m_hat = m / (1 - beta1**t) if bias_correction else m
+            v_hat = v / (1 - beta2**t) if bias_correction else v
+            denom = (v_hat + eps).sqrt() if eps_inside else v_hat.sqrt() + eps
+            p.sub_(lr * m_hat / denom)
+            if decay_after:
+                p.mul_(1 - lr * weight_decay)
+        if step_from_zero:
+            state["step"] += 1
+
+    return adamw_step
+
+
+adamw_plain = make_adamw()
+adamw_l2 = make_adamw(l2=True)
+adamw_no_bias_correction = make_adamw(bias_correction=False)
+adamw_eps_inside_sqrt = make_adamw(eps_inside=True)
+adamw_beta2_for_m = make_adamw(beta2_for_m=True)
+adamw_step_from_zero = make_adamw(step_from_zero=True)
+adamw_decay_without_lr = make_adamw(decay_without_lr=True)
+adamw_decay_after_update = make_adamw(decay_after=True)
+
+
+def adamw_step_per_tensor(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8,
+                          weight_decay=0.01):
+    # Counts the step once per TENSOR instead of once per call.
+    if not state:
+        state.update(step=0, m=[torch.zeros_like(p) for p in params],
+                     v=[torch.zeros_like(p) for p in params])
+    beta1, beta2 = betas
+    for p, g, m, v in zip(params, grads, state["m"], state["v"], strict=True):
+        state["step"] += 1
+        t = state["step"]
+        p.mul_(1 - lr * weight_decay)
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.sub_(lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + eps))
+
+
+def adamw_returns_new_tensors(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8,
+                              weight_decay=0.01):
+    # Computes the right values but never writes them into params.
+    copies = [p.clone() for p in params]
+    tc.reference_adamw_step(copies, grads, state, lr, betas, eps, weight_decay)
+    return copies
+
+
+# --------------------------------------------------------------------------------------------
+# train_step: correct variants and mutants
+
+
+def step_llmlab_clip(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
+    # llmlab's clipping, zero_grad at the END of the step: also correct.
+    total = 0.0
+    for batch in micro_batches:
+        loss = loss_fn(model, batch) / len(micro_batches)
+        loss.backward()
+        total += loss.item()
+    if clip_norm is not None:
+        tr.clip_grad_norm(list(model.parameters()), clip_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+    return total
+
+
+def step_mean_of_losses(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
+    # One backward on the mean of the losses: the same gradient, more memory.
+    optimizer.zero_grad()
+    loss = torch.stack([loss_fn(model, b) for b in micro_batches]).mean()
+    loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return loss.item()
+
+
+def make_step(divide=True, clip="global", zero="before", step="once", clip_when="after"):
+    def train_step(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
+        params = list(model.parameters())
+        n = len(micro_batches)
+        if zero == "before":
+            optimizer.zero_grad()
+        total = 0.0
+        for i, batch in enumerate(micro_batches):
+            if zero == "inside":
+                optimizer.zero_grad()
+            if clip_when == "before_last" and i == n - 1 and clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            loss = loss_fn(model, batch)
+            loss = loss / n if divide else loss
+            loss.backward()
+            total += loss.item()
+            if step == "per_micro":
+                optimizer.step()
+        if clip_norm is not None and clip_when == "after":
+            if clip == "global":
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            else:
+                for p in params:
+                    torch.nn.utils.clip_grad_norm_([p], clip_norm)
+        if step == "once":
+            optimizer.step()
+        return total if divide else total / n
+
+    return train_step
+
+
+step_plain = make_step()
+step_no_division = make_step(divide=False)
+step_clip_per_parameter = make_step(clip="per_parameter")
+step_clip_before_last_backward = make_step(clip_when="before_last")
+step_zero_inside_loop = make_step(zero="inside")
+step_never_zeroes = make_step(zero="never")
+step_forgets_step = make_step(step="never")
+step_steps_per_micro_batch = make_step(step="per_micro")
+
+
+def step_returns_last_loss(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
+    tc.reference_train_step(model, micro_batches, optimizer, loss_fn, clip_norm)
+    with torch.no_grad():
+        return loss_fn(model, micro_batches[-1]).item()
+
+
+# --------------------------------------------------------------------------------------------
+# Correct variants pass; each mutant fails on the case that exposes it (run by CheckContract)
+
+CORRECT_VARIANTS = [
+    ("check_warmup_cosine", tr.warmup_cosine),
+    ("check_warmup_cosine", schedule_lambda_lr),
+    ("check_adamw_step", adamw_plain),
+    ("check_adamw_step", adamw_torch),
+    ("check_adamw_step", adamw_llmlab),
+    ("check_train_step", step_plain),
+    ("check_train_step", step_llmlab_clip),
+    ("check_train_step", step_mean_of_losses),
+]
+
+
+NO_WARMUP = "no warmup: 50 steps, warmup_frac 0"
+WITH_WARMUP = "100 steps, 10% warmup, down to 0"
+FIRST_ADAMW = "one tensor (5,), one step, lr 0.01, no decay"
+DECAY = "weight decay 0.1 with lr 0.1, 20 steps"
+ONE_MICRO = "one micro-batch, no clipping, SGD"
+FOUR_MICRO = "4 micro-batches, no clipping, SGD"
+CLIPPED = "4 micro-batches, clip_norm 0.05 (active), SGD"
+MUTANTS = [
+    # (check, mutant, the first case that must fail, words the hint must contain)
+    ("check_warmup_cosine", schedule_misses_min, NO_WARMUP, "exactly at the LAST step"),
+    ("check_warmup_cosine", schedule_warmup_from_zero, WITH_WARMUP, "1/warmup (not 0)"),
+    ("check_warmup_cosine", schedule_decays_over_all_steps, WITH_WARMUP, "REMAINING steps"),
+    ("check_warmup_cosine", schedule_no_warmup, WITH_WARMUP, "(step + 1) / warmup"),
+    ("check_warmup_cosine", schedule_ignores_min_ratio,
+     "seed 000's recipe: 300 steps, 10% warmup, down to 10%", "the floor is min_ratio"),
+    ("check_adamw_step", adamw_no_bias_correction, FIRST_ADAMW, "bias correction"),
+    ("check_adamw_step", adamw_step_from_zero, FIRST_ADAMW, "t = 1"),
+    ("check_adamw_step", adamw_beta2_for_m, FIRST_ADAMW, "m = (1 - beta1) g"),
+    ("check_adamw_step", adamw_returns_new_tensors, FIRST_ADAMW, "in place"),
+    ("check_adamw_step", adamw_step_per_tensor,
+     "two tensors (4, 3) and (3,), 10 steps, lr 0.01, no decay", "ONCE per call"),
+    ("check_adamw_step", adamw_l2, DECAY, "Adam + L2"),
+    ("check_adamw_step", adamw_decay_without_lr, DECAY, "1 - lr * weight_decay"),
+    ("check_adamw_step", adamw_decay_after_update, DECAY, "before the Adam update"),
+    ("check_adamw_step", adamw_eps_inside_sqrt, "tiny gradients (x 1e-4), 10 steps",
+     "OUTSIDE the square root"),
+    ("check_train_step", step_forgets_step, ONE_MICRO, "optimizer.step() once"),
+    ("check_train_step", step_never_zeroes, ONE_MICRO, "zero the gradients"),
+    ("check_train_step", step_returns_last_loss, ONE_MICRO, "return the loss"),
+    ("check_train_step", step_no_division, FOUR_MICRO, "divide each micro-batch's loss"),
+    ("check_train_step", step_zero_inside_loop, FOUR_MICRO, "zero them once, before the loop"),
+    ("check_train_step", step_steps_per_micro_batch, FOUR_MICRO,
+     "optimizer.step() once after the loop"),
+    ("check_train_step", step_clip_per_parameter, CLIPPED, "ALL gradients together"),
+    ("check_train_step", step_clip_before_last_backward, CLIPPED, "after the LAST backward"),
+]
+
+
+def test_the_references_equal_llmlab_train():
+    # The lab's references and the package the chapter uses are the same maths.
+    for total, frac, low in ((100, 0.1, 0.0), (37, 0.2, 0.3), (5, 0.0, 0.1)):
+        ours = [tc.reference_warmup_cosine(s, total, frac, low) for s in range(total)]
+        assert ours == pytest.approx([tr.warmup_cosine(s, total, frac, low) for s in range(total)])
+    case = tc.AdamWCase(((3, 4), (4,)), 100, 1e-2, weight_decay=0.1, schedule=True)
+    torch.testing.assert_close(tc._adamw_trajectory(tc.reference_adamw_step, case),
+                               tc._adamw_trajectory(adamw_torch, case), atol=1e-6, rtol=1e-5)

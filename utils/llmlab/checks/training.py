@@ -1,0 +1,405 @@
+"""Checks of chapter 03's training labs: the schedule, AdamW, and one training step.
+
+Each ``check_NAME(fn)`` runs ``fn`` the way a training loop would (every step of a schedule,
+an optimizer over many steps, a training step repeated), compares the whole trajectory with a
+reference, prints one line and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the
+lab keeps using::
+
+    warmup_cosine = check_warmup_cosine(warmup_cosine).fn
+
+A training bug rarely shows in one step: a missing bias correction fades after a few dozen
+updates, a loss not divided by the number of micro-batches hides behind clipping. So every
+case runs many steps and the cases are chosen so that each usual slip changes the trajectory.
+
+    lab 02_schedule_and_adamw: warmup_cosine, adamw_step
+    lab 03_training_step: train_step
+
+Conventions (the same as :mod:`llmlab.train`):
+
+- ``warmup_cosine(step, total_steps, warmup_frac, min_ratio)``: the learning-rate multiplier
+  at 0-based ``step``; ``warmup = round(warmup_frac * total_steps)`` steps rise linearly
+  1/warmup, 2/warmup, ..., 1; then half a cosine from 1 down to exactly ``min_ratio`` at the
+  last step ``total_steps - 1``.
+- ``adamw_step(params, grads, state, lr, betas, eps, weight_decay)``: one AdamW update of a
+  list of tensors, in place; ``state`` is a dict the function fills on its first call.
+- ``train_step(model, micro_batches, optimizer, loss_fn, clip_norm)``: one optimizer step on
+  the mean loss of the micro-batches, gradients clipped to a global norm; returns that loss.
+
+Inputs come from private generators, so a check never moves the notebook's seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.checks import Case, CheckResult, compare_tensors, evaluate, record
+
+# --------------------------------------------------------------------------------------------
+# References: what a correct answer does
+
+
+def reference_warmup_cosine(
+    step: int, total_steps: int, warmup_frac: float = 0.1, min_ratio: float = 0.0
+) -> float:
+    """Linear warmup from 1/warmup to 1, then cosine from 1 to ``min_ratio`` at the last step."""
+    warmup = round(warmup_frac * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_steps = max(1, total_steps - 1 - warmup)
+    progress = min(1.0, (step - warmup) / decay_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def reference_adamw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    state: dict,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+) -> None:
+    """One AdamW step on every tensor of ``params`` (in place), as ``torch.optim.AdamW``.
+
+    state: ``{"step": t, "m": [...], "v": [...]}``, filled with zeros on the first call.
+    """
+    beta1, beta2 = betas
+    if not state:
+        state["step"] = 0
+        state["m"] = [torch.zeros_like(p) for p in params]
+        state["v"] = [torch.zeros_like(p) for p in params]
+    state["step"] += 1
+    t = state["step"]
+    for p, g, m, v in zip(params, grads, state["m"], state["v"], strict=True):
+        p.mul_(1 - lr * weight_decay)  # decoupled: shrink the weight, not the gradient
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        m_hat = m / (1 - beta1**t)
+        v_hat = v / (1 - beta2**t)
+        p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+
+
+def reference_train_step(
+    model: nn.Module,
+    micro_batches: list,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    clip_norm: float | None = 1.0,
+) -> float:
+    """One optimizer step on the mean loss of ``micro_batches``; returns that mean loss.
+
+    Gradients of each micro-batch's loss / n add up in ``.grad`` (the gradient of the mean);
+    the global norm of all gradients is clipped once, after the last backward; one step.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    n = len(micro_batches)
+    total = 0.0
+    for batch in micro_batches:
+        loss = loss_fn(model, batch) / n
+        loss.backward()
+        total += loss.item()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _checked(
+    exercise: str,
+    student_fn: Any,
+    reference_fn: Callable,
+    run: Callable[[Callable, Any], torch.Tensor],
+    cases: list[Case],
+    hint: str,
+    compare: Callable[[Any, torch.Tensor], str | None],
+    arg_names: tuple[str, ...],
+) -> CheckResult:
+    """Run ``run(fn, *case.args)`` for the student and the reference; record and print.
+
+    ``run`` drives the function over many steps and returns what to compare (a trajectory).
+    The result's ``.fn`` is the student's function itself, or the reference on failure.
+    ``arg_names`` name the case's arguments in the failure message.
+    """
+    if callable(student_fn):
+        def student(*args):
+            return run(student_fn, *args)
+    else:
+        student = student_fn  # evaluate() reports "expected a function"
+
+    def reference(*args):
+        return run(reference_fn, *args)
+
+    reference.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names]
+    )
+
+    result = evaluate(exercise, student, reference, cases, hint=hint, compare=compare)
+    result.fn = student_fn if result.passed else reference_fn
+    record(result)
+    print(result.message)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# warmup_cosine
+
+
+def _schedule(fn: Callable, total_steps: int, warmup_frac: float, min_ratio: float) -> torch.Tensor:
+    values = [fn(step, total_steps, warmup_frac, min_ratio) for step in range(total_steps)]
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def _close(atol: float, rtol: float) -> Callable[[Any, torch.Tensor], str | None]:
+    def compare(received: Any, expected: torch.Tensor) -> str | None:
+        return compare_tensors(received, expected, atol=atol, rtol=rtol)
+
+    return compare
+
+
+def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
+    """Check ``warmup_cosine(step, total_steps, warmup_frac, min_ratio) -> float`` at every step.
+
+    The compared tensor is the multiplier at steps 0 .. total_steps - 1.
+    """
+    cases = [
+        Case("no warmup: 50 steps, warmup_frac 0", (50, 0.0, 0.0),
+             hint="the cosine must reach min_ratio exactly at the LAST step, total_steps - 1: "
+                  "progress = (step - warmup) / (total_steps - 1 - warmup) runs from 0 to 1."),
+        Case("100 steps, 10% warmup, down to 0", (100, 0.1, 0.0),
+             hint="warmup multipliers are (step + 1) / warmup, so step 0 gives 1/warmup (not 0) "
+                  "and the last warmup step gives exactly 1; the cosine then runs over the "
+                  "REMAINING steps only, starting at 1 right after the warmup."),
+        Case("seed 000's recipe: 300 steps, 10% warmup, down to 10%", (300, 0.1, 0.1),
+             hint="the floor is min_ratio: min_ratio + (1 - min_ratio) * 0.5 * "
+                  "(1 + cos(pi * progress))."),
+        Case("20 steps, 25% warmup, down to 50%", (20, 0.25, 0.5)),
+        Case("long warmup: 40 steps, 50% warmup, down to 0", (40, 0.5, 0.0)),
+        Case("1000 steps, 10% warmup, down to 0.1", (1000, 0.1, 0.1)),
+    ]
+    return _checked(
+        "warmup_cosine", warmup_cosine, reference_warmup_cosine, _schedule, cases,
+        hint="warmup = round(warmup_frac * total_steps); for step < warmup return "
+             "(step + 1) / warmup; after it, decay over the REMAINING steps only, reaching "
+             "min_ratio at step total_steps - 1.",
+        compare=_close(1e-6, 1e-6), arg_names=("total_steps", "warmup_frac", "min_ratio"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# adamw_step
+
+
+@dataclass(frozen=True)
+class AdamWCase:
+    """A little optimisation problem: where the parameters start and what gradients they get.
+
+    The gradient at each step is that of a quadratic bowl ``sum(scale * (p - target)**2) / 2``
+    times ``grad_scale``, plus seeded noise, so it depends on where the parameters are: a
+    wrong update sends the trajectory elsewhere and the error shows at every later step.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    steps: int
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_scale: float = 1.0
+    schedule: bool = False  # lr follows warmup_cosine over the steps
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+
+    def __repr__(self) -> str:
+        return (f"{len(self.shapes)} tensor(s), {self.steps} steps, lr={self.lr:g}, "
+                f"betas={self.betas}, eps={self.eps:g}, weight_decay={self.weight_decay:g}")
+
+
+def _adamw_trajectory(fn: Callable, case: AdamWCase) -> torch.Tensor:
+    g = _generator(case.seed)
+    params = [torch.randn(s, generator=g, dtype=case.dtype) for s in case.shapes]
+    targets = [torch.randn(s, generator=g, dtype=case.dtype) for s in case.shapes]
+    scales = [torch.rand(s, generator=g, dtype=case.dtype) * 2 + 0.1 for s in case.shapes]
+    noise = _generator(case.seed + 1)
+    state: dict = {}
+    trajectory = []
+    for step in range(case.steps):
+        grads = [case.grad_scale * (sc * (p - t) + 0.3 * torch.randn(p.shape, generator=noise,
+                                                                      dtype=case.dtype))
+                 for p, t, sc in zip(params, targets, scales, strict=True)]
+        lr = case.lr * (reference_warmup_cosine(step, case.steps) if case.schedule else 1.0)
+        fn(params, grads, state, lr, case.betas, case.eps, case.weight_decay)
+        trajectory.append(torch.cat([p.detach().reshape(-1) for p in params]))
+    return torch.stack(trajectory)
+
+
+def check_adamw_step(adamw_step: Callable) -> CheckResult:
+    """Check ``adamw_step(params, grads, state, lr, betas, eps, weight_decay)`` over many steps.
+
+    The compared tensor is every parameter after every step (steps, total numel).
+    """
+    cases = [
+        Case("one tensor (5,), one step, lr 0.01, no decay",
+             (AdamWCase(((5,),), 1, 0.01, weight_decay=0.0),),
+             hint="on the first call t = 1, m = (1 - beta1) g and v = (1 - beta2) g**2; the bias "
+                  "correction m_hat = m / (1 - beta1**t), v_hat = v / (1 - beta2**t) makes each "
+                  "weight move by about lr. Write the new values into params, in place."),
+        Case("two tensors (4, 3) and (3,), 10 steps, lr 0.01, no decay",
+             (AdamWCase(((4, 3), (3,)), 10, 0.01, weight_decay=0.0, seed=1),),
+             hint="keep m and v per tensor in state, and count the step ONCE per call "
+                  "(state['step'] = 1 on the first call)."),
+        Case("weight decay 0.1 with lr 0.1, 20 steps",
+             (AdamWCase(((6,),), 20, 0.1, weight_decay=0.1, seed=2),),
+             hint="AdamW decays the weight itself, p <- p * (1 - lr * weight_decay), before the "
+                  "Adam update; adding weight_decay * p to the gradient is Adam + L2, not AdamW."),
+        Case("betas (0.5, 0.99), 15 steps", (AdamWCase(((3, 3),), 15, 0.01, betas=(0.5, 0.99),
+                                                       seed=3),),
+             hint="m uses beta1, v uses beta2: m <- beta1 m + (1 - beta1) g, "
+                  "v <- beta2 v + (1 - beta2) g**2."),
+        Case("tiny gradients (x 1e-4), 10 steps", (AdamWCase(((8,),), 10, 0.01, grad_scale=1e-4,
+                                                             seed=4),),
+             hint="eps goes OUTSIDE the square root: m_hat / (sqrt(v_hat) + eps)."),
+        Case("eps 0.1, 10 steps", (AdamWCase(((5,),), 10, 0.01, eps=0.1, seed=5),)),
+        Case("no weight decay, 30 steps", (AdamWCase(((2, 5),), 30, 0.003, weight_decay=0.0,
+                                                     seed=6),)),
+        Case("seed 000's recipe over 100 steps with a warmup-cosine lr",
+             (AdamWCase(((4, 4), (4,)), 100, 6e-3, schedule=True, seed=7),)),
+        Case("float64, 20 steps", (AdamWCase(((6,),), 20, 0.05, dtype=torch.float64, seed=8),)),
+    ]
+    return _checked(
+        "adamw_step", adamw_step, reference_adamw_step, _adamw_trajectory, cases,
+        hint="state['step'] += 1 first (t starts at 1); p *= 1 - lr * weight_decay; "
+             "m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g**2; "
+             "p -= lr * m_hat / (sqrt(v_hat) + eps) with the bias-corrected m_hat, v_hat. "
+             "Update the tensors in place.",
+        compare=_close(1e-5, 1e-4), arg_names=("run",),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# train_step
+
+
+class _TinyLM(nn.Module):
+    """A next-token model small enough to train in a check: embed -> tanh MLP -> logits."""
+
+    def __init__(self, vocab: int, d: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.hidden = nn.Linear(d, d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.hidden(self.embed(ids))))
+
+
+def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of ``model(inputs)`` against ``targets``: the loss_fn the checks pass."""
+    inputs, targets = batch
+    logits = model(inputs)
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """A tiny model, an optimizer and ``steps`` steps of ``n_micro`` micro-batches each."""
+
+    n_micro: int
+    clip_norm: float | None
+    optimizer: str = "sgd"  # "sgd" (sees every gradient-scale error) | "adamw"
+    lr: float = 0.5
+    steps: int = 3
+    micro_batch: int = 4
+    seq: int = 6
+    vocab: int = 13
+    d: int = 8
+    seed: int = 0
+
+    def __repr__(self) -> str:
+        return (f"{self.n_micro} micro-batches of {self.micro_batch}x{self.seq}, "
+                f"clip_norm={self.clip_norm}, {self.optimizer} lr={self.lr:g}, {self.steps} steps")
+
+
+def _train_steps(fn: Callable, case: StepCase) -> torch.Tensor:
+    # Building the model draws from the global RNG: fork it. Tensors this small run fastest on
+    # one thread (more threads only add synchronisation, badly so on a busy CPU).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return _run_train_steps(fn, case)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_train_steps(fn: Callable, case: StepCase) -> torch.Tensor:
+    model = _TinyLM(case.vocab, case.d)
+    g = _generator(case.seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    if case.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=case.lr)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=case.lr, betas=(0.9, 0.95),
+                                      weight_decay=0.01, foreach=False)
+    data = _generator(case.seed + 1)
+    losses = []
+    for _ in range(case.steps):
+        micro_batches = []
+        for _ in range(case.n_micro):
+            window = torch.randint(0, case.vocab, (case.micro_batch, case.seq + 1), generator=data)
+            micro_batches.append((window[:, :-1], window[:, 1:]))
+        loss = fn(model, micro_batches, optimizer, next_token_loss, case.clip_norm)
+        losses.append(float(loss))
+    params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return torch.cat([params, torch.tensor(losses)])
+
+
+def check_train_step(train_step: Callable) -> CheckResult:
+    """Check ``train_step(model, micro_batches, optimizer, loss_fn, clip_norm) -> float``.
+
+    Each case builds a fresh tiny model and optimizer, calls ``train_step`` a few times and
+    compares the parameters after the last step, followed by the returned losses.
+    """
+    cases = [
+        Case("one micro-batch, no clipping, SGD", (StepCase(1, None),),
+             hint="zero the gradients, backward the loss, optimizer.step() once, and return the "
+                  "loss as a float."),
+        Case("4 micro-batches, no clipping, SGD", (StepCase(4, None, seed=1),),
+             hint="the step must follow the gradient of the MEAN loss: divide each micro-batch's "
+                  "loss by the number of micro-batches before backward, let the gradients add "
+                  "up in .grad (zero them once, before the loop), and call optimizer.step() once "
+                  "after the loop."),
+        Case("4 micro-batches, clip_norm 0.05 (active), SGD", (StepCase(4, 0.05, seed=2),),
+             hint="clip once, after the LAST backward, on the norm of ALL gradients together: "
+                  "torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)."),
+        Case("2 micro-batches, clip_norm 0.1, AdamW", (StepCase(2, 0.1, optimizer="adamw",
+                                                                lr=0.01, seed=3),)),
+        Case("3 micro-batches, clip_norm 100 (inactive), SGD", (StepCase(3, 100.0, seed=4),)),
+        Case("8 micro-batches of 1 sequence, clip_norm 0.5, 5 steps",
+             (StepCase(8, 0.5, micro_batch=1, steps=5, seed=5),)),
+    ]
+    return _checked(
+        "train_step", train_step, reference_train_step, _train_steps, cases,
+        hint="optimizer.zero_grad(); for each micro-batch: (loss_fn(model, batch) / n).backward(); "
+             "then clip_grad_norm_(model.parameters(), clip_norm) if clip_norm is not None; "
+             "optimizer.step(); return the summed loss / n as a float.",
+        compare=_close(1e-5, 1e-4), arg_names=("run",),
+    )
