@@ -343,3 +343,42 @@ def test_naive_attention_memory_grows_quadratically():
     assert naive_attention_memory(1024, 8, 64, dtype=torch.bfloat16, batch=2).scores == m.scores
     with pytest.raises(ValueError, match="seq: expected >= 1"):
         naive_attention_memory(0, 8, 64)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "additive"])
+def test_fused_path_equals_the_formula(is_causal, n_kv_heads, mask_kind):
+    """Without return_weights the module runs torch's SDPA: same outputs and gradients."""
+    from llmlab.attention import formula_attention
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4, n_kv_heads=n_kv_heads, is_causal=is_causal)
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    mask = {
+        "none": None,
+        "padding": padding_mask(torch.tensor([7, 4, 1]), 7),
+        "additive": torch.randn(1, 4, 7, 7),
+    }[mask_kind]
+    fused = mha(x, mask=mask)
+    (g_fused,) = torch.autograd.grad(fused.sum(), x)
+    with formula_attention():
+        formula = mha(x, mask=mask)
+    (g_formula,) = torch.autograd.grad(formula.sum(), x)
+    weighed, _ = mha(x, mask=mask, return_weights=True)
+    torch.testing.assert_close(fused, formula, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weighed, formula)
+    torch.testing.assert_close(g_fused, g_formula, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_path_with_a_cache_equals_the_full_sequence():
+    from llmlab.models.cache import KVCache
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_heads=2, is_causal=True).eval()
+    x = torch.randn(2, 6, 16)
+    full = mha(x)
+    cache = KVCache(1)
+    steps = [mha(x[:, :3], cache=cache, layer_idx=0)]
+    steps += [mha(x[:, t : t + 1], cache=cache, layer_idx=0) for t in range(3, 6)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-6, rtol=1e-5)

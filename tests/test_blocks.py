@@ -27,6 +27,12 @@ def test_layernorm_equals_torch():
         theirs.bias.normal_()
     ours.load_state_dict(theirs.state_dict())
     assert (ours(x) - theirs(x)).abs().max() < ATOL
+    assert (ours.formula(x) - theirs(x)).abs().max() < ATOL  # the definition, op by op
+    x.requires_grad_(True)
+    (g_fused,) = torch.autograd.grad(ours(x).square().sum(), x)
+    (g_formula,) = torch.autograd.grad(ours.formula(x).square().sum(), x)
+    torch.testing.assert_close(g_fused, g_formula, atol=1e-5, rtol=1e-5)
+    x = x.detach()
     no_bias = LayerNorm(16, bias=False)
     assert no_bias.bias is None
     assert (no_bias(x) - F.layer_norm(x, (16,))).abs().max() < ATOL

@@ -23,6 +23,7 @@ argument of ``forward``) and additive position biases (the ``mask`` argument).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,6 +46,7 @@ __all__ = [
     "to_additive_mask",
     "repeat_kv",
     "MultiHeadAttention",
+    "formula_attention",
     "AttentionMemory",
     "naive_attention_memory",
 ]
@@ -352,12 +354,21 @@ class MultiHeadAttention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
 
-        if self.is_causal:
-            mask = combine_masks(causal_mask(seq_q, seq_k, device=x.device), mask)
         dropout_p = self.dropout if self.training else 0.0
-        out, weights = scaled_dot_product_attention(
-            q, k, v, mask=mask, dropout_p=dropout_p, scale=self.scale, return_weights=True
-        )
+        if return_weights:  # our formula: it hands back the weights it computes
+            if self.is_causal:
+                mask = combine_masks(causal_mask(seq_q, seq_k, device=x.device), mask)
+            out, weights = scaled_dot_product_attention(
+                q, k, v, mask=mask, dropout_p=dropout_p, scale=self.scale, return_weights=True
+            )
+        elif not _USE_FUSED:
+            if self.is_causal:
+                mask = combine_masks(causal_mask(seq_q, seq_k, device=x.device), mask)
+            out = scaled_dot_product_attention(
+                q, k, v, mask=mask, dropout_p=dropout_p, scale=self.scale
+            )
+        else:  # the same math through torch's fused kernel: never stores the weights
+            out = _fused_attention(q, k, v, mask, self.is_causal, dropout_p, self.scale)
         out = out.transpose(1, 2).reshape(batch, seq_q, self.n_heads * self.head_dim)
         out = self.o_proj(out)
         return (out, weights) if return_weights else out
@@ -367,6 +378,46 @@ class MultiHeadAttention(nn.Module):
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
             f"head_dim={self.head_dim}, is_causal={self.is_causal}"
         )
+
+
+_USE_FUSED = True
+
+
+@contextlib.contextmanager
+def formula_attention():
+    """Inside this block :class:`MultiHeadAttention` always computes attention from the formula.
+
+    Outside it, a module that is not asked for its attention weights runs torch's fused SDPA
+    (same result, faster, no (seq, seq) matrix kept). Use the formula when something must see
+    every operation: ``torch.utils.flop_counter.FlopCounterMode`` does not count the CPU's
+    fused attention kernel, so FLOP measurements run inside ``formula_attention()``.
+    """
+    global _USE_FUSED
+    previous, _USE_FUSED = _USE_FUSED, False
+    try:
+        yield
+    finally:
+        _USE_FUSED = previous
+
+
+def _fused_attention(q, k, v, mask, is_causal: bool, dropout_p: float, scale) -> torch.Tensor:
+    """torch's SDPA (flash / memory-efficient kernels where available) with our mask rules.
+
+    Equal to :func:`scaled_dot_product_attention` (tested), but faster and without the
+    (seq_q, seq_k) weights in memory: what training uses when no one asks for the weights.
+    """
+    seq_q, seq_k = q.shape[-2], k.shape[-2]
+    causal_flag = False
+    if is_causal:
+        if mask is None and seq_q == seq_k:
+            causal_flag = True  # lets torch skip the masked half
+        else:
+            mask = combine_masks(causal_mask(seq_q, seq_k, device=q.device), mask)
+    if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+        mask = mask.to(q.dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal_flag, scale=scale
+    )
 
 
 # --------------------------------------------------------------------------------------------

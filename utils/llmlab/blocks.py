@@ -140,6 +140,8 @@ class EncoderBlock(nn.Module):
         weights = {}
 
         def attend(h):
+            if not return_weights:
+                return self.self_attn(h, mask=mask, rope=rope)
             out, weights["self"] = self.self_attn(h, mask=mask, rope=rope, return_weights=True)
             return out
 
@@ -207,15 +209,20 @@ class DecoderBlock(nn.Module):
         weights = {}
 
         def attend(h):
-            out, weights["self"] = self.self_attn(
-                h, mask=mask, rope=rope, return_weights=True, cache=cache, layer_idx=layer_idx
+            out = self.self_attn(
+                h, mask=mask, rope=rope, return_weights=return_weights, cache=cache,
+                layer_idx=layer_idx,
             )
+            if return_weights:
+                out, weights["self"] = out
             return out
 
         def cross_attend(h):
-            out, weights["cross"] = self.cross_attn(
-                h, context=memory, mask=memory_mask, return_weights=True
+            out = self.cross_attn(
+                h, context=memory, mask=memory_mask, return_weights=return_weights
             )
+            if return_weights:
+                out, weights["cross"] = out
             return out
 
         x = _sublayers(self, x, attend, cross_attend if self.has_cross_attention else None)

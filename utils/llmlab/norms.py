@@ -12,6 +12,7 @@ bf16 or fp16 loses the digits that matter.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmlab.validate import check_positive_int
@@ -34,14 +35,22 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.d_model)
+    def formula(self, x: torch.Tensor) -> torch.Tensor:
+        """The definition, step by step (what :meth:`forward` computes with one fused op)."""
         x32 = x.float()
         mean = x32.mean(dim=-1, keepdim=True)
         var = x32.var(dim=-1, keepdim=True, unbiased=False)  # the biased variance, as the paper
         y = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight.float()
         if self.bias is not None:
             y = y + self.bias.float()
+        return y.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.d_model)
+        # The same math as formula() in one kernel: training spends a tenth of its time in
+        # normalisation when it is written as six separate ops (measured in chapter 03).
+        bias = None if self.bias is None else self.bias.float()
+        y = F.layer_norm(x.float(), (self.d_model,), self.weight.float(), bias, self.eps)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -276,8 +276,8 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if config.optimizer == "torch":
-        fused = next(model.parameters()).device.type == "cuda"
+    if config.optimizer == "torch":  # one fused kernel for all parameters (CPU and CUDA)
+        fused = next(model.parameters()).device.type in ("cpu", "cuda")
         return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
     return AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
 
