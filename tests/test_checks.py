@@ -184,49 +184,64 @@ def temperature_in_place(logits, temperature):
     return logits.div_(temperature)
 
 
+def softmax_by_hand(x, dim=-1):
+    e = (x - x.amax(dim=dim, keepdim=True)).exp()
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def log_softmax_by_logsumexp(x, dim=-1):
+    return x - torch.logsumexp(x, dim=dim, keepdim=True)
+
+
+def cross_entropy_by_gather(logits, targets):
+    logp = torch.log_softmax(logits, dim=-1)
+    return -logp.gather(-1, targets.unsqueeze(-1)).mean()
+
+
+def temperature_checked(logits, temperature):
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    return logits / temperature
+
+
+CORRECT_VARIANTS = [
+    ("check_stable_softmax", softmax_by_hand),
+    ("check_log_softmax", log_softmax_by_logsumexp),
+    ("check_cross_entropy", cross_entropy_by_gather),
+    ("check_apply_temperature", temperature_checked),
+]
+
+
 MUTANTS = [
     # (check, mutant, the failing case named in the message, other words expected)
-    ("check_stable_softmax", softmax_naive, "large logits", "NaN"),
-    ("check_stable_softmax", softmax_last_axis_only, "along dim=1", "max abs error"),
+    ("check_stable_softmax", softmax_naive, "large logits (around 1000)", "NaN"),
+    ("check_stable_softmax", softmax_last_axis_only, "(2, 3, 5) along dim=1", "max abs error"),
     ("check_stable_softmax", softmax_global_max, "rows on very different scales", "NaN"),
-    ("check_stable_softmax", softmax_unnormalised, "1-D vector", "max abs error"),
+    ("check_stable_softmax", softmax_unnormalised, "1-D vector of 5", "max abs error"),
     ("check_stable_softmax", softmax_sum_over_everything, "(3, 7) rows", "max abs error"),
     ("check_stable_softmax", softmax_float32, "float64 input", "expected dtype float64"),
-    ("check_stable_softmax", softmax_in_place, "1-D vector", "in place"),
+    ("check_stable_softmax", softmax_in_place, "1-D vector of 5", "in place"),
     ("check_log_softmax", log_softmax_of_softmax, "entries far below the max", "-inf"),
-    ("check_log_softmax", log_softmax_unstable, "large logits", "inf"),
-    ("check_log_softmax", log_softmax_forgets_max, "1-D vector", "max abs error"),
+    ("check_log_softmax", log_softmax_unstable, "large logits (around 1000)", "inf"),
+    ("check_log_softmax", log_softmax_forgets_max, "1-D vector of 5", "max abs error"),
     ("check_log_softmax", log_softmax_wrong_axis, "(3, 7) rows", "max abs error"),
     ("check_cross_entropy", cross_entropy_sum, "(4, 10) logits", "mean, not sum"),
     ("check_cross_entropy", cross_entropy_wrong_axis, "(4, 10) logits", "max abs error"),
-    ("check_cross_entropy", cross_entropy_unstable, "large logits", "inf"),
+    ("check_cross_entropy", cross_entropy_unstable, "large logits (x1000)", "inf"),
     ("check_cross_entropy", cross_entropy_no_minus, "(4, 10) logits", "max abs error"),
-    ("check_cross_entropy", cross_entropy_2d_only, "(2, 3, 7) logits", "raised IndexError"),
+    ("check_cross_entropy", cross_entropy_2d_only, "(2, 3, 7) logits, (2, 3) targets", "raised IndexError"),
     ("check_cross_entropy", cross_entropy_shape_1, "(4, 10) logits", "expected shape ()"),
-    ("check_apply_temperature", temperature_multiplies, "temperature 0.5", "max abs error"),
+    ("check_apply_temperature", temperature_multiplies, "temperature 0.5 sharpens", "max abs error"),
     ("check_apply_temperature", temperature_no_validation, "temperature 0 is rejected",
      "expected your function to raise ValueError"),
     ("check_apply_temperature", temperature_allows_zero, "temperature 0 is rejected",
      "raise ValueError"),
     ("check_apply_temperature", temperature_wrong_exception, "temperature 0 is rejected",
      "raised TypeError"),
-    ("check_apply_temperature", temperature_allows_inf, "infinite temperature", "ValueError"),
-    ("check_apply_temperature", temperature_floats_only, "integer temperature", "TypeError"),
-    ("check_apply_temperature", temperature_in_place, "temperature 0.5", "in place"),
+    ("check_apply_temperature", temperature_allows_inf, "infinite temperature is rejected", "ValueError"),
+    ("check_apply_temperature", temperature_floats_only, "integer temperature 3", "TypeError"),
+    ("check_apply_temperature", temperature_in_place, "temperature 0.5 sharpens", "in place"),
 ]
-
-
-@pytest.mark.parametrize(("name", "mutant", "case", "words"), MUTANTS,
-                         ids=[m[1].__name__ for m in MUTANTS])
-def test_mutant_fails_on_the_case_that_exposes_it(name, mutant, case, words):
-    check, reference = CHECKS[name]
-    result = check(mutant)
-    assert not result.passed, f"{mutant.__name__} passed {name}: the check cannot catch it"
-    assert case in result.failed_case
-    assert f"case '{result.failed_case}'" in result.message
-    assert words in result.message, result.message
-    assert "Hint:" in result.message
-    assert result.fn is reference
 
 
 def test_check_does_not_move_the_global_seed():

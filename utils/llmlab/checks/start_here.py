@@ -10,13 +10,14 @@ Inputs come from a private generator seeded here, so a check never moves the not
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from llmlab.checks import Case, CheckResult, run_check
+from llmlab.checks import Case, CheckResult, compare_tensors, run_check
 
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns (built on PyTorch's own implementations)
@@ -123,6 +124,8 @@ def check_log_softmax(log_softmax: Callable) -> CheckResult:
         "log_softmax", log_softmax, reference_log_softmax, [*_logit_cases(), _spread_case()],
         hint="log_softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log(sum(exp(x - m))) "
              "and m the max along `dim`.",
+        # x - logsumexp(x) is right but subtracts two numbers near 1000: float32 keeps ~6e-5
+        compare=functools.partial(compare_tensors, atol=1e-4),
     )
 
 
