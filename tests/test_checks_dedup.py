@@ -255,7 +255,7 @@ def test_reference_signatures_equal_the_library():
     lib = data.minhash_signatures(texts, num_perm=16, k=3, seed=4)
     a, b = dd.hash_family(16, seed=4)
     for text, expected in zip(texts, lib, strict=True):
-        hashes = data.dedup._shingle_hashes(text, 3)
+        hashes = data.shingle_hashes(text, 3)
         assert dd.reference_minhash_signature(hashes, a, b, dd.PRIME) == expected.tolist()
 
 

@@ -141,3 +141,18 @@ def test_token_file_round_trip_and_sampler(tmp_path):
         data.TokenFile(tmp_path / "missing.bin")
     big = data.write_token_file(tmp_path / "big.bin", [[70_000]], eos_id=None, vocab_size=100_000)
     assert data.TokenFile(big).tokens.dtype == np.uint32
+
+
+def test_loose_lsh_with_exact_verification_finds_every_planted_pair():
+    rng = np.random.default_rng(1)
+    vocab = [f"t{i}" for i in range(2000)]
+    docs = [" ".join(rng.choice(vocab, 60)) for _ in range(200)]
+    all_docs, planted = data.plant_near_duplicates(docs, 20, edit_rate=0.03, seed=1)
+    truth = {p for p in planted
+             if data.jaccard(data.shingles(all_docs[p[0]], 3), data.shingles(all_docs[p[1]], 3)) >= 0.6}
+    found = data.near_duplicate_pairs(all_docs, threshold=0.6, k=3, lsh_threshold=0.4, verify="exact")
+    precision, recall = data.precision_recall(found, truth)
+    assert precision == 1.0 and recall == 1.0
+    assert data.shingle_hashes("a b c", k=2) == data.shingle_hashes("A b C", k=2)
+    with pytest.raises(ValueError, match="verify"):
+        data.near_duplicate_pairs(all_docs, verify="fuzzy")

@@ -46,6 +46,7 @@ from llmlab.data.dedup import (
     ngram_overlap,
     plant_near_duplicates,
     precision_recall,
+    shingle_hashes,
     shingles,
 )
 from llmlab.data.packing import RandomBatchSampler, TokenFile, write_token_file
@@ -56,7 +57,7 @@ __all__ = [
     "Task", "make_tasks", "register_task_kind", "task_kinds", "BUILTIN_TASK_KINDS",
     "MAX_DIFFICULTY", "MIN_DOCSTRING_CHARS", "check_exact", "check_number", "check_numbers", "check_word",
     "quality_signals", "QualityFilter", "normalize_text",
-    "exact_dedup", "shingles", "jaccard", "ngram_overlap", "minhash_signatures", "lsh_params",
+    "exact_dedup", "shingles", "shingle_hashes", "jaccard", "ngram_overlap", "minhash_signatures", "lsh_params",
     "LSHIndex", "near_duplicate_pairs", "plant_near_duplicates", "precision_recall",
     "scrub_pii", "PII_KINDS", "k_anonymity",
     "write_token_file", "TokenFile", "RandomBatchSampler",

@@ -40,6 +40,7 @@ from llmlab.data.clean import normalize_text
 __all__ = [
     "exact_dedup",
     "shingles",
+    "shingle_hashes",
     "jaccard",
     "ngram_overlap",
     "minhash_signatures",
@@ -93,7 +94,8 @@ def ngram_overlap(text: str, reference: str, n: int = 8) -> float:
     return len(mine & theirs) / len(mine) if mine else 0.0
 
 
-def _shingle_hashes(text: str, k: int) -> list[int]:
+def shingle_hashes(text: str, k: int = 5) -> list[int]:
+    """32-bit hashes (BLAKE2b) of the word k-shingles of ``text``: the input of MinHash."""
     return [
         int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=4).digest(), "little")
         for s in shingles(text, k)
@@ -116,7 +118,7 @@ def minhash_signatures(documents: Sequence[str], num_perm: int = 128, k: int = 5
     p = np.uint64(MERSENNE_PRIME)
     out = np.full((len(documents), num_perm), MERSENNE_PRIME, dtype=np.uint64)
     for i, doc in enumerate(documents):
-        hashes = np.array(_shingle_hashes(doc, k), dtype=np.uint64)
+        hashes = np.array(shingle_hashes(doc, k), dtype=np.uint64)
         if hashes.size:
             # (a x + b) mod p for every hash function (rows) and shingle (columns): < 2^63
             out[i] = ((a[:, None] * hashes[None, :] + b[:, None]) % p).min(axis=1)
@@ -189,21 +191,39 @@ def near_duplicate_pairs(
     num_perm: int = 128,
     k: int = 5,
     seed: int = 0,
+    lsh_threshold: float | None = None,
+    verify: str = "signature",
 ) -> set[tuple[int, int]]:
-    """Pairs (i < j) whose estimated Jaccard similarity of word k-shingles is >= ``threshold``.
+    """Pairs (i < j) whose Jaccard similarity of word k-shingles is >= ``threshold``.
 
-    MinHash signatures, LSH candidates, then each candidate verified on its signatures.
+    MinHash signatures, LSH candidates, then each candidate verified. ``lsh_threshold``
+    (default ``threshold``) places the LSH S-curve: a lower one finds more true pairs (recall)
+    at the price of more candidates to verify. ``verify``: ``"signature"`` (estimated Jaccard,
+    cheap) or ``"exact"`` (the shingle sets themselves: no false positives).
     """
     import numpy as np
 
+    if verify not in ("signature", "exact"):
+        raise ValueError(f"verify: expected 'signature' or 'exact', got {verify!r}")
     sigs = minhash_signatures(documents, num_perm=num_perm, k=k, seed=seed)
-    bands, rows = lsh_params(num_perm, threshold)
+    bands, rows = lsh_params(num_perm, threshold if lsh_threshold is None else lsh_threshold)
     index = LSHIndex(bands, rows)
     for i, sig in enumerate(sigs):
         index.add(i, sig)
+    sets: dict[int, set[str]] = {}
+
+    def shingle_set(i: int) -> set[str]:
+        if i not in sets:
+            sets[i] = shingles(documents[i], k)
+        return sets[i]
+
     found = set()
     for i, j in index.candidates():
-        if float(np.mean(sigs[i] == sigs[j])) >= threshold:
+        if verify == "exact":
+            similar = jaccard(shingle_set(i), shingle_set(j)) >= threshold
+        else:
+            similar = float(np.mean(sigs[i] == sigs[j])) >= threshold
+        if similar:
             found.add((min(i, j), max(i, j)))
     return found
 
@@ -257,3 +277,4 @@ def precision_recall(
     precision = hits / len(found) if found else 1.0
     recall = hits / len(truth) if truth else 1.0
     return precision, recall
+
