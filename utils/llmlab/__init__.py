@@ -25,6 +25,8 @@ _SUBMODULES = {
     "plotting",
     "progress",
     "attention", "blocks", "ffn", "norms", "positional", "seq2seq",  # chapter 01
+    "generation", "models", "ngram", "tokenizers",  # chapter 02
+    "objectives", "scaling", "train",  # chapter 03
 }
 
 
