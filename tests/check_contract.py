@@ -5,7 +5,7 @@ A chapter's test file subclasses :class:`CheckContract` (its name must start wit
     class TestContract(CheckContract):
         MODULE = transformer                     # the llmlab.checks module
         CHECKS = {"check_x": (check_x, reference_x), ...}
-        GARBAGE = {"returns None": lambda *a, **k: None, ...}
+        GARBAGE = {"returns a list": lambda *a, **k: [0.1, 0.9], ...}  # + BASE_GARBAGE
         MIN_CASES = 6
 
 and gets, for every check: the reference passes (and is handed back), a NotImplementedError
@@ -24,6 +24,18 @@ import inspect
 import torch
 
 
+def _raise_value_error(*args, **kwargs):
+    raise ValueError("boom")
+
+
+#: Garbage every check must survive; a chapter's GARBAGE adds its own kinds of wrong answers.
+BASE_GARBAGE = {
+    "returns None": lambda *a, **k: None,
+    "raises ValueError": _raise_value_error,
+    "is not a function (None)": None,
+}
+
+
 class CheckContract:
     MODULE = None
     CHECKS: dict = {}
@@ -34,7 +46,7 @@ class CheckContract:
         if "name" in metafunc.fixturenames:
             metafunc.parametrize("name", list(self.CHECKS))
         if "garbage" in metafunc.fixturenames:
-            metafunc.parametrize("garbage", list(self.GARBAGE))
+            metafunc.parametrize("garbage", list({**BASE_GARBAGE, **self.GARBAGE}))
         if "variant" in metafunc.fixturenames:
             variants = getattr(metafunc.module, "CORRECT_VARIANTS", [])
             metafunc.parametrize("variant", variants, ids=[fn.__name__ for _, fn in variants])
@@ -71,7 +83,7 @@ class CheckContract:
 
     def test_garbage_fails_without_raising(self, name, garbage):
         check, reference = self.CHECKS[name]
-        result = check(self.GARBAGE[garbage])
+        result = check({**BASE_GARBAGE, **self.GARBAGE}[garbage])
         assert not result.passed
         assert result.message.startswith("❌") and "\n" not in result.message
         assert result.fn is reference

@@ -36,16 +36,13 @@ def _divide_by_zero(*args, **kwargs):
 
 
 GARBAGE = {
-    "returns None": lambda *a, **k: None,
     "returns a list": lambda *a, **k: [0.1, 0.9],
     "returns a number": lambda *a, **k: 0.5,
     "returns a numpy array": lambda x, *a, **k: x.numpy(),
     "returns the wrong shape": lambda x, *a, **k: torch.zeros(3, 2, 1),
     "returns the wrong dtype": lambda x, *a, **k: torch.zeros_like(x, dtype=torch.int64),
-    "raises ValueError": _raise_value_error,
     "raises ZeroDivisionError": _divide_by_zero,
     "takes no arguments": lambda: torch.zeros(1),
-    "is not a function (None)": None,
     "is not a function (a string)": "softmax",
 }
 

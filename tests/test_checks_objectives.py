@@ -16,19 +16,13 @@ from llmlab.checks import objectives as co
 CHECKS = {"check_mlm_mask": (co.check_mlm_mask, co.reference_mlm_mask)}
 
 
-def _raise_value_error(*args, **kwargs):
-    raise ValueError("boom")
-
-
 GARBAGE = {
-    "returns None": lambda *a, **k: None,
     "returns a number": lambda *a, **k: 3,
     "returns one tensor": lambda ids, *a, **k: ids.clone(),
     "returns (ids, ids)": lambda ids, *a, **k: (ids.clone(), ids.clone()),
     "returns floats": lambda ids, *a, **k: (ids.float(), ids.float()),
     "returns the wrong shape": lambda ids, *a, **k: (ids.flatten(), ids.flatten()),
     "returns a string pair": lambda *a, **k: ("a", "b"),
-    "raises ValueError": _raise_value_error,
     "takes no arguments": lambda: None,
     "is not a function": None,
 }

@@ -23,12 +23,7 @@ CHECKS = {
 }
 
 
-def _raise_value_error(*args, **kwargs):
-    raise ValueError("boom")
-
-
 GARBAGE = {
-    "returns None": lambda *a, **k: None,
     "returns a number": lambda *a, **k: 3.0,
     "returns a string": lambda *a, **k: "fit",
     "returns a tuple of strings": lambda *a, **k: ("a", "b", "c"),
@@ -37,9 +32,7 @@ GARBAGE = {
     "returns an empty list": lambda *a, **k: [],
     "returns a dict": lambda *a, **k: {"a": 1.0, "alpha": 0.1},
     "returns its first input": lambda x, *a, **k: x,
-    "raises ValueError": _raise_value_error,
     "takes no arguments": lambda: (1.0, 0.1),
-    "is not a function (None)": None,
 }
 
 

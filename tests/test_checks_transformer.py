@@ -32,12 +32,7 @@ CHECKS = {
 }
 
 
-def _raise_value_error(*args, **kwargs):
-    raise ValueError("boom")
-
-
 GARBAGE = {
-    "returns None": lambda *a, **k: None,
     "returns a list": lambda *a, **k: [0.1, 0.9],
     "returns a number": lambda *a, **k: 0.5,
     "returns a string": lambda *a, **k: "attention",
@@ -49,9 +44,7 @@ GARBAGE = {
     "returns int64 zeros": lambda x, *a, **k: torch.zeros_like(x, dtype=torch.int64),
     "returns NaN": lambda x, *a, **k: torch.full_like(x, float("nan")),
     "returns a module": lambda *a, **k: torch.nn.Linear(2, 2),
-    "raises ValueError": _raise_value_error,
     "takes no arguments": lambda: torch.zeros(1),
-    "is not a function (None)": None,
     "is not a function (a tensor)": torch.zeros(2),
 }
 
