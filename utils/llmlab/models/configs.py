@@ -84,12 +84,10 @@ class GPTConfig:
 
 
 @dataclass
-class LlamaConfig:
-    """LLaMA (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases.
+class _RotaryDecoderConfig:
+    """Fields and checks shared by the RoPE decoder-only families (LLaMA, PaLM)."""
 
-    ``n_kv_heads`` < ``n_heads`` is GQA (LLaMA 2 70B, SmolLM2: 9 query heads share 3 kv heads).
-    ``max_seq`` is None: RoPE has no table, so nothing limits the length but memory.
-    """
+    FAMILY = ""
 
     vocab_size: int
     d_model: int
@@ -112,7 +110,18 @@ class LlamaConfig:
             ("n_kv_heads", "head_dim"),
         )
         if self.positions != "rope":
-            raise ValueError(f"positions: LLaMA uses 'rope', got {self.positions!r}")
+            raise ValueError(f"positions: {self.FAMILY} uses 'rope', got {self.positions!r}")
+
+
+@dataclass
+class LlamaConfig(_RotaryDecoderConfig):
+    """LLaMA (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases.
+
+    ``n_kv_heads`` < ``n_heads`` is GQA (LLaMA 2 70B, SmolLM2: 9 query heads share 3 kv heads).
+    ``max_seq`` is None: RoPE has no table, so nothing limits the length but memory.
+    """
+
+    FAMILY = "LLaMA"
 
     def block_config(self) -> BlockConfig:
         return BlockConfig(
@@ -124,7 +133,7 @@ class LlamaConfig:
 
 
 @dataclass
-class PaLMConfig:
+class PaLMConfig(_RotaryDecoderConfig):
     """PaLM (Chowdhery et al. 2022): parallel block, multi-query attention, SwiGLU, RoPE,
     no biases anywhere (LayerNorm without bias too), shared input/output embeddings.
 
@@ -132,28 +141,11 @@ class PaLMConfig:
     two matmul groups can run at once. ``n_kv_heads=1`` is multi-query attention.
     """
 
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
-    n_kv_heads: int | None = 1
-    head_dim: int | None = None
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    max_seq: int | None = None
-    positions: str = "rope"
+    FAMILY = "PaLM"
 
-    def __post_init__(self):
-        _check_sizes(
-            self,
-            ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "n_kv_heads", "head_dim"),
-            ("n_kv_heads", "head_dim"),
-        )
-        if self.positions != "rope":
-            raise ValueError(f"positions: PaLM uses 'rope', got {self.positions!r}")
+    n_kv_heads: int | None = 1
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
 
     def block_config(self) -> BlockConfig:
         return BlockConfig(
