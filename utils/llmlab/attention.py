@@ -355,17 +355,11 @@ class MultiHeadAttention(nn.Module):
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
 
         dropout_p = self.dropout if self.training else 0.0
-        if return_weights:  # our formula: it hands back the weights it computes
+        if return_weights or not _USE_FUSED:  # our formula: it hands back the weights
             if self.is_causal:
                 mask = combine_masks(causal_mask(seq_q, seq_k, device=x.device), mask)
             out, weights = scaled_dot_product_attention(
                 q, k, v, mask=mask, dropout_p=dropout_p, scale=self.scale, return_weights=True
-            )
-        elif not _USE_FUSED:
-            if self.is_causal:
-                mask = combine_masks(causal_mask(seq_q, seq_k, device=x.device), mask)
-            out = scaled_dot_product_attention(
-                q, k, v, mask=mask, dropout_p=dropout_p, scale=self.scale
             )
         else:  # the same math through torch's fused kernel: never stores the weights
             out = _fused_attention(q, k, v, mask, self.is_causal, dropout_p, self.scale)

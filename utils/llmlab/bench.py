@@ -35,7 +35,6 @@ import importlib
 import importlib.metadata
 import json
 import math
-import pkgutil
 import platform
 import re
 import statistics
@@ -123,10 +122,7 @@ def registry() -> dict[str, Benchmark]:
     from llmlab import kernels
 
     found: dict[str, Benchmark] = {}
-    for module_info in sorted(pkgutil.iter_modules(kernels.__path__), key=lambda m: m.name):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{kernels.__name__}.{module_info.name}")
+    for module in kernels.modules():
         for benchmark in getattr(module, "benchmarks", lambda: [])():
             found[benchmark.name] = benchmark
     found.update(_REGISTERED)

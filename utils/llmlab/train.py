@@ -39,6 +39,7 @@ __all__ = [
     "AdamW",
     "warmup_cosine",
     "lm_loss",
+    "grad_norm",
     "clip_grad_norm",
     "TrainConfig",
     "History",
@@ -181,6 +182,11 @@ def lm_loss(
     return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
 
 
+def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of ``grads``: the norm of the per-tensor norms."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale all gradients together so their global L2 norm is at most ``max_norm``.
 
@@ -190,7 +196,7 @@ def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    total = grad_norm(grads)
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale)
@@ -354,7 +360,7 @@ def train(
         if config.clip_norm is not None:
             norm = clip_grad_norm(params, config.clip_norm).item()
         else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+            norm = grad_norm([p.grad for p in params]).item()
         history.lr.append(scheduler.get_last_lr()[0])
         if scaler:
             scaler.step(optimizer)

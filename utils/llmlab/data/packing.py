@@ -127,13 +127,17 @@ class RandomBatchSampler:
         return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
 
     def __call__(self, i: int):
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"i: expected a batch index >= 0, got {i!r}")
+        return self._windows(self.offsets(i))
+
+    def _windows(self, starts):
+        """(inputs, targets) from windows of seq_len + 1 tokens beginning at ``starts``."""
         import numpy as np
         import torch
 
-        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-            raise ValueError(f"i: expected a batch index >= 0, got {i!r}")
-        rows = np.stack([np.asarray(self.tokens[o : o + self.seq_len + 1], dtype=np.int64)
-                         for o in self.offsets(i)])
+        rows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64)
+                         for s in starts])
         window = torch.from_numpy(rows)
         return window[:, :-1], window[:, 1:]
 
@@ -141,13 +145,7 @@ class RandomBatchSampler:
         """Non-overlapping windows in order, batched: for a deterministic validation loss."""
         n_windows = (len(self.tokens) - 1) // self.seq_len
         starts = [w * self.seq_len for w in range(n_windows)]
-        import numpy as np
-        import torch
-
         for b, lo in enumerate(range(0, len(starts), self.batch_size)):
             if max_batches is not None and b >= max_batches:
                 return
-            rows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64)
-                             for s in starts[lo : lo + self.batch_size]])
-            window = torch.from_numpy(rows)
-            yield window[:, :-1], window[:, 1:]
+            yield self._windows(starts[lo : lo + self.batch_size])

@@ -47,14 +47,20 @@ def registry() -> dict[str, str]:
     return dict(_REGISTRY)
 
 
-def load_all() -> dict[str, str]:
-    """Import every kernel module of this package (each registers itself); return the registry."""
-    import importlib
+def modules() -> list:
+    """Every kernel module of this package, imported (importing one registers its kernel)."""
     import pkgutil
 
-    for module_info in pkgutil.iter_modules(__path__):
-        if not module_info.name.startswith("_") and module_info.name != "launch":
-            importlib.import_module(f"{__name__}.{module_info.name}")
+    return [
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+        if not info.name.startswith("_") and info.name != "launch"
+    ]
+
+
+def load_all() -> dict[str, str]:
+    """Import every kernel module (each registers itself); return the registry."""
+    modules()
     return registry()
 
 
