@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -37,6 +38,11 @@ CAUSAL = {
         GPT,
         GPTConfig(vocab_size=VOCAB, max_seq=40, d_model=48, n_layers=2, n_heads=4, d_ff=100,
                   norm_first=False, tie_embeddings=False),
+    ),
+    "gpt-rope-swiglu": (
+        GPT,
+        GPTConfig(vocab_size=VOCAB, max_seq=40, d_model=48, n_layers=2, n_heads=4,
+                  positions="rope", activation="swiglu"),
     ),
     "llama-gqa": (
         Llama, LlamaConfig(vocab_size=VOCAB, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, d_ff=128)
@@ -145,6 +151,43 @@ def test_cache_and_input_errors():
         attn(torch.zeros(1, 2, 16), context=torch.zeros(1, 3, 16), cache=KVCache(1), layer_idx=0)
 
 
+def _loss_grads_and_saved_bytes(model, ids):
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    torch.manual_seed(1)  # the same dropout masks in both runs
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return loss.item(), grads, sum(saved)
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_activation_checkpointing_keeps_losses_and_gradients(every):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, max_seq=40, d_model=48, n_layers=4, n_heads=4,
+                          dropout=0.1, positions="rope"))
+    ids = torch.randint(0, VOCAB, (2, 17))
+    loss, grads, plain_bytes = _loss_grads_and_saved_bytes(model, ids)
+    model.checkpoint_every = every
+    loss2, grads2, ckpt_bytes = _loss_grads_and_saved_bytes(model, ids)
+    assert loss2 == pytest.approx(loss, abs=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(grads2[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert ckpt_bytes < plain_bytes / 2  # only the embeddings, head and group inputs stay
+    model.eval()
+    with torch.no_grad():  # evaluation and cached decoding ignore the switch
+        cache = model.new_cache()
+        torch.testing.assert_close(model(ids, cache=cache), model(ids))
+    with pytest.raises(ValueError, match="checkpoint_every: expected None or a positive int"):
+        model.checkpoint_every = 0
+
+
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="d_model: expected a positive int"):
         GPTConfig(vocab_size=10, max_seq=8, d_model=0, n_layers=1, n_heads=1)
@@ -156,6 +199,8 @@ def test_config_validation_names_the_field():
         LlamaConfig(vocab_size=10, d_model=48, n_layers=1, n_heads=6, d_ff=None)
     with pytest.raises(ValueError, match="dropout: expected a float"):
         BertConfig(vocab_size=10, max_seq=8, d_model=8, n_layers=1, n_heads=1, dropout=1.0)
+    with pytest.raises(ValueError, match="positions: expected 'learned' .GPT-2. or 'rope'"):
+        GPTConfig(vocab_size=10, max_seq=8, d_model=8, n_layers=1, n_heads=1, positions="alibi")
     with pytest.raises(TypeError, match="config: expected a LlamaConfig, got GPTConfig"):
         Llama(CAUSAL["gpt2"][1])
 
@@ -171,6 +216,10 @@ def test_family_structure():
     assert llama.lm_head.weight is not llama.embed_tokens.weight
     assert gpt.lm_head.weight is gpt.embed_tokens.weight and gpt.embed_positions is not None
     assert llama.config.max_seq is None and gpt.config.max_seq == 40
+    # GPT with LLaMA's FFN and positions: d_ff 8/3 d rounded up to 16, a gate, no position table
+    rotary = _build("gpt-rope-swiglu")
+    assert rotary.config.d_ff == 128 and rotary.embed_positions is None
+    assert rotary.layers[0].mlp.gate_proj.out_features == 128 and rotary.rotary is not None
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,12 +18,19 @@ The KV cache. ``model(ids, cache=cache)`` treats ``ids`` as the positions that f
 
 so each generated token costs one row of attention instead of a forward pass over the whole
 prefix. The logits equal those of the full sequence without a cache (tests check 1e-5).
+
+Activation (gradient) checkpointing. ``model.checkpoint_every = k`` makes training forward
+passes keep only the input of every group of ``k`` blocks; backward recomputes each group's
+inside from it. Saved activations fall from O(n_layers) to O(n_layers / k + k) (k ~ sqrt(n)
+is the classic choice, Chen et al. 2016) for about one extra forward pass. Losses and
+gradients are unchanged (tested); evaluation, ``no_grad`` and cached decoding ignore it.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llmlab.blocks import DecoderBlock
 from llmlab.models.cache import KVCache
@@ -72,6 +79,18 @@ class CausalLM(nn.Module):
         self.apply(_init_weights)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self._checkpoint_every: int | None = None
+
+    @property
+    def checkpoint_every(self) -> int | None:
+        """Blocks per activation-checkpointing group in training (None: no checkpointing)."""
+        return self._checkpoint_every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"checkpoint_every: expected None or a positive int, got {value!r}")
+        self._checkpoint_every = value
 
     def new_cache(self) -> KVCache:
         """An empty KV cache with one slot per layer, for ``forward(..., cache=...)``."""
@@ -110,9 +129,19 @@ class CausalLM(nn.Module):
         else:
             rope = self.rotary(positions, dtype=x.dtype)
         x = self.dropout(x)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rope=rope, cache=cache, layer_idx=i)
+        every = self._checkpoint_every
+        if every and cache is None and self.training and torch.is_grad_enabled():
+            for lo in range(0, len(self.layers), every):
+                x = checkpoint(self._run_layers, x, rope, lo, lo + every, use_reentrant=False)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, rope=rope, cache=cache, layer_idx=i)
         return self.norm(x)
+
+    def _run_layers(self, x: torch.Tensor, rope, lo: int, hi: int) -> torch.Tensor:
+        for i in range(lo, min(hi, len(self.layers))):
+            x = self.layers[i](x, rope=rope, layer_idx=i)
+        return x
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied embedding counts once), as ``sum(p.numel())``."""

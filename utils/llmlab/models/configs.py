@@ -50,7 +50,12 @@ class GPTConfig:
     """GPT-2 (Radford et al. 2019): learned positions, pre-norm LayerNorm, GELU, tied head.
 
     ``norm_first=False`` gives GPT-1's post-norm layout (no final norm). ``d_ff`` defaults to
-    4 * d_model.
+    4 * d_model (8/3 * d_model, rounded up to a multiple of 16, with ``activation="swiglu"``,
+    so that the gated FFN keeps about the same parameters). ``positions="rope"`` replaces the
+    learned position table by rotary embeddings inside attention (GPT-J and GPT-NeoX rotate
+    part of each head; this rotates all of it, as LLaMA does). With ``activation="swiglu"``
+    these are the steps from GPT-2's layout towards LLaMA's that chapter 03 measures one at
+    a time.
     """
 
     vocab_size: int
@@ -64,16 +69,20 @@ class GPTConfig:
     activation: str = "gelu_tanh"
     dropout: float = 0.0
     tie_embeddings: bool = True
-    positions: str = "learned"
+    positions: str = "learned"  # "learned" (GPT-2) | "rope" (GPT-J, GPT-NeoX)
+    rope_base: float = 10000.0
 
     def __post_init__(self):
         _check_sizes(
             self, ("vocab_size", "max_seq", "d_model", "n_layers", "n_heads", "d_ff"), ("d_ff",)
         )
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.positions != "learned":
-            raise ValueError(f"positions: GPT uses 'learned' positions, got {self.positions!r}")
+            gated = self.activation == "swiglu"
+            self.d_ff = -(-8 * self.d_model // 48) * 16 if gated else 4 * self.d_model
+        if self.positions not in ("learned", "rope"):
+            raise ValueError(
+                f"positions: expected 'learned' (GPT-2) or 'rope' (GPT-J/NeoX), got {self.positions!r}"
+            )
 
     def block_config(self) -> BlockConfig:
         return BlockConfig(

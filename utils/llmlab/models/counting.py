@@ -69,9 +69,10 @@ def parameter_breakdown(config) -> dict[str, int]:
     hd = _head_dim(config)
     parts = dict(embedding=V * d, attention=0, ffn=0, norms=0, head=0, other=0)
     if isinstance(config, GPTConfig):
-        parts["embedding"] += config.max_seq * d
+        if config.positions == "learned":
+            parts["embedding"] += config.max_seq * d
         parts["attention"] = L * _attention(d, config.n_heads, config.n_heads, hd, bias=True)
-        parts["ffn"] = L * _ffn(d, config.d_ff, gated=False, bias=True)
+        parts["ffn"] = L * _ffn(d, config.d_ff, gated=config.activation == "swiglu", bias=True)
         parts["norms"] = (2 * L + (1 if config.norm_first else 0)) * 2 * d
         parts["head"] = 0 if config.tie_embeddings else V * d
     elif isinstance(config, (LlamaConfig, PaLMConfig)):
@@ -119,7 +120,7 @@ def matmul_parameters(config) -> int:
     d, L, V = config.d_model, config.n_layers, config.vocab_size
     hd = _head_dim(config)
     kv = getattr(config, "n_kv_heads", None) or config.n_heads
-    gated = not isinstance(config, GPTConfig)
+    gated = not isinstance(config, GPTConfig) or config.activation == "swiglu"
     per_layer = _attention(d, config.n_heads, kv, hd, bias=False) + _ffn(
         d, config.d_ff, gated=gated, bias=False
     )
