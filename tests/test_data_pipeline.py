@@ -40,6 +40,12 @@ def test_shingles_jaccard_overlap():
     b = data.shingles("one two three five", k=2)
     assert data.jaccard(a, b) == pytest.approx(2 / 4)
     assert data.ngram_overlap("one two three four", "x one two three y", n=2) == pytest.approx(2 / 3)
+    # against a whole split: n-grams found in any reference document count
+    shares = data.contamination(["one two three four", "five six", "seven"],
+                                ["x one two y", "three four z"], n=2)
+    assert shares == pytest.approx([2 / 3, 0.0, 0.0])
+    assert shares[0] > max(data.ngram_overlap("one two three four", r, n=2)
+                           for r in ["x one two y", "three four z"])
     assert data.shingles("hi", k=5) == {"hi"}
     with pytest.raises(ValueError, match="k: expected"):
         data.shingles("x", k=0)

@@ -118,6 +118,20 @@ def test_integer_token_ids_work():
     assert lm.perplexity(ids) < 10
 
 
+def test_token_nll_scores_each_target_from_its_own_prefix():
+    ids = [1, 2, 3, 1, 2, 3, 3, 2, 1, 4]
+    lm = NGramLM(3, vocab_size=10).fit([ids[:7]])
+    # start=0 is evaluate() on the whole sequence (the first token from start-of-text)
+    assert sum(lm.token_nll(ids, start=0)) == pytest.approx(lm.evaluate([ids]).nll)
+    nll = lm.token_nll(ids)  # targets ids[1:], as a causal LM scores them
+    assert len(nll) == len(ids) - 1
+    assert nll[4] == pytest.approx(-math.log(lm.prob(ids[5], ids[3:5])))
+    assert nll[0] == pytest.approx(-math.log(lm.prob(ids[1], [ids[0]])))
+    assert lm.token_nll(ids, start=len(ids)) == []
+    with pytest.raises(ValueError, match="start: expected an int in"):
+        lm.token_nll(ids, start=11)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -33,6 +33,54 @@ def batch_fn(i, batch=4, seq=6, vocab=17):
     return x[:, :-1], x[:, 1:]
 
 
+class TinyCausalLM(nn.Module):
+    """Each position sees a decayed sum of the embeddings before it: causal, context-dependent."""
+
+    def __init__(self, vocab=17, d=12):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        e = self.embed(ids)
+        seq = ids.shape[1]
+        t = torch.arange(seq)
+        decay = torch.tril(0.7 ** (t[:, None] - t[None, :]).clamp(min=0).float())
+        return self.head(torch.tanh(decay @ e))
+
+
+@pytest.mark.parametrize("n, window, stride", [(23, 8, 3), (23, 8, 8), (24, 8, 1), (9, 8, 4), (5, 8, 2)])
+def test_sliding_window_nll_scores_each_target_once_with_its_window(n, window, stride):
+    torch.manual_seed(0)
+    model = TinyCausalLM()
+    tokens = torch.randint(0, 17, (n,))
+    got = tr.sliding_window_nll(model, tokens, window, stride, batch_size=2)
+    assert got.shape == (n - 1,) and got.dtype == torch.float64
+    for j in range(n - 1):  # target tokens[j + 1], scored by the first window that reaches it
+        begin = max(0, -(-(j - window + 1) // stride) * stride)
+        logp = model(tokens[None, begin : j + 1])[0, -1].log_softmax(-1)
+        assert got[j].item() == pytest.approx(-logp[tokens[j + 1]].item(), abs=1e-5)
+
+
+def test_sliding_window_nll_non_overlapping_equals_lm_loss_per_window():
+    torch.manual_seed(0)
+    model = TinyCausalLM()
+    tokens = torch.randint(0, 17, (4 * 6 + 1,))
+    got = tr.sliding_window_nll(model, tokens.tolist(), window=6)
+    x = tokens[:-1].view(4, 6)
+    y = tokens[1:].view(4, 6)
+    assert got.mean().item() == pytest.approx(tr.lm_loss(model(x), y).item(), abs=1e-6)
+    for kwargs, match in [
+        (dict(window=0), "window: expected a positive int"),
+        (dict(window=4, stride=5), r"stride: expected an int in \[1, window=4\]"),
+        (dict(window=4, batch_size=0), "batch_size: expected a positive int"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            tr.sliding_window_nll(model, tokens, **kwargs)
+    with pytest.raises(ValueError, match="tokens: expected at least 2 tokens"):
+        tr.sliding_window_nll(model, [3], window=4)
+
+
 def test_adamw_equals_torch_over_100_steps():
     torch.manual_seed(0)
     a = TinyLM(dropout=0.0)

@@ -286,6 +286,24 @@ class NGramLM:
             raise ValueError("sequences: expected at least one token to evaluate")
         return Evaluation(n_tokens, nll, zeros)
 
+    def token_nll(self, tokens: Sequence[Hashable], start: int = 1) -> list[float]:
+        """NLL (nats) of each of ``tokens[start:]``, predicted from the tokens before it.
+
+        Token ``j`` is scored from ``tokens[j - n + 1 : j]``, padded with BOS where fewer
+        precede it. So it scores exactly the targets a neural LM scores on the same window or
+        stream (``start=1``: the first token has no context to be predicted from), and the
+        two can be compared token by token.
+        """
+        self._check_fitted()
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(tokens):
+            raise ValueError(f"start: expected an int in [0, len(tokens)={len(tokens)}], got {start!r}")
+        tokens = list(tokens)
+        out = []
+        for j in range(start, len(tokens)):
+            p = self.prob(tokens[j], tokens[max(0, j - self.n + 1) : j])
+            out.append(math.inf if p <= 0.0 else -math.log(p))
+        return out
+
     def perplexity(self, sequences: Iterable[Sequence[Hashable]]) -> float:
         """exp(mean NLL per token) of ``sequences``; inf when some token has probability 0."""
         return self.evaluate(sequences).perplexity

@@ -39,6 +39,7 @@ __all__ = [
     "AdamW",
     "warmup_cosine",
     "lm_loss",
+    "sliding_window_nll",
     "grad_norm",
     "clip_grad_norm",
     "TrainConfig",
@@ -180,6 +181,60 @@ def lm_loss(
         return nll.mean()
     uniform = -logp.mean(-1)
     return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
+
+
+@torch.no_grad()
+def sliding_window_nll(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    tokens,
+    window: int,
+    stride: int | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """NLL (nats, float64) of every token of a stream but the first, as a causal LM scores it.
+
+    ``model(ids)`` maps (batch, seq <= window) ids to (batch, seq, vocab) logits. The stream is
+    read in windows of ``window`` inputs starting every ``stride`` tokens; each window scores
+    only the targets that no earlier window scored, so every target ``tokens[1:]`` is scored
+    exactly once. ``stride == window`` (the default) gives non-overlapping windows, where a
+    target sees only the tokens before it in its own window (none at a window's start);
+    a smaller stride gives every target at least ``window - stride`` tokens of context, at
+    ``window / stride`` times the compute (the "sliding window" perplexity of fixed-length
+    models). Returns a tensor of ``len(tokens) - 1`` values in stream order.
+    """
+    tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()
+    for name, value in (("window", window), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    stride = window if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
+        raise ValueError(f"stride: expected an int in [1, window={window}], got {stride!r}")
+    if tokens.numel() < 2:
+        raise ValueError(f"tokens: expected at least 2 tokens, got {tokens.numel()}")
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    n_targets = tokens.numel() - 1
+    # window k reads inputs [b, b + window) and scores targets b + 1 .. b + window whose
+    # index is past what window k - 1 scored
+    begins = list(range(0, n_targets, stride))
+    out = torch.empty(n_targets, dtype=torch.float64)
+    full = [b for b in begins if b + window <= n_targets]
+    tail = [b for b in begins if b + window > n_targets]
+    for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [
+        [b] for b in tail
+    ]:
+        length = min(window, n_targets - group[0])
+        x = torch.stack([tokens[b : b + length] for b in group])
+        y = torch.stack([tokens[b + 1 : b + length + 1] for b in group])
+        logp = model(x).float().log_softmax(-1)
+        nll = -logp.gather(-1, y[..., None]).squeeze(-1).double()
+        for row, b in zip(nll, group, strict=True):
+            first_new = 0 if b == 0 else window - stride  # targets earlier windows did not score
+            out[b + first_new : b + length] = row[first_new:]
+    if was_training:
+        model.train()
+    return out
 
 
 def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:

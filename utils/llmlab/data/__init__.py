@@ -3,8 +3,8 @@
 - :mod:`llmlab.data.corpora`: the two offline corpora read from Python itself
   (``docstring_corpus``, ``code_corpus``) and seeded verifiable tasks (``make_tasks``).
 - :mod:`llmlab.data.clean`: quality signals and filters (length, symbol ratio, repetition).
-- :mod:`llmlab.data.dedup`: exact dedup by hash, n-gram overlap, MinHash + LSH near-duplicate
-  detection, planted near-duplicates to measure precision and recall.
+- :mod:`llmlab.data.dedup`: exact dedup by hash, n-gram overlap and contamination, MinHash +
+  LSH near-duplicate detection, planted near-duplicates to measure precision and recall.
 - :mod:`llmlab.data.pii`: scrubbing e-mails, IPs, phone numbers, card numbers and keys; the
   k-anonymity of a table.
 - :mod:`llmlab.data.packing`: token ids packed into a memory-mapped file and a random-batch
@@ -38,6 +38,7 @@ from llmlab.data.corpora import (
 )
 from llmlab.data.dedup import (
     LSHIndex,
+    contamination,
     exact_dedup,
     jaccard,
     lsh_params,
@@ -57,7 +58,8 @@ __all__ = [
     "Task", "make_tasks", "register_task_kind", "task_kinds", "BUILTIN_TASK_KINDS",
     "MAX_DIFFICULTY", "MIN_DOCSTRING_CHARS", "check_exact", "check_number", "check_numbers", "check_word",
     "quality_signals", "QualityFilter", "normalize_text",
-    "exact_dedup", "shingles", "shingle_hashes", "jaccard", "ngram_overlap", "minhash_signatures", "lsh_params",
+    "exact_dedup", "shingles", "shingle_hashes", "jaccard", "ngram_overlap", "contamination", "minhash_signatures",
+    "lsh_params",
     "LSHIndex", "near_duplicate_pairs", "plant_near_duplicates", "precision_recall",
     "scrub_pii", "PII_KINDS", "k_anonymity",
     "write_token_file", "TokenFile", "RandomBatchSampler",

@@ -43,6 +43,7 @@ __all__ = [
     "shingle_hashes",
     "jaccard",
     "ngram_overlap",
+    "contamination",
     "minhash_signatures",
     "lsh_params",
     "LSHIndex",
@@ -92,6 +93,26 @@ def ngram_overlap(text: str, reference: str, n: int = 8) -> float:
     """Share of ``text``'s word n-grams that also occur in ``reference`` (contamination check)."""
     mine, theirs = shingles(text, n), shingles(reference, n)
     return len(mine & theirs) / len(mine) if mine else 0.0
+
+
+def contamination(
+    documents: Iterable[str], reference: Iterable[str], n: int = 8
+) -> list[float]:
+    """For each of ``documents``, the share of its word n-grams found in *any* ``reference``
+    document (0 for a document too short to have one).
+
+    Against a whole training split this flags validation or test documents that measure
+    memory rather than generalisation (GPT-3's paper flagged benchmark items by 13-gram
+    overlap). Each share is >= :func:`ngram_overlap` against any single reference document.
+    """
+    seen: set[str] = set()
+    for text in reference:
+        seen |= shingles(text, n)
+    shares = []
+    for text in documents:
+        mine = shingles(text, n)
+        shares.append(len(mine & seen) / len(mine) if mine else 0.0)
+    return shares
 
 
 def shingle_hashes(text: str, k: int = 5) -> list[int]:
