@@ -216,14 +216,15 @@ def sliding_window_nll(
         model.eval()
     n_targets = tokens.numel() - 1
     # window k reads inputs [b, b + window) and scores targets b + 1 .. b + window whose
-    # index is past what window k - 1 scored
-    begins = list(range(0, n_targets, stride))
+    # index is past what window k - 1 scored; the first window that reaches the end is the last
+    last = next(b for b in range(0, n_targets, stride) if b + window >= n_targets)
+    begins = list(range(0, last + 1, stride))
+    short = last + window > n_targets  # the last window is cut by the end of the stream
+    full = begins[:-1] if short else begins
+    groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+    groups += [[last]] if short else []
     out = torch.empty(n_targets, dtype=torch.float64)
-    full = [b for b in begins if b + window <= n_targets]
-    tail = [b for b in begins if b + window > n_targets]
-    for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [
-        [b] for b in tail
-    ]:
+    for group in groups:
         length = min(window, n_targets - group[0])
         x = torch.stack([tokens[b : b + length] for b in group])
         y = torch.stack([tokens[b + 1 : b + length + 1] for b in group])

@@ -91,8 +91,7 @@ def jaccard(a: set, b: set) -> float:
 
 def ngram_overlap(text: str, reference: str, n: int = 8) -> float:
     """Share of ``text``'s word n-grams that also occur in ``reference`` (contamination check)."""
-    mine, theirs = shingles(text, n), shingles(reference, n)
-    return len(mine & theirs) / len(mine) if mine else 0.0
+    return contamination([text], [reference], n)[0]
 
 
 def contamination(
