@@ -167,5 +167,5 @@ def test_alibi_bias():
     assert torch.equal(bias[0, :, 1, 1], torch.zeros(8))
     # decoding with a cache: the single query is the last position
     assert torch.equal(alibi_bias(8, 1, 4)[0, :, 0], bias[0, :, 3])
-    with pytest.raises(ValueError, match="n_heads: expected >= 1"):
+    with pytest.raises(ValueError, match="n_heads: expected a positive int"):
         alibi_slopes(0)

@@ -32,6 +32,7 @@ from torch import nn
 from llmlab.attention import MultiHeadAttention
 from llmlab.ffn import ACTIVATIONS, FeedForward
 from llmlab.norms import NORMS, make_norm
+from llmlab.validate import check_positive_int
 
 if TYPE_CHECKING:
     from llmlab.models.cache import KVCache
@@ -60,8 +61,7 @@ class BlockConfig:
     def __post_init__(self):
         for name in ("d_model", "n_heads", "d_ff"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(value, name)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.validate import check_positive_int
+
 __all__ = ["FeedForward", "ACTIVATIONS"]
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
@@ -43,10 +45,7 @@ class FeedForward(nn.Module):
     ):
         super().__init__()
         for value, name in ((d_model, "d_model"), (d_ff, "d_ff")):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name}: expected >= 1, got {value}")
+            check_positive_int(value, name)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         if not 0.0 <= dropout < 1.0:

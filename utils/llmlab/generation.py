@@ -53,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmlab.validate import check_dims, check_float, check_positive_int
+from llmlab.validate import check_dims, check_float, check_int, check_positive_int
 
 __all__ = [
     "apply_temperature",
@@ -538,8 +538,7 @@ class HFCache:
 
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on."""
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise ValueError(f"length: expected an int >= 0, got {length!r}")
+        check_int(length, "length", 0)
         if length < self.length:
             self.past.crop(length - self.length)  # transformers takes minus the tokens to drop
 

@@ -43,6 +43,8 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
+from llmlab.validate import check_int, check_positive_int
+
 __all__ = [
     "BOS",
     "NGramLM",
@@ -72,8 +74,7 @@ def word_tokenize(text: str, lower: bool = True) -> list[str]:
 
 def build_vocab(sequences: Iterable[Sequence[Hashable]], min_count: int = 2) -> set:
     """The tokens seen at least ``min_count`` times (others become ``UNK`` in ``apply_vocab``)."""
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count: expected an int >= 1, got {min_count!r}")
+    check_positive_int(min_count, "min_count")
     counts = Counter(token for seq in sequences for token in seq)
     return {token for token, c in counts.items() if c >= min_count}
 
@@ -156,10 +157,8 @@ class NGramLM:
             raise ValueError(f"discount: expected a float in (0, 1), got {discount!r}")
         if not (isinstance(k, (int, float)) and k > 0):
             raise ValueError(f"k: expected a number > 0, got {k!r}")
-        if vocab_size is not None and (
-            isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1
-        ):
-            raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+        if vocab_size is not None:
+            check_positive_int(vocab_size, "vocab_size")
         self.n = n
         self.smoothing = smoothing
         self.k = float(k)
@@ -311,8 +310,7 @@ class NGramLM:
     def sample(self, length: int, context: Sequence[Hashable] = (), seed: int = 0) -> list:
         """Draw ``length`` tokens after ``context`` (default: start of text)."""
         self._check_fitted()
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise ValueError(f"length: expected an int >= 0, got {length!r}")
+        check_int(length, "length", 0)
         rng = random.Random(seed)
         vocab = sorted(self.vocab, key=repr)  # a fixed order, so a seed gives one text
         out = list(context)
@@ -331,5 +329,4 @@ class NGramLM:
 
 
 def _check_n(n) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected an int >= 1, got {n!r}")
+    check_positive_int(n, "n")

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from llmlab.validate import check_int
+
 __all__ = [
     "IGNORE_INDEX",
     "pad_sequences",
@@ -55,14 +57,6 @@ IGNORE_INDEX = -100
 
 # --------------------------------------------------------------------------------------------
 # Argument checks
-
-
-def _check_int(value: Any, name: str, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if low is not None and value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
-    return value
 
 
 def _check_prob(value: Any, name: str, low_open: bool = False) -> float:
@@ -124,14 +118,14 @@ def pad_sequences(
 
     ``length`` defaults to the longest sequence; a longer sequence raises ValueError.
     """
-    _check_int(pad_value, "pad_value")
+    check_int(pad_value, "pad_value", None)
     rows = [_as_ids(s, f"sequences[{i}]") for i, s in enumerate(sequences)]
     if not rows:
         raise ValueError("sequences: expected at least one sequence, got none")
     longest = max(len(r) for r in rows)
     if length is None:
         length = longest
-    _check_int(length, "length", 0)
+    check_int(length, "length", 0)
     if longest > length:
         raise ValueError(f"length: {length} is shorter than the longest sequence ({longest})")
     out = torch.full((len(rows), length), pad_value, dtype=torch.int64)
@@ -151,7 +145,7 @@ def causal_lm_batch(
     targets, so padding is never scored. No randomness: the same documents, the same batch.
     """
     if max_len is not None:
-        _check_int(max_len, "max_len", 1)
+        check_int(max_len, "max_len", 1)
     docs = [_as_ids(d, f"documents[{i}]") for i, d in enumerate(documents)]
     if not docs:
         raise ValueError("documents: expected at least one document, got none")
@@ -201,8 +195,8 @@ def mlm_mask(
         raise TypeError(f"input_ids: expected a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.is_complex():
         raise TypeError(f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}")
-    _check_int(vocab_size, "vocab_size", 2)
-    _check_int(mask_id, "mask_id", 0)
+    check_int(vocab_size, "vocab_size", 2)
+    check_int(mask_id, "mask_id", 0)
     if mask_id >= vocab_size:
         raise ValueError(f"mask_id: expected an id in [0, vocab_size={vocab_size}), got {mask_id}")
     specials = _id_set(special_ids, "special_ids", vocab_size)
@@ -305,8 +299,8 @@ def bert_pair_batch(
     the end of the longer sentence. All three are (batch, seq) int64.
     """
     for name, value in (("cls_id", cls_id), ("sep_id", sep_id), ("pad_id", pad_id)):
-        _check_int(value, name, 0)
-    _check_int(max_len, "max_len", 5)
+        check_int(value, name, 0)
+    check_int(max_len, "max_len", 5)
     if len(sentences_a) != len(sentences_b):
         raise ValueError(f"sentences_b: expected {len(sentences_a)} sentences (one per "
                          f"sentence of sentences_a), got {len(sentences_b)}")
@@ -357,7 +351,7 @@ def span_corruption_mask(
     runs the same way. The text alternates kept run 0, noise span 0, kept run 1, ...: it
     always starts with kept tokens and ends with a noise span, and spans never touch.
     """
-    _check_int(length, "length", 2)
+    check_int(length, "length", 2)
     noise_density = _check_prob(noise_density, "noise_density", low_open=True)
     if isinstance(mean_span, bool) or not isinstance(mean_span, (int, float)) or mean_span < 1:
         raise ValueError(f"mean_span: expected a number >= 1, got {mean_span!r}")
@@ -470,8 +464,8 @@ def span_corruption_batch(
     is teacher-forced: its input is the target shifted right behind ``start_id`` (T5 uses the
     pad id, the default); ``labels`` are the targets, :data:`IGNORE_INDEX` on padding.
     """
-    _check_int(pad_id, "pad_id", 0)
-    start_id = pad_id if start_id is None else _check_int(start_id, "start_id", 0)
+    check_int(pad_id, "pad_id", 0)
+    start_id = pad_id if start_id is None else check_int(start_id, "start_id", 0)
     if len(documents) == 0:
         raise ValueError("documents: expected at least one document, got none")
     pairs = [span_corruption(d, sentinel_ids, noise_density, mean_span, generator)

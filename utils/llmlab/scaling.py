@@ -40,6 +40,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from llmlab.validate import check_int
+
 __all__ = [
     "KAPLAN_ALPHA_N",
     "CHINCHILLA_TOKENS_PER_PARAM",
@@ -115,8 +117,7 @@ def fit_power_law(
     ``alpha`` is positive when the loss falls with size.
     """
     n, loss = _as_points(N, L)
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 10:
-        raise ValueError(f"grid: expected an int >= 10, got {grid!r}")
+    check_int(grid, "grid", 10)
     log_n = np.log(n)
     if not fit_offset:
         a, alpha, _ = _fit_given_c(log_n, loss, 0.0)

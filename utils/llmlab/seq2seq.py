@@ -42,6 +42,7 @@ from llmlab.blocks import BlockConfig, DecoderBlock, EncoderBlock
 from llmlab.norms import make_norm
 from llmlab.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
 from llmlab.progress import progress as progress_bar
+from llmlab.validate import check_int, check_positive_int
 
 __all__ = [
     "Seq2SeqConfig",
@@ -82,12 +83,10 @@ class Seq2SeqConfig:
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_seq"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(value, name)
         for name in ("n_encoder_layers", "n_decoder_layers"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+            check_int(value, name, 0)
         if self.positional not in ("sinusoidal", "learned"):
             raise ValueError(
                 f"positional: expected 'sinusoidal' or 'learned', got {self.positional!r}"
@@ -229,8 +228,7 @@ def greedy_decode(
     """
     if not isinstance(model, Seq2SeqTransformer):
         raise TypeError(f"model: expected a Seq2SeqTransformer, got {type(model).__name__}")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
+    check_positive_int(max_len, "max_len")
     if max_len + 1 > model.config.max_seq:
         raise ValueError(
             f"max_len: expected <= max_seq - 1 = {model.config.max_seq - 1}, got {max_len}"
@@ -324,8 +322,7 @@ class ToyTask:
 
     def dataset(self, n: int, split: str = "test", seed: int = 0) -> Seq2SeqDataset:
         """``n`` distinct inputs from ``split`` (seeded), as a :class:`Seq2SeqDataset`."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive int, got {n!r}")
+        check_positive_int(n, "n")
         rng = random.Random(seed)
         seen: set[tuple[int, ...]] = set()
         pairs = []
@@ -455,8 +452,7 @@ def train_seq2seq(
             f"model: expected vocab_size >= task.vocab_size={task.vocab_size}, got {model.config.vocab_size}"
         )
     for value, name in ((steps, "steps"), (batch_size, "batch_size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_positive_int(value, name)
     warmup = max(1, steps // 10) if warmup is None else warmup
     rng = random.Random(seed)
     torch.manual_seed(seed)

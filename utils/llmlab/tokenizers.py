@@ -66,6 +66,8 @@ from typing import Any
 
 import regex
 
+from llmlab.validate import check_int, check_positive_int
+
 __all__ = [
     "GPT2_PATTERN",
     "FORMAT",
@@ -271,8 +273,7 @@ class BPETokenizer:
                 raise ValueError(f"special_tokens: expected str -> int, got {token!r}: {i!r}")
             if i in vocab_ids and vocab.get(token) != i:
                 raise ValueError(f"special_tokens: id {i} of {token!r} is already a vocab token")
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size: expected an int >= 0, got {cache_size!r}")
+        check_int(cache_size, "cache_size", 0)
 
         self.vocab = dict(vocab)
         self.merges = [tuple(m) for m in merges]
@@ -426,8 +427,7 @@ class BPETokenizer:
         chunk size plus the longest pre-token. Files opened in text mode translate "\\r\\n" to
         "\\n" unless opened with ``newline=""``.
         """
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
+        check_positive_int(chunk_size, "chunk_size")
         if isinstance(source, (str, bytes)):
             raise TypeError(
                 "source: expected a file object or an iterable of chunks, got one "
@@ -683,8 +683,7 @@ def train_bpe(
             f"vocab_size: expected >= 256 + {len(specials)} special tokens = "
             f"{256 + len(specials)}, got {vocab_size}"
         )
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
-        raise ValueError(f"min_frequency: expected an int >= 0, got {min_frequency!r}")
+    check_int(min_frequency, "min_frequency", 0)
 
     t0 = time.perf_counter()
     word_counts = count_pretokens(text_or_iterable, pattern, specials)
@@ -915,8 +914,7 @@ def mixed_text(
     given special tokens. The same arguments give the same text on the same Python (the
     English and code come from its standard library).
     """
-    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 1:
-        raise ValueError(f"n_bytes: expected an int >= 1, got {n_bytes!r}")
+    check_positive_int(n_bytes, "n_bytes")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
     specials = _check_special_tokens(special_tokens)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from llmlab.progress import progress as progress_bar
+from llmlab.validate import check_int, check_positive_int
 
 __all__ = [
     "AdamW",
@@ -136,8 +137,7 @@ def warmup_cosine(
     follows half a cosine from 1 down to ``min_ratio`` at the last step. Multiply the peak
     learning rate by it (``torch.optim.lr_scheduler.LambdaLR`` does exactly that).
     """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps: expected a positive int, got {total_steps!r}")
+    check_positive_int(total_steps, "total_steps")
     if not 0.0 <= warmup_frac < 1.0:
         raise ValueError(f"warmup_frac: expected a float in [0, 1), got {warmup_frac!r}")
     if not 0.0 <= min_ratio <= 1.0:
@@ -204,8 +204,7 @@ def sliding_window_nll(
     """
     tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()
     for name, value in (("window", window), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_positive_int(value, name)
     stride = window if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
         raise ValueError(f"stride: expected an int in [1, window={window}], got {stride!r}")
@@ -287,12 +286,10 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "grad_accum"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(value, name)
         for name in ("eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+            check_int(value, name, 0)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.optimizer not in ("llmlab", "torch"):

@@ -36,6 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from llmlab.data.clean import normalize_text
+from llmlab.validate import check_positive_int
 
 __all__ = [
     "exact_dedup",
@@ -74,8 +75,7 @@ def exact_dedup(documents: Sequence[str]) -> tuple[list[int], dict[int, int]]:
 
 def shingles(text: str, k: int = 5) -> set[str]:
     """The set of word k-grams of ``text`` (lower-cased words; a shorter text gives one shingle)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an int >= 1, got {k!r}")
+    check_positive_int(k, "k")
     words = _WORD.findall(text.lower())
     if len(words) < k:
         return {" ".join(words)} if words else set()
@@ -130,8 +130,7 @@ def minhash_signatures(documents: Sequence[str], num_perm: int = 128, k: int = 5
     """
     import numpy as np
 
-    if isinstance(num_perm, bool) or not isinstance(num_perm, int) or num_perm < 1:
-        raise ValueError(f"num_perm: expected a positive int, got {num_perm!r}")
+    check_positive_int(num_perm, "num_perm")
     rng = random.Random(seed)
     a = np.array([rng.randrange(1, 1 << 31) for _ in range(num_perm)], dtype=np.uint64)
     b = np.array([rng.randrange(0, 1 << 32) for _ in range(num_perm)], dtype=np.uint64)
@@ -180,8 +179,7 @@ class LSHIndex:
 
     def __init__(self, bands: int, rows: int):
         for value, name in ((bands, "bands"), (rows, "rows")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(value, name)
         self.bands, self.rows = bands, rows
         self.buckets: list[dict[bytes, list[int]]] = [defaultdict(list) for _ in range(bands)]
 

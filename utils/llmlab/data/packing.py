@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from llmlab.validate import check_positive_int
+
 __all__ = ["write_token_file", "TokenFile", "RandomBatchSampler"]
 
 
@@ -41,8 +43,7 @@ def write_token_file(
     """
     import numpy as np
 
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+    check_positive_int(vocab_size, "vocab_size")
     if eos_id is not None and not 0 <= eos_id < vocab_size:
         raise ValueError(f"eos_id: expected None or an id in [0, {vocab_size}), got {eos_id!r}")
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
@@ -111,8 +112,7 @@ class RandomBatchSampler:
 
     def __init__(self, tokens, batch_size: int, seq_len: int, seed: int = 0):
         for value, name in ((batch_size, "batch_size"), (seq_len, "seq_len")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(value, name)
         self.tokens = tokens.tokens if isinstance(tokens, TokenFile) else tokens
         if len(self.tokens) < seq_len + 1:
             raise ValueError(

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 
 from llmlab import kernels
 from llmlab.kernels.launch import TritonKernel
+from llmlab.validate import check_positive_int
 
 try:  # the reference path (laptops, CI without Triton) must import without Triton
     import triton.language as tl
@@ -506,8 +507,8 @@ def fused_linear_cross_entropy(
     h2, t2 = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if chunk_size is None:
         chunk_size = default_chunk_size(max(1, h2.shape[0]), h2.shape[1], weight.shape[0])
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
+    else:
+        check_positive_int(chunk_size, "chunk_size")
     if h2.shape[0] == 0:
         return reference(h, weight, targets, ignore_index, label_smoothing)
     mode = _mode(((h, "h"), (weight, "weight")))

@@ -40,6 +40,7 @@ import torch
 
 from llmlab import kernels
 from llmlab.kernels.launch import TritonKernel
+from llmlab.validate import check_positive_int
 
 try:  # the reference path (laptops, CI without Triton) must import without Triton
     import triton.language as tl
@@ -103,8 +104,7 @@ def tiled_reference(
     ``exp(m_old - m_new)``. Memory per step is one ``(block, block)`` score tile, never
     ``(seq_q, seq_k)``. Causal attention skips key blocks entirely right of the diagonal.
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+    check_positive_int(block_size, "block_size")
     scale = _default_scale(q.shape[-1], scale)
     seq_q, seq_k = q.shape[-2], k.shape[-2]
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from llmlab.validate import check_int, check_positive_int
+
 __all__ = ["KVCache"]
 
 
@@ -25,8 +27,7 @@ class KVCache:
     """Per-layer keys and values, grown along the sequence dim (dim 2) one call at a time."""
 
     def __init__(self, n_layers: int):
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-            raise ValueError(f"n_layers: expected a positive int, got {n_layers!r}")
+        check_positive_int(n_layers, "n_layers")
         self.n_layers = n_layers
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
@@ -63,8 +64,7 @@ class KVCache:
 
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on (e.g. to rewind to a shared prompt)."""
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise ValueError(f"length: expected an int >= 0, got {length!r}")
+        check_int(length, "length", 0)
         for i in range(self.n_layers):
             if self.keys[i] is not None:
                 self.keys[i] = self.keys[i][:, :, :length]

@@ -36,6 +36,7 @@ from llmlab.blocks import DecoderBlock
 from llmlab.models.cache import KVCache
 from llmlab.norms import make_norm
 from llmlab.positional import LearnedPositionalEmbedding, RotaryEmbedding
+from llmlab.validate import check_positive_int
 
 __all__ = ["CausalLM", "check_input_ids"]
 
@@ -88,8 +89,8 @@ class CausalLM(nn.Module):
 
     @checkpoint_every.setter
     def checkpoint_every(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"checkpoint_every: expected None or a positive int, got {value!r}")
+        if value is not None:
+            check_positive_int(value, "checkpoint_every")
         self._checkpoint_every = value
 
     def new_cache(self) -> KVCache:

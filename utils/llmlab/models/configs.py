@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmlab.blocks import BlockConfig
+from llmlab.validate import check_positive_int
 
 __all__ = ["GPTConfig", "LlamaConfig", "PaLMConfig", "BertConfig", "T5Config"]
 
@@ -30,8 +31,7 @@ def _check_sizes(config, names: tuple[str, ...], optional: tuple[str, ...] = ())
         value = getattr(config, name)
         if value is None and name in optional:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_positive_int(value, name)
     if getattr(config, "n_kv_heads", None) and config.n_heads % config.n_kv_heads:
         raise ValueError(
             f"n_kv_heads: expected a divisor of n_heads={config.n_heads}, got {config.n_kv_heads}"
