@@ -1,4 +1,4 @@
-"""llmlab.train: AdamW == torch's, the schedule, the loss, clipping, accumulation, and
+"""llmlab.train: AdamW == torch's, Muon == torch's, the schedule, the loss, clipping, accumulation, and
 checkpoints that are atomic and resume exactly."""
 
 from __future__ import annotations
@@ -106,6 +106,81 @@ def test_adamw_rejects_bad_hyperparameters():
             tr.AdamW(p, **kw)
 
 
+@pytest.mark.parametrize("shape", [(12, 30), (30, 12), (16, 16)])
+def test_orthogonalize_keeps_directions_and_pushes_singular_values_to_one(shape):
+    torch.manual_seed(0)
+    k = min(shape)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], k))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], k))
+    s = torch.logspace(-1, 0.5, k)  # singular values 0.1 .. 3.2: a 30x spread
+    g = u @ torch.diag(s) @ v.T
+    x = tr.orthogonalize(g)
+    assert x.shape == g.shape and x.dtype == g.dtype
+    inner = u.T @ x @ v  # diagonal when x has g's singular vectors
+    off = inner - torch.diag(torch.diagonal(inner))
+    assert off.abs().max() < 1e-4
+    sx = torch.diagonal(inner)
+    assert sx.min() > 0.6 and sx.max() < 1.25, sx  # after: all about 1
+    assert (sx.max() / sx.min()) < 2
+    with pytest.raises(ValueError, match="g: expected a 2-D matrix"):
+        tr.orthogonalize(torch.zeros(2, 3, 4))
+
+
+class TinyMLPLM(nn.Module):
+    """Rectangular hidden matrices (Muon's size factor), an untied vocabulary head."""
+
+    def __init__(self, vocab=17, d=12, hidden=20):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
+        self.head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids):
+        e = self.embed(ids)
+        return self.head(e + self.down(torch.tanh(self.up(e))))
+
+
+def test_muon_param_groups_split_hidden_matrices_from_the_rest():
+    model = TinyMLPLM()
+    named = {id(p): n for n, p in model.named_parameters()}
+    groups = tr.muon_param_groups(model, lr=1e-3, muon_lr=0.02, weight_decay=0.1)
+    names = [sorted(named[id(p)] for p in g["params"]) for g in groups]
+    assert names == [["down.weight", "up.weight"], ["embed.weight", "head.weight"],
+                     ["down.bias", "up.bias"]]
+    assert [(g["muon"], g["lr"], g["weight_decay"]) for g in groups] == [
+        (True, 0.02, 0.1), (False, 1e-3, 0.1), (False, 1e-3, 0.0)]
+    tied = TinyLM()  # the head is the embedding: listed once, with AdamW
+    groups = tr.muon_param_groups(tied, lr=1e-3)
+    assert [len(g["params"]) for g in groups] == [1, 1, 3]
+    with pytest.raises(ValueError, match="params: Muon updates 2-D weight matrices"):
+        tr.Muon(tied.parameters())
+
+
+def test_muon_equals_torch_muon_and_adamw_over_30_steps():
+    torch.manual_seed(0)
+    a, b = TinyMLPLM(), TinyMLPLM()
+    b.load_state_dict(a.state_dict())
+    groups = tr.muon_param_groups(a, lr=3e-3, muon_lr=0.02, weight_decay=0.1)
+    ours = tr.Muon(groups, ns_dtype=torch.bfloat16)  # torch.optim.Muon orthogonalizes in bf16
+    hidden = [b.up.weight, b.down.weight]
+    theirs = [torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True),
+              torch.optim.AdamW([{"params": [b.embed.weight, b.head.weight], "weight_decay": 0.1},
+                                 {"params": [b.up.bias, b.down.bias], "weight_decay": 0.0}],
+                                lr=3e-3, betas=(0.9, 0.95), eps=1e-8)]
+    for step in range(30):
+        x, y = batch_fn(step)
+        for model in (a, b):
+            model.zero_grad()
+            F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        ours.step()
+        for opt in theirs:
+            opt.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=name)
+    moved = (a.up.weight - TinyMLPLM().up.weight).abs().max()
+    assert moved > 0.01  # the updates did something
+
+
 def test_warmup_cosine_shape():
     total = 100
     lrs = [tr.warmup_cosine(s, total) for s in range(total)]
@@ -182,7 +257,7 @@ def test_bf16_autocast_runs_on_cpu():
         tr.train(TinyLM(), batch_fn, tr.TrainConfig(steps=1, precision="fp16"), progress=False)
 
 
-@pytest.mark.parametrize("optimizer", ["llmlab", "torch"])
+@pytest.mark.parametrize("optimizer", ["llmlab", "torch", "muon"])
 def test_a_resumed_run_equals_an_unbroken_one(tmp_path, optimizer):
     config = tr.TrainConfig(steps=12, checkpoint_every=4, lr=5e-3, optimizer=optimizer)
     torch.manual_seed(0)
@@ -228,5 +303,7 @@ def test_config_errors_name_the_field():
         tr.TrainConfig(steps=0)
     with pytest.raises(ValueError, match="precision"):
         tr.TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="optimizer: expected one of"):
+        tr.TrainConfig(optimizer="sgd")
     with pytest.raises(TypeError, match="config"):
         tr.train(TinyLM(), batch_fn, {"steps": 1})

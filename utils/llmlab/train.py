@@ -1,4 +1,4 @@
-"""The training loop and its parts: AdamW, warmup + cosine schedule, the LM loss, clipping,
+"""The training loop and its parts: AdamW (and Muon), warmup + cosine schedule, the LM loss, clipping,
 gradient accumulation, mixed precision and checkpoints that resume exactly.
 
     >>> config = TrainConfig(steps=300, lr=6e-4, grad_accum=2)
@@ -13,7 +13,8 @@ peak learning rate 6e-4 reached by a linear warmup over the first 10% of steps, 
 decay; label smoothing 0.1; gradients clipped to a global norm of 1.
 
 Every piece is written from its definition and tested against PyTorch's own
-(``torch.optim.AdamW``, ``torch.nn.utils.clip_grad_norm_``, ``F.cross_entropy``).
+(``torch.optim.AdamW``, ``torch.optim.Muon``, ``torch.nn.utils.clip_grad_norm_``,
+``F.cross_entropy``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from llmlab.validate import check_int, check_positive_int
 
 __all__ = [
     "AdamW",
+    "Muon",
+    "orthogonalize",
+    "muon_param_groups",
     "warmup_cosine",
     "lm_loss",
     "sliding_window_nll",
@@ -45,6 +49,7 @@ __all__ = [
     "clip_grad_norm",
     "TrainConfig",
     "History",
+    "make_optimizer",
     "train",
     "save_checkpoint",
     "load_checkpoint",
@@ -52,6 +57,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("llmlab", "torch", "muon")
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,29 +105,183 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = (
-                group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            )
+            _adamw_update(self, group)
+        return loss
+
+
+def _adamw_update(optimizer: torch.optim.Optimizer, group: dict) -> None:
+    """AdamW's step for one parameter group (shared by :class:`AdamW` and :class:`Muon`)."""
+    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError("AdamW: sparse gradients are not supported")
+        state = optimizer.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        t = state["step"].item()
+        m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
+        p.mul_(1 - lr * wd)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        step_size = lr / (1 - beta1**t)
+        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+        p.addcdiv_(m, denom, value=-step_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Muon
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (torch.optim.Muon's default)
+
+
+def orthogonalize(
+    g: torch.Tensor,
+    steps: int = 5,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """About ``U V^T`` for ``g = U S V^T``: every singular value pushed towards 1, directions kept.
+
+    The quintic Newton-Schulz iteration X <- a X + (b X X^T + c (X X^T)^2) X maps each
+    singular value s of X to a s + b s^3 + c s^5 and leaves the singular vectors alone.
+    Scaled first so that all s <= 1 (dividing by the Frobenius norm, which is >= the spectral
+    norm), five steps of these coefficients bring every s into roughly [0.7, 1.2]: not
+    exactly 1, which costs nothing in training and keeps the step count low. Works on the
+    short side (X X^T is min(m, n) square). ``dtype`` runs the iteration in another
+    precision (torch.optim.Muon uses bf16; fp32 is the default here, bf16 is slow on CPUs
+    without bf16 units). The result has g's shape and dtype.
+    """
+    if g.dim() != 2:
+        raise ValueError(f"g: expected a 2-D matrix, got shape {tuple(g.shape)}")
+    check_positive_int(steps, "steps")
+    a, b, c = coefficients
+    x = g.to(dtype or g.dtype)
+    wide = x.shape[0] > x.shape[1]
+    if wide:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.T if wide else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024) for the hidden layers' matrices, AdamW for everything else.
+
+    For a weight matrix W with gradient G, at each step:
+
+        B <- mu B + (1 - mu) G                     (momentum, a running mean of G)
+        U <- (1 - mu) G + mu B                     (Nesterov: look one step ahead)
+        W <- W - lr * wd * W                       (decoupled weight decay, as in AdamW)
+        W <- W - lr * sqrt(max(1, rows/cols)) * orthogonalize(U)
+
+    Adam rescales each weight's step separately; Muon rescales the whole update matrix so
+    that all its singular values are about 1: every direction the gradient points in moves
+    by the same amount, the rare directions as far as the dominant ones. It applies to
+    2-D weights inside the network; embeddings, the output layer, gains and biases are not
+    matrices of that kind and stay with AdamW. A parameter group with ``"muon": False`` is
+    updated by AdamW with the group's ``lr``, ``betas``, ``eps`` and ``weight_decay``;
+    :func:`muon_param_groups` makes both groups for a model. One optimizer for both keeps
+    one learning-rate schedule and one checkpoint.
+
+    The Muon groups equal ``torch.optim.Muon`` with the same arguments when ``ns_dtype`` is
+    its bf16 (tested); fp32 (the default here) is faster on a CPU without bf16 units.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+    ):
+        if not lr >= 0.0:
+            raise ValueError(f"lr: expected >= 0, got {lr!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum: expected a float in [0, 1), got {momentum!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay!r}")
+        check_positive_int(ns_steps, "ns_steps")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        ns_steps=ns_steps, ns_dtype=ns_dtype, betas=betas, eps=eps, muon=True)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if group["muon"] and p.dim() != 2:
+                    raise ValueError(
+                        f"params: Muon updates 2-D weight matrices, got a parameter of shape "
+                        f"{tuple(p.shape)}; put it in a group with 'muon': False (AdamW), "
+                        "e.g. with muon_param_groups(model, ...)"
+                    )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if not group["muon"]:
+                _adamw_update(self, group)
+                continue
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamW: sparse gradients are not supported")
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = state["step"].item()
-                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - mu)
+                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_steps"], dtype=group["ns_dtype"])
                 p.mul_(1 - lr * wd)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step_size = lr / (1 - beta1**t)
-                denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-                p.addcdiv_(m, denom, value=-step_size)
+                p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
         return loss
+
+
+def muon_param_groups(
+    model: nn.Module, lr: float, muon_lr: float = 0.02, weight_decay: float = 0.0
+) -> list[dict]:
+    """Muon's and AdamW's parameter groups for ``model`` (Keller Jordan's split).
+
+    Muon: the 2-D weights of the hidden layers. AdamW: the embeddings (every
+    ``nn.Embedding``), the output layer (an ``nn.Linear`` with as many outputs as an
+    embedding has rows: it maps into the vocabulary; a tied head is the embedding itself),
+    with weight decay, and every 1-D parameter (gains, biases) without.
+    """
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    vocab_sizes = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
+    heads = {id(m.weight) for m in model.modules()
+             if isinstance(m, nn.Linear) and m.out_features in vocab_sizes}
+    hidden, outer, vectors = [], [], []
+    for p in model.parameters():  # each shared parameter once
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2:
+            vectors.append(p)
+        elif id(p) in embedded or id(p) in heads or p.dim() != 2:
+            outer.append(p)
+        else:
+            hidden.append(p)
+    return [
+        {"params": hidden, "muon": True, "lr": muon_lr, "weight_decay": weight_decay},
+        {"params": outer, "muon": False, "lr": lr, "weight_decay": weight_decay},
+        {"params": vectors, "muon": False, "lr": lr, "weight_decay": 0.0},
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +441,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end (when checkpoint_dir is given)
     keep_checkpoints: int = 2
     seed: int = 0
-    optimizer: str = "llmlab"  # "llmlab" (ours) | "torch" (torch.optim.AdamW, fused if possible)
+    optimizer: str = "llmlab"  # "llmlab" (our AdamW) | "torch" (torch.optim.AdamW, fused if
+    # possible) | "muon" (our Muon for the hidden matrices at muon_lr, our AdamW for the rest at lr)
+    muon_lr: float = 0.02
 
     def __post_init__(self):
         for name in ("steps", "grad_accum"):
@@ -292,8 +454,10 @@ class TrainConfig:
             check_int(value, name, 0)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
-        if self.optimizer not in ("llmlab", "torch"):
-            raise ValueError(f"optimizer: expected 'llmlab' or 'torch', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.muon_lr >= 0:
+            raise ValueError(f"muon_lr: expected >= 0, got {self.muon_lr!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm: expected None or > 0, got {self.clip_norm!r}")
         self.betas = tuple(self.betas)
@@ -327,7 +491,15 @@ def _default_loss(model: nn.Module, batch: Batch, config: TrainConfig) -> torch.
     return lm_loss(logits, targets, config.label_smoothing)
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer :func:`train` builds for ``model`` from ``config`` (e.g. to time a step).
+
+    AdamW (ours or torch's fused one) with weight decay on the matrices only, or Muon for the
+    hidden matrices plus AdamW for the rest (:func:`muon_param_groups`).
+    """
+    if config.optimizer == "muon":
+        groups = muon_param_groups(model, config.lr, config.muon_lr, config.weight_decay)
+        return Muon(groups, betas=config.betas, eps=config.eps)
     # No weight decay on biases and norm gains (1-D parameters), as GPT-2/LLaMA recipes do.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -378,7 +550,7 @@ def train(
         raise TypeError(f"batch_fn: expected a function of the micro-batch index, got {type(batch_fn).__name__}")
     loss_fn = loss_fn or _default_loss
     device = next(model.parameters()).device
-    optimizer = _make_optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, config.steps, config.warmup_frac, config.min_lr_ratio)
     )
@@ -565,7 +737,9 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
                 tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
             else:
                 scalars[f"{index}.{name}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    groups = [{k: ({"dtype": str(v).removeprefix("torch.")} if isinstance(v, torch.dtype) else v)
+               for k, v in group.items()} for group in sd["param_groups"]]  # JSON has no dtype
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def _load_optimizer_state(optimizer, tensors, meta, device) -> None:
@@ -582,4 +756,7 @@ def _load_optimizer_state(optimizer, tensors, meta, device) -> None:
     for group in groups:
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
+        for k, v in group.items():
+            if isinstance(v, dict) and set(v) == {"dtype"}:
+                group[k] = getattr(torch, v["dtype"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
