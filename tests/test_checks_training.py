@@ -20,6 +20,7 @@ from llmlab.checks import training as tc
 CHECKS = {
     "check_warmup_cosine": (tc.check_warmup_cosine, tc.reference_warmup_cosine),
     "check_adamw_step": (tc.check_adamw_step, tc.reference_adamw_step),
+    "check_orthogonalize": (tc.check_orthogonalize, tc.reference_orthogonalize),
     "check_train_step": (tc.check_train_step, tc.reference_train_step),
 }
 
@@ -260,6 +261,46 @@ def step_returns_last_loss(model, micro_batches, optimizer, loss_fn, clip_norm=1
 
 
 # --------------------------------------------------------------------------------------------
+# orthogonalize: correct variants and mutants
+
+
+def make_ns(normalize="frobenius", coefficients=tc.NS_COEFFICIENTS, right=False, transpose=True,
+            transpose_back=True, fixed_steps=None, to_float=False):
+    def orthogonalize(g, steps=5):
+        a, b, c = coefficients
+        tall = transpose and g.shape[0] > g.shape[1]
+        x = g.T if tall else g
+        if to_float:
+            x = x.float()
+        if normalize == "frobenius":
+            x = x / x.norm()
+        elif normalize == "spectral":
+            x = x / torch.linalg.matrix_norm(x, ord=2)
+        for _ in range(fixed_steps or steps):
+            gram = x @ x.T
+            poly = b * gram + c * gram @ gram
+            x = a * x + (x @ poly if right else poly @ x)
+        return x.T if tall and transpose_back else x
+
+    return orthogonalize
+
+
+def ns_llmlab(g, steps=5):
+    return tr.orthogonalize(g, steps)
+
+
+ns_plain = make_ns()
+ns_on_the_long_side = make_ns(transpose=False)  # p(X X^T) X == X p(X^T X): slower, same result
+ns_not_normalised = make_ns(normalize=None)
+ns_spectral_norm = make_ns(normalize="spectral")
+ns_b_and_c_swapped = make_ns(coefficients=(3.4445, 2.0315, -4.7750))
+ns_polynomial_on_the_right = make_ns(right=True)
+ns_not_transposed_back = make_ns(transpose_back=False)
+ns_always_five_steps = make_ns(fixed_steps=5)
+ns_in_float32 = make_ns(to_float=True)
+
+
+# --------------------------------------------------------------------------------------------
 # Correct variants pass; each mutant fails on the case that exposes it (run by CheckContract)
 
 CORRECT_VARIANTS = [
@@ -268,6 +309,9 @@ CORRECT_VARIANTS = [
     ("check_adamw_step", adamw_plain),
     ("check_adamw_step", adamw_torch),
     ("check_adamw_step", adamw_llmlab),
+    ("check_orthogonalize", ns_plain),
+    ("check_orthogonalize", ns_llmlab),
+    ("check_orthogonalize", ns_on_the_long_side),
     ("check_train_step", step_plain),
     ("check_train_step", step_llmlab_clip),
     ("check_train_step", step_mean_of_losses),
@@ -278,6 +322,7 @@ NO_WARMUP = "no warmup: 50 steps, warmup_frac 0"
 WITH_WARMUP = "100 steps, 10% warmup, down to 0"
 FIRST_ADAMW = "one tensor (5,), one step, lr 0.01, no decay"
 DECAY = "weight decay 0.1 with lr 0.1, 20 steps"
+SQUARE_NS = "a square 6x6 matrix, 5 steps"
 ONE_MICRO = "one micro-batch, no clipping, SGD"
 FOUR_MICRO = "4 micro-batches, no clipping, SGD"
 CLIPPED = "4 micro-batches, clip_norm 0.05 (active), SGD"
@@ -300,6 +345,13 @@ MUTANTS = [
     ("check_adamw_step", adamw_decay_after_update, DECAY, "before the Adam update"),
     ("check_adamw_step", adamw_eps_inside_sqrt, "tiny gradients (x 1e-4), 10 steps",
      "OUTSIDE the square root"),
+    ("check_orthogonalize", ns_not_normalised, SQUARE_NS, "g / g.norm()"),
+    ("check_orthogonalize", ns_spectral_norm, SQUARE_NS, "the Frobenius norm"),
+    ("check_orthogonalize", ns_b_and_c_swapped, SQUARE_NS, "in that order"),
+    ("check_orthogonalize", ns_polynomial_on_the_right, SQUARE_NS, "from the LEFT"),
+    ("check_orthogonalize", ns_not_transposed_back, "a tall 10x4 matrix, 5 steps", "transpose the result back"),
+    ("check_orthogonalize", ns_always_five_steps, "one step", "not a fixed 5"),
+    ("check_orthogonalize", ns_in_float32, "float64 in, float64 out", "no .float()"),
     ("check_train_step", step_forgets_step, ONE_MICRO, "optimizer.step() once"),
     ("check_train_step", step_never_zeroes, ONE_MICRO, "zero the gradients"),
     ("check_train_step", step_returns_last_loss, ONE_MICRO, "return the loss"),
@@ -317,6 +369,9 @@ def test_the_references_equal_llmlab_train():
     for total, frac, low in ((100, 0.1, 0.0), (37, 0.2, 0.3), (5, 0.0, 0.1)):
         ours = [tc.reference_warmup_cosine(s, total, frac, low) for s in range(total)]
         assert ours == pytest.approx([tr.warmup_cosine(s, total, frac, low) for s in range(total)])
+    for shape in ((5, 9), (9, 5)):
+        g = tc.MatrixCase(shape, spread=30.0).matrix()
+        torch.testing.assert_close(tc.reference_orthogonalize(g), tr.orthogonalize(g))
     case = tc.AdamWCase(((3, 4), (4,)), 100, 1e-2, weight_decay=0.1, schedule=True)
     torch.testing.assert_close(tc._adamw_trajectory(tc.reference_adamw_step, case),
                                tc._adamw_trajectory(adamw_torch, case), atol=1e-6, rtol=1e-5)

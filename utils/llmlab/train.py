@@ -152,8 +152,9 @@ def orthogonalize(
     The quintic Newton-Schulz iteration X <- a X + (b X X^T + c (X X^T)^2) X maps each
     singular value s of X to a s + b s^3 + c s^5 and leaves the singular vectors alone.
     Scaled first so that all s <= 1 (dividing by the Frobenius norm, which is >= the spectral
-    norm), five steps of these coefficients bring every s into roughly [0.7, 1.2]: not
-    exactly 1, which costs nothing in training and keeps the step count low. Works on the
+    norm), five steps of these coefficients bring every s above about 1/500 of the norm into
+    roughly [0.7, 1.2] (smaller ones grow by at most a^5 ~ 490): not exactly 1, which costs
+    nothing in training and keeps the step count low. Works on the
     short side (X X^T is min(m, n) square). ``dtype`` runs the iteration in another
     precision (torch.optim.Muon uses bf16; fp32 is the default here, bf16 is slow on CPUs
     without bf16 units). The result has g's shape and dtype.

@@ -1,4 +1,5 @@
-"""Checks of chapter 03's training labs: the schedule, AdamW, and one training step.
+"""Checks of chapter 03's training labs: the schedule, AdamW, Muon's orthogonalization and one
+training step.
 
 Each ``check_NAME(fn)`` runs ``fn`` the way a training loop would (every step of a schedule,
 an optimizer over many steps, a training step repeated), compares the whole trajectory with a
@@ -11,7 +12,7 @@ A training bug rarely shows in one step: a missing bias correction fades after a
 updates, a loss not divided by the number of micro-batches hides behind clipping. So every
 case runs many steps and the cases are chosen so that each usual slip changes the trajectory.
 
-    lab 02_schedule_and_adamw: warmup_cosine, adamw_step
+    lab 02_schedule_and_adamw: warmup_cosine, adamw_step, orthogonalize
     lab 03_training_step: train_step
 
 Conventions (the same as :mod:`llmlab.train`):
@@ -22,6 +23,10 @@ Conventions (the same as :mod:`llmlab.train`):
   last step ``total_steps - 1``.
 - ``adamw_step(params, grads, state, lr, betas, eps, weight_decay)``: one AdamW update of a
   list of tensors, in place; ``state`` is a dict the function fills on its first call.
+- ``orthogonalize(g, steps)``: Muon's quintic Newton-Schulz iteration on a 2-D tensor:
+  ``X = g / ||g||_F``, then ``steps`` times ``A = X X^T; X = a X + (b A + c A A) X`` with
+  ``(a, b, c) = NS_COEFFICIENTS``, on the short side of ``g`` (a tall ``g`` is transposed and
+  the result transposed back); the result has ``g``'s shape and dtype.
 - ``train_step(model, micro_batches, optimizer, loss_fn, clip_norm)``: one optimizer step on
   the mean loss of the micro-batches, gradients clipped to a global norm; returns that loss.
 
@@ -86,6 +91,22 @@ def reference_adamw_step(
         m_hat = m / (1 - beta1**t)
         v_hat = v / (1 - beta2**t)
         p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic, as torch.optim.Muon
+
+
+@torch.no_grad()
+def reference_orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Muon's Newton-Schulz iteration: about U V^T for g = U S V^T, g's shape and dtype."""
+    a, b, c = NS_COEFFICIENTS
+    tall = g.shape[0] > g.shape[1]
+    x = g.T if tall else g
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
 
 
 def reference_train_step(
@@ -289,6 +310,72 @@ def check_adamw_step(adamw_step: Callable) -> CheckResult:
              "p -= lr * m_hat / (sqrt(v_hat) + eps) with the bias-corrected m_hat, v_hat. "
              "Update the tensors in place.",
         compare=_close(1e-5, 1e-4), arg_names=("run",),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# orthogonalize
+
+
+@dataclass(frozen=True)
+class MatrixCase:
+    """A matrix with known singular values: ``scale`` times ``U diag(s) V^T``, s from 1 down to 1/spread."""
+
+    shape: tuple[int, int]
+    steps: int = 5
+    spread: float = 10.0
+    scale: float = 1.0
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+
+    def __repr__(self) -> str:
+        return (f"a {self.shape[0]}x{self.shape[1]} {str(self.dtype).removeprefix('torch.')} matrix, "
+                f"singular values {self.scale:g} .. {self.scale / self.spread:g}, steps={self.steps}")
+
+    def matrix(self) -> torch.Tensor:
+        g = _generator(self.seed)
+        k = min(self.shape)
+        u, _ = torch.linalg.qr(torch.randn(self.shape[0], k, generator=g, dtype=torch.float64))
+        v, _ = torch.linalg.qr(torch.randn(self.shape[1], k, generator=g, dtype=torch.float64))
+        s = torch.logspace(0, -math.log10(self.spread), k, dtype=torch.float64) * self.scale
+        return (u @ torch.diag(s) @ v.T).to(self.dtype)
+
+
+def _orthogonalized(fn: Callable, case: MatrixCase) -> Any:
+    return fn(case.matrix(), case.steps)
+
+
+def check_orthogonalize(orthogonalize: Callable) -> CheckResult:
+    """Check ``orthogonalize(g, steps) -> tensor`` (Muon's Newton-Schulz) on matrices of known SVD.
+
+    The compared tensor is the result itself.
+    """
+    cases = [
+        Case("a square 6x6 matrix, 5 steps", (MatrixCase((6, 6)),),
+             hint="start from X = g / g.norm() (the Frobenius norm, so that every singular value "
+                  "is <= 1), then repeat: A = X @ X.T; X = a * X + (b * A + c * A @ A) @ X, "
+                  "with (a, b, c) = (3.4445, -4.7750, 2.0315) in that order; the polynomial "
+                  "multiplies X from the LEFT."),
+        Case("a wide 4x10 matrix, 5 steps", (MatrixCase((4, 10), seed=1),)),
+        Case("a tall 10x4 matrix, 5 steps", (MatrixCase((10, 4), seed=2),),
+             hint="the result has g's shape: for a tall g (more rows than columns) work on g.T, "
+                  "so that X @ X.T is the small square, and transpose the result back."),
+        Case("one step", (MatrixCase((5, 8), steps=1, seed=3),),
+             hint="run exactly `steps` iterations (the argument, not a fixed 5)."),
+        Case("a gradient 1000x larger", (MatrixCase((6, 9), scale=1000.0, seed=4),),
+             hint="divide by the norm first: the polynomial pushes singular values towards 1 "
+                  "only from inside [0, 1]; larger ones blow up."),
+        Case("float64 in, float64 out", (MatrixCase((7, 5), dtype=torch.float64, seed=5),),
+             hint="compute in g's dtype and return that dtype (no .float())."),
+        Case("3 steps on a 16x24 matrix with singular values spread 100x",
+             (MatrixCase((16, 24), steps=3, spread=100.0, seed=6),)),
+        Case("10 steps", (MatrixCase((8, 8), steps=10, seed=7),)),
+    ]
+    return _checked(
+        "orthogonalize", orthogonalize, reference_orthogonalize, _orthogonalized, cases,
+        hint="X = g / g.norm(); then `steps` times A = X @ X.T; X = a X + (b A + c A @ A) @ X; "
+             "transpose a tall g first and back at the end; return g's shape and dtype.",
+        compare=_close(1e-5, 1e-4), arg_names=("matrix",),
     )
 
 
