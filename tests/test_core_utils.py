@@ -1,4 +1,4 @@
-"""Small llmlab helpers: progress bars, plot style, the course facts."""
+"""Small llmlab helpers: progress bars, plot style, the course facts, argument checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from llmlab import course, plotting, progress  # noqa: E402
+from llmlab import course, plotting, progress, validate  # noqa: E402
 
 
 def test_progress_counts_and_can_be_silenced(monkeypatch, capsys):
@@ -45,3 +45,16 @@ def test_read_requirements(tmp_path):
     lock.write_text("foo>=1\n")
     with pytest.raises(ValueError, match="expected 'name==version'"):
         course.read_requirements(lock)
+
+
+def test_int_checks_name_the_argument_and_return_the_value():
+    assert validate.check_int(3, "n") == 3 and validate.check_positive_int(1, "n") == 1
+    assert validate.check_int(-5, "pad", None) == -5 and validate.check_int(0, "length", 0) == 0
+    with pytest.raises(TypeError, match="n: expected an int, got bool True"):
+        validate.check_positive_int(True, "n")
+    with pytest.raises(TypeError, match="n: expected an int, got float 2.0"):
+        validate.check_int(2.0, "n")
+    with pytest.raises(ValueError, match="n: expected a positive int, got 0"):
+        validate.check_positive_int(0, "n")
+    with pytest.raises(ValueError, match="max_len: expected an int >= 5, got 4"):
+        validate.check_int(4, "max_len", 5)

@@ -345,6 +345,8 @@ def test_span_corruption_batch_teacher_forcing():
         assert labels[row, :m].tolist() == targets.tolist()
         assert (labels[row, m:] == -100).all()
         assert dec_in[row, 0] == PAD and dec_in[row, 1:m].tolist() == targets[:-1].tolist()
+    _, _, dec_in, _ = obj.span_corruption_batch(docs, SENTINELS, PAD, generator=gen(5), start_id=7)
+    assert dec_in[:, 0].tolist() == [7, 7]  # an explicit decoder start token
 
 
 def test_pad_sequences():

@@ -7,22 +7,23 @@ from __future__ import annotations
 # importable (and fast to import) without torch.
 
 
-def check_int(value, name: str, minimum: int | None = 1) -> None:
+def check_int(value, name: str, minimum: int | None = 1) -> int:
     """``value`` must be an int >= ``minimum`` (any int when None; a bool is not an int here).
 
     A value of the wrong type raises TypeError, one out of range ValueError; both name the
-    argument and what was expected.
+    argument and what was expected. Returns ``value``.
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name}: expected {what}, got {value}")
+    return value
 
 
-def check_positive_int(value, name: str) -> None:
-    """``value`` must be an int >= 1 (a bool is not an int here)."""
-    check_int(value, name, 1)
+def check_positive_int(value, name: str) -> int:
+    """``value`` must be an int >= 1 (a bool is not an int here); returns it."""
+    return check_int(value, name, 1)
 
 
 def check_dims(x, ndim: int, name: str, layout: str) -> None:
