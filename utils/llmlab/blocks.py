@@ -60,8 +60,7 @@ class BlockConfig:
 
     def __post_init__(self):
         for name in ("d_model", "n_heads", "d_ff"):
-            value = getattr(self, name)
-            check_positive_int(value, name)
+            check_positive_int(getattr(self, name), name)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:

@@ -82,11 +82,9 @@ class Seq2SeqConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_seq"):
-            value = getattr(self, name)
-            check_positive_int(value, name)
+            check_positive_int(getattr(self, name), name)
         for name in ("n_encoder_layers", "n_decoder_layers"):
-            value = getattr(self, name)
-            check_int(value, name, 0)
+            check_int(getattr(self, name), name, 0)
         if self.positional not in ("sinusoidal", "learned"):
             raise ValueError(
                 f"positional: expected 'sinusoidal' or 'learned', got {self.positional!r}"

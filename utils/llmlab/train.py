@@ -64,7 +64,24 @@ OPTIMIZERS = ("llmlab", "torch", "muon")
 # AdamW
 
 
-class AdamW(torch.optim.Optimizer):
+class _GroupwiseOptimizer(torch.optim.Optimizer):
+    """An optimizer whose step updates each parameter group on its own (:meth:`update_group`)."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self.update_group(group)
+        return loss
+
+    def update_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+
+class AdamW(_GroupwiseOptimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019), written out.
 
     Per parameter p with gradient g, at step t:
@@ -99,38 +116,28 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            _adamw_update(self, group)
-        return loss
-
-
-def _adamw_update(optimizer: torch.optim.Optimizer, group: dict) -> None:
-    """AdamW's step for one parameter group (shared by :class:`AdamW` and :class:`Muon`)."""
-    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-    for p in group["params"]:
-        if p.grad is None:
-            continue
-        if p.grad.is_sparse:
-            raise RuntimeError("AdamW: sparse gradients are not supported")
-        state = optimizer.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        t = state["step"].item()
-        m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
-        p.mul_(1 - lr * wd)
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        step_size = lr / (1 - beta1**t)
-        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-        p.addcdiv_(m, denom, value=-step_size)
+    def update_group(self, group: dict) -> None:
+        """One AdamW step for every parameter of ``group`` (``step`` calls it per group)."""
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamW: sparse gradients are not supported")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            t = state["step"].item()
+            m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
+            p.mul_(1 - lr * wd)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            step_size = lr / (1 - beta1**t)
+            denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+            p.addcdiv_(m, denom, value=-step_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,17 +171,17 @@ def orthogonalize(
     check_positive_int(steps, "steps")
     a, b, c = coefficients
     x = g.to(dtype or g.dtype)
-    wide = x.shape[0] > x.shape[1]
-    if wide:
+    tall = x.shape[0] > x.shape[1]
+    if tall:
         x = x.T
     x = x / x.norm().clamp(min=eps)
     for _ in range(steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return (x.T if wide else x).to(g.dtype)
+    return (x.T if tall else x).to(g.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(_GroupwiseOptimizer):
     """Muon (Jordan et al. 2024) for the hidden layers' matrices, AdamW for everything else.
 
     For a weight matrix W with gradient G, at each step:
@@ -229,29 +236,24 @@ class Muon(torch.optim.Optimizer):
                     )
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            if not group["muon"]:
-                _adamw_update(self, group)
+    def update_group(self, group: dict) -> None:
+        """One Muon step for a ``"muon"`` group, one AdamW step (:class:`AdamW`'s) for the others."""
+        if not group["muon"]:
+            AdamW.update_group(self, group)  # the same state layout as an AdamW of its own
+            return
+        lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
                 continue
-            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - mu)
-                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_steps"], dtype=group["ns_dtype"])
-                p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
-        return loss
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - mu)
+            update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+            update = orthogonalize(update, group["ns_steps"], dtype=group["ns_dtype"])
+            p.mul_(1 - lr * wd)
+            p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
 
 
 def muon_param_groups(
@@ -448,11 +450,9 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "grad_accum"):
-            value = getattr(self, name)
-            check_positive_int(value, name)
+            check_positive_int(getattr(self, name), name)
         for name in ("eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
-            value = getattr(self, name)
-            check_int(value, name, 0)
+            check_int(getattr(self, name), name, 0)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.optimizer not in OPTIMIZERS:
