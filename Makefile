@@ -50,6 +50,7 @@ chapters: setup
 	$(PY) tools/run_chapters.py $(NB)
 
 lint: $(STAMP)
+	$(PY) -m ruff format utils tests tools benchmarks
 	$(PY) -m ruff check utils tests tools chapters solutions
 
 doctor: $(STAMP)

@@ -55,8 +55,11 @@ class CheckContract:
             metafunc.parametrize("mutant", mutants, ids=[m[1].__name__ for m in mutants])
 
     def test_every_check_of_the_module_is_tested(self):
-        defined = {name for name, _ in inspect.getmembers(self.MODULE, inspect.isfunction)
-                   if name.startswith("check_")}
+        defined = {
+            name
+            for name, _ in inspect.getmembers(self.MODULE, inspect.isfunction)
+            if name.startswith("check_")
+        }
         assert defined == set(self.CHECKS)
 
     def test_reference_passes(self, name, capsys):

@@ -61,19 +61,23 @@ def test_smollm2_loads_offline_and_answers():
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
     assert model.dtype == torch.float32 and not model.training
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
 
 @pytest.mark.slow
 def test_minilm_embeds_offline():
     embedder = assets.load_minilm(device="cpu")
-    vectors = embedder.encode(["A cat sits on the mat.", "A kitten rests on a rug.", "Tax law."],
-                              convert_to_tensor=True, normalize_embeddings=True)
+    vectors = embedder.encode(
+        ["A cat sits on the mat.", "A kitten rests on a rug.", "Tax law."],
+        convert_to_tensor=True,
+        normalize_embeddings=True,
+    )
     assert vectors.shape == (3, 384)
     similar, unrelated = (vectors[0] @ vectors[1]).item(), (vectors[0] @ vectors[2]).item()
     assert similar > unrelated + 0.3

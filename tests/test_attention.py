@@ -1,4 +1,4 @@
-"""llmlab.attention: our attention equals torch's (SDPA and nn.MultiheadAttention)."""
+"""llmlab.nn.attention: our attention equals torch's (SDPA and nn.MultiheadAttention)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmlab.attention import (
+from llmlab.nn.attention import (
     MultiHeadAttention,
     causal_mask,
     combine_masks,
@@ -273,7 +273,7 @@ def test_repeat_kv():
 
 
 def test_mha_rope_hook_rotates_q_and_k():
-    from llmlab.positional import RotaryEmbedding, apply_rotary
+    from llmlab.nn.positional import RotaryEmbedding, apply_rotary
 
     torch.manual_seed(0)
     attn = MultiHeadAttention(32, 4, n_kv_heads=2, is_causal=True).eval()
@@ -350,7 +350,7 @@ def test_naive_attention_memory_grows_quadratically():
 @pytest.mark.parametrize("mask_kind", ["none", "padding", "additive"])
 def test_fused_path_equals_the_formula(is_causal, n_kv_heads, mask_kind):
     """Without return_weights the module runs torch's SDPA: same outputs and gradients."""
-    from llmlab.attention import formula_attention
+    from llmlab.nn.attention import formula_attention
 
     torch.manual_seed(0)
     mha = MultiHeadAttention(32, 4, n_kv_heads=n_kv_heads, is_causal=is_causal)
@@ -372,7 +372,7 @@ def test_fused_path_equals_the_formula(is_causal, n_kv_heads, mask_kind):
 
 
 def test_fused_path_with_a_cache_equals_the_full_sequence():
-    from llmlab.models.cache import KVCache
+    from llmlab.nn.cache import KVCache
 
     torch.manual_seed(0)
     mha = MultiHeadAttention(16, 4, n_kv_heads=2, is_causal=True).eval()

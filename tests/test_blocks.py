@@ -1,4 +1,4 @@
-"""llmlab.norms, llmlab.ffn, llmlab.blocks: equal to torch's layers with the same weights."""
+"""llmlab.nn.norms, llmlab.nn.ffn, llmlab.nn.blocks: equal to torch's layers with the same weights."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmlab.attention import MultiHeadAttention, causal_mask, padding_mask
-from llmlab.blocks import BlockConfig, DecoderBlock, EncoderBlock
-from llmlab.ffn import FeedForward
-from llmlab.norms import LayerNorm, RMSNorm, make_norm
+from llmlab.nn.attention import MultiHeadAttention, causal_mask, padding_mask
+from llmlab.nn.blocks import BlockConfig, DecoderBlock, EncoderBlock
+from llmlab.nn.ffn import FeedForward
+from llmlab.nn.norms import LayerNorm, RMSNorm, make_norm
 
 ATOL = 1e-5
 
@@ -178,7 +178,7 @@ def test_decoder_block_is_causal():
 
 def test_llama_and_palm_style_blocks():
     torch.manual_seed(0)
-    from llmlab.positional import RotaryEmbedding
+    from llmlab.nn.positional import RotaryEmbedding
 
     llama = BlockConfig(
         64, 4, 96, n_kv_heads=2, activation="swiglu", norm="rms", norm_first=True, bias=False

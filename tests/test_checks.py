@@ -57,7 +57,7 @@ class TestContract(CheckContract):
 def test_exception_message_names_type_and_message():
     result = sh.check_stable_softmax(_raise_value_error)
     assert "raised ValueError: boom" in result.message
-    assert "at `raise ValueError(\"boom\")`" in result.message  # the student's line
+    assert 'at `raise ValueError("boom")`' in result.message  # the student's line
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +196,9 @@ def cross_entropy_by_gather(logits, targets):
 
 
 def temperature_checked(logits, temperature):
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (
+        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+    ):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
     return logits / temperature
 
@@ -226,16 +228,43 @@ MUTANTS = [
     ("check_cross_entropy", cross_entropy_wrong_axis, "(4, 10) logits", "max abs error"),
     ("check_cross_entropy", cross_entropy_unstable, "large logits (x1000)", "inf"),
     ("check_cross_entropy", cross_entropy_no_minus, "(4, 10) logits", "max abs error"),
-    ("check_cross_entropy", cross_entropy_2d_only, "(2, 3, 7) logits, (2, 3) targets", "raised IndexError"),
+    (
+        "check_cross_entropy",
+        cross_entropy_2d_only,
+        "(2, 3, 7) logits, (2, 3) targets",
+        "raised IndexError",
+    ),
     ("check_cross_entropy", cross_entropy_shape_1, "(4, 10) logits", "expected shape ()"),
-    ("check_apply_temperature", temperature_multiplies, "temperature 0.5 sharpens", "max abs error"),
-    ("check_apply_temperature", temperature_no_validation, "temperature 0 is rejected",
-     "expected your function to raise ValueError"),
-    ("check_apply_temperature", temperature_allows_zero, "temperature 0 is rejected",
-     "raise ValueError"),
-    ("check_apply_temperature", temperature_wrong_exception, "temperature 0 is rejected",
-     "raised TypeError"),
-    ("check_apply_temperature", temperature_allows_inf, "infinite temperature is rejected", "ValueError"),
+    (
+        "check_apply_temperature",
+        temperature_multiplies,
+        "temperature 0.5 sharpens",
+        "max abs error",
+    ),
+    (
+        "check_apply_temperature",
+        temperature_no_validation,
+        "temperature 0 is rejected",
+        "expected your function to raise ValueError",
+    ),
+    (
+        "check_apply_temperature",
+        temperature_allows_zero,
+        "temperature 0 is rejected",
+        "raise ValueError",
+    ),
+    (
+        "check_apply_temperature",
+        temperature_wrong_exception,
+        "temperature 0 is rejected",
+        "raised TypeError",
+    ),
+    (
+        "check_apply_temperature",
+        temperature_allows_inf,
+        "infinite temperature is rejected",
+        "ValueError",
+    ),
     ("check_apply_temperature", temperature_floats_only, "integer temperature 3", "TypeError"),
     ("check_apply_temperature", temperature_in_place, "temperature 0.5 sharpens", "in place"),
 ]
@@ -259,15 +288,18 @@ def test_compare_tensors_match_and_inf():
     assert compare_tensors(x + 1e-7, x) is None
 
 
-@pytest.mark.parametrize(("received", "words"), [
-    (None, "expected a torch.Tensor, received None"),
-    ([1.0, 2.0], "received a list of length 2"),
-    (torch.zeros(2, 2), "expected shape (2, 3), received shape (2, 2)"),
-    (torch.zeros(2, 3, dtype=torch.float64), "expected dtype float32, received float64"),
-    (torch.full((2, 3), float("nan")), "received NaN at 6 of 6 positions"),
-    (torch.full((2, 3), float("inf")), "received inf at 6 of 6 positions"),
-    (torch.ones(2, 3), "max abs error 1 exceeds the tolerance (atol=1e-05, rtol=1e-05)"),
-])
+@pytest.mark.parametrize(
+    ("received", "words"),
+    [
+        (None, "expected a torch.Tensor, received None"),
+        ([1.0, 2.0], "received a list of length 2"),
+        (torch.zeros(2, 2), "expected shape (2, 3), received shape (2, 2)"),
+        (torch.zeros(2, 3, dtype=torch.float64), "expected dtype float32, received float64"),
+        (torch.full((2, 3), float("nan")), "received NaN at 6 of 6 positions"),
+        (torch.full((2, 3), float("inf")), "received inf at 6 of 6 positions"),
+        (torch.ones(2, 3), "max abs error 1 exceeds the tolerance (atol=1e-05, rtol=1e-05)"),
+    ],
+)
 def test_compare_tensors_says_what_differs(received, words):
     message = compare_tensors(received, torch.zeros(2, 3))
     assert message is not None and words in message, message
@@ -284,7 +316,8 @@ def test_compare_tensors_names_first_mismatch_and_tolerance():
 
 def test_compare_tensors_expected_inf_and_integers():
     assert "finite value where inf was expected" in compare_tensors(
-        torch.tensor([0.0]), torch.tensor([float("-inf")]))
+        torch.tensor([0.0]), torch.tensor([float("-inf")])
+    )
     assert compare_tensors(torch.tensor([1, 2]), torch.tensor([1, 2])) is None
     assert "1 of 2 values differ" in compare_tensors(torch.tensor([1, 3]), torch.tensor([1, 2]))
 
@@ -371,14 +404,21 @@ def test_read_log_skips_a_truncated_line_and_a_missing_file(tmp_path):
 
 @pytest.mark.slow
 def test_in_a_notebook_the_message_appears_once(tmp_path):
-    from llmlab.notebooks import execute_notebook, text_outputs
+    from llmlab.course.notebooks import execute_notebook, text_outputs
 
-    nb = new_notebook(cells=[new_code_cell(
-        "from llmlab.checks.start_here import check_stable_softmax, reference_softmax\n"
-        "check_stable_softmax(reference_softmax)"
-    )])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "from llmlab.checks.start_here import check_stable_softmax, reference_softmax\n"
+                "check_stable_softmax(reference_softmax)"
+            )
+        ]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path = tmp_path / "once.ipynb"
     nbformat.write(nb, path)
     output = text_outputs(execute_notebook(path, timeout=120))

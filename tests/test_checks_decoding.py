@@ -77,7 +77,7 @@ def temperature_to_float32(logits, temperature):
 
 
 def top_k_by_sorting(logits, k):
-    kth = logits.sort(dim=-1, descending=True).values[..., k - 1:k]
+    kth = logits.sort(dim=-1, descending=True).values[..., k - 1 : k]
     return torch.where(logits >= kth, logits, torch.full_like(logits, NEG_INF))
 
 
@@ -255,30 +255,62 @@ CORRECT_VARIANTS = [
 
 MUTANTS = [
     # (check, mutant, the first case that must fail, words the message must contain)
-    ("check_apply_temperature", temperature_multiplies, "T = 0.5 sharpens: (2, 10)", "max abs error"),
+    (
+        "check_apply_temperature",
+        temperature_multiplies,
+        "T = 0.5 sharpens: (2, 10)",
+        "max abs error",
+    ),
     ("check_apply_temperature", temperature_in_place, "T = 0.5 sharpens: (2, 10)", "in place"),
-    ("check_apply_temperature", temperature_returns_probs, "T = 1 changes nothing", "max abs error"),
+    (
+        "check_apply_temperature",
+        temperature_returns_probs,
+        "T = 1 changes nothing",
+        "max abs error",
+    ),
     ("check_apply_temperature", temperature_ignored, "T = 0.5 sharpens: (2, 10)", "max abs error"),
     ("check_apply_temperature", temperature_to_float32, "float64 logits", "dtype float64"),
-    ("check_top_k_filter", top_k_keeps_k_plus_one, "k = 1 keeps the argmax", "where inf was expected"),
+    (
+        "check_top_k_filter",
+        top_k_keeps_k_plus_one,
+        "k = 1 keeps the argmax",
+        "where inf was expected",
+    ),
     ("check_top_k_filter", top_k_keeps_k_minus_one, "k = 1 keeps the argmax", "received -inf"),
-    ("check_top_k_filter", top_k_exactly_k_by_index, "ties at the k-th value: [3, 2, 2, 2, 1], k = 2",
-     "tied values all stay"),
+    (
+        "check_top_k_filter",
+        top_k_exactly_k_by_index,
+        "ties at the k-th value: [3, 2, 2, 2, 1], k = 2",
+        "tied values all stay",
+    ),
     ("check_top_k_filter", top_k_zero_instead_of_minus_inf, "k = 1 keeps the argmax", "received 0"),
     ("check_top_k_filter", top_k_smallest, "k = 1 keeps the argmax", "received -inf"),
     ("check_top_k_filter", top_k_in_place, "k = 1 keeps the argmax", "in place"),
     ("check_top_k_filter", top_k_returns_probs, "k = 1 keeps the argmax", "where inf was expected"),
-    ("check_top_p_filter", top_p_drops_the_crossing_token, CROSSING, "mass of the tokens BEFORE it"),
+    (
+        "check_top_p_filter",
+        top_p_drops_the_crossing_token,
+        CROSSING,
+        "mass of the tokens BEFORE it",
+    ),
     ("check_top_p_filter", top_p_no_token_guaranteed, CROSSING, "received -inf"),
     ("check_top_p_filter", top_p_sorted_ascending, CROSSING, "descending order"),
-    ("check_top_p_filter", top_p_mask_not_mapped_back, "p = 0.8 on logits in random order (4, 12)",
-     "map it back to vocabulary order"),
+    (
+        "check_top_p_filter",
+        top_p_mask_not_mapped_back,
+        "p = 0.8 on logits in random order (4, 12)",
+        "map it back to vocabulary order",
+    ),
     ("check_top_p_filter", top_p_returns_probs, CROSSING, "received 0"),
     ("check_top_p_filter", top_p_in_place, CROSSING, "in place"),
     ("check_top_p_filter", top_p_over_the_batch, CROSSING, "where inf was expected"),
     ("check_top_p_filter", top_p_large_negative, CROSSING, "received -1e+09"),
-    ("check_top_p_filter", top_p_scatter_without_ties,
-     "ties: the last kept logit is shared by three tokens", "tied with the last kept one"),
+    (
+        "check_top_p_filter",
+        top_p_scatter_without_ties,
+        "ties: the last kept logit is shared by three tokens",
+        "tied with the last kept one",
+    ),
     ("check_top_p_filter", top_p_in_float32, "float64 logits", "dtype float64"),
     ("check_sample", sample_argmax, "one row of 5 logits", "values differ"),
     ("check_sample", sample_global_rng, "one row of 5 logits", "values differ"),
@@ -300,8 +332,11 @@ def test_top_p_cases_avoid_float_boundaries():
     from llmlab.checks import decoding
 
     captured = []
-    decoding.check_top_p_filter(lambda logits, p: captured.append((logits, p)) or
-                                decoding.reference_top_p_filter(logits, p))
+    decoding.check_top_p_filter(
+        lambda logits, p: captured.append((logits, p)) or decoding.reference_top_p_filter(logits, p)
+    )
     for logits, p in captured:
-        assert torch.equal(top_p_by_cutoff(logits.double(), p).isinf(),
-                           decoding.reference_top_p_filter(logits, p).isinf())
+        assert torch.equal(
+            top_p_by_cutoff(logits.double(), p).isinf(),
+            decoding.reference_top_p_filter(logits, p).isinf(),
+        )

@@ -221,8 +221,11 @@ def minhash_min_hash_value(shingle_hashes, a, b, p):  # hashes the smallest shin
 
 
 def minhash_empty_list(shingle_hashes, a, b, p):
-    return [min((ai * x + bi) % p for x in shingle_hashes) for ai, bi in zip(a, b, strict=True)] \
-        if shingle_hashes else []
+    return (
+        [min((ai * x + bi) % p for x in shingle_hashes) for ai, bi in zip(a, b, strict=True)]
+        if shingle_hashes
+        else []
+    )
 
 
 def minhash_argmin(shingle_hashes, a, b, p):  # the index of the minimum, not its value
@@ -239,8 +242,10 @@ def minhash_numpy(shingle_hashes, a, b, p):  # a correct vectorised answer
     if not shingle_hashes:
         return np.full(len(a), p, dtype=np.uint64)
     x = np.array(shingle_hashes, dtype=np.uint64)
-    return ((np.array(a, dtype=np.uint64)[:, None] * x[None, :]
-             + np.array(b, dtype=np.uint64)[:, None]) % np.uint64(p)).min(axis=1)
+    return (
+        (np.array(a, dtype=np.uint64)[:, None] * x[None, :] + np.array(b, dtype=np.uint64)[:, None])
+        % np.uint64(p)
+    ).min(axis=1)
 
 
 def test_reference_signatures_equal_the_library():
@@ -310,12 +315,15 @@ def _banded(name, key_fn):
                 buckets.setdefault(key_fn(sig, band, rows), []).append(doc)
             pairs |= _pairs(buckets)
         return pairs
+
     lsh.__name__ = name
     return lsh
 
 
 lsh_slice_short = _banded("lsh_slice_short", lambda sig, t, r: tuple(sig[t * r : (t + 1) * r - 1]))
-lsh_slice_shifted = _banded("lsh_slice_shifted", lambda sig, t, r: tuple(sig[t * r + 1 : (t + 1) * r + 1]))
+lsh_slice_shifted = _banded(
+    "lsh_slice_shifted", lambda sig, t, r: tuple(sig[t * r + 1 : (t + 1) * r + 1])
+)
 lsh_slice_wrong_stride = _banded("lsh_slice_wrong_stride", lambda sig, t, r: tuple(sig[t : t + r]))
 lsh_key_sum = _banded("lsh_key_sum", lambda sig, t, r: sum(sig[t * r : (t + 1) * r]))
 lsh_key_set = _banded("lsh_key_set", lambda sig, t, r: frozenset(sig[t * r : (t + 1) * r]))
@@ -341,15 +349,19 @@ def lsh_any_row(signatures, bands, rows):  # a pair if ANY row of a band agrees
 
 
 def lsh_with_self_pairs(signatures, bands, rows):
-    return dd.reference_lsh_buckets(signatures, bands, rows) | {(i, i) for i in range(len(signatures))}
+    return dd.reference_lsh_buckets(signatures, bands, rows) | {
+        (i, i) for i in range(len(signatures))
+    }
 
 
 def lsh_all_pairs_compared(signatures, bands, rows):  # correct, without buckets
     pairs = set()
     for i in range(len(signatures)):
         for j in range(i + 1, len(signatures)):
-            if any(signatures[i][t * rows:(t + 1) * rows] == signatures[j][t * rows:(t + 1) * rows]
-                   for t in range(bands)):
+            if any(
+                signatures[i][t * rows : (t + 1) * rows] == signatures[j][t * rows : (t + 1) * rows]
+                for t in range(bands)
+            ):
                 pairs.add((j, i))  # the order inside a pair does not matter
     return list(pairs)
 
@@ -382,8 +394,12 @@ MUTANTS = [
     ("check_shingle", shingle_split_on_spaces, "case and punctuation ignored", "re.findall"),
     ("check_shingle", shingle_no_lower, "case and punctuation ignored", "text.lower()"),
     ("check_shingle", shingle_concatenated, "five words, k=2", "' '.join"),
-    ("check_shingle", shingle_short_text_empty, "fewer words than k: one shingle",
-     "shorter than k words is one shingle"),
+    (
+        "check_shingle",
+        shingle_short_text_empty,
+        "fewer words than k: one shingle",
+        "shorter than k words is one shingle",
+    ),
     ("check_shingle", shingle_empty_string_shingle, "no words at all", "return set()"),
     ("check_jaccard", jaccard_sum_denominator, "half shared", "not len(a) + len(b)"),
     ("check_jaccard", jaccard_over_min, "half shared", "UNION"),
@@ -397,29 +413,63 @@ MUTANTS = [
     ("check_minhash_signature", minhash_modulo_after_min, "tiny: p = 7, one function", "% p"),
     ("check_minhash_signature", minhash_without_b, "tiny: p = 7, one function", "+ b[i]"),
     ("check_minhash_signature", minhash_min_hash_value, "tiny: p = 7, one function", "MINIMUM"),
-    ("check_minhash_signature", minhash_argmin, "tiny: p = 7, one function",
-     "expected 0, received 1"),
-    ("check_minhash_signature", minhash_one_function, "tiny: p = 11, two functions",
-     "EACH hash function"),
+    (
+        "check_minhash_signature",
+        minhash_argmin,
+        "tiny: p = 7, one function",
+        "expected 0, received 1",
+    ),
+    (
+        "check_minhash_signature",
+        minhash_one_function,
+        "tiny: p = 11, two functions",
+        "EACH hash function",
+    ),
     ("check_minhash_signature", minhash_empty_list, "no shingles: p everywhere", "[p] * len(a)"),
     ("check_estimate_jaccard", estimate_count_not_share, "identical", "divide by len(sig1)"),
     ("check_estimate_jaccard", estimate_disagreement, "identical", "expected 1, received 0"),
     ("check_estimate_jaccard", estimate_off_by_one, "identical", "expected 1, received 1.33333"),
     ("check_estimate_jaccard", estimate_as_sets, "half agree", "position by position"),
-    ("check_estimate_jaccard", estimate_membership, "same values, other positions",
-     "position by position"),
-    ("check_lsh_buckets", lsh_with_self_pairs, "two identical signatures",
-     "a document paired with itself"),
-    ("check_lsh_buckets", lsh_whole_signature, "match in the first band only", "the pair (0, 1) is missing"),
-    ("check_lsh_buckets", lsh_key_first_value, "agree on all but the band's last row",
-     "should not be a candidate"),
+    (
+        "check_estimate_jaccard",
+        estimate_membership,
+        "same values, other positions",
+        "position by position",
+    ),
+    (
+        "check_lsh_buckets",
+        lsh_with_self_pairs,
+        "two identical signatures",
+        "a document paired with itself",
+    ),
+    (
+        "check_lsh_buckets",
+        lsh_whole_signature,
+        "match in the first band only",
+        "the pair (0, 1) is missing",
+    ),
+    (
+        "check_lsh_buckets",
+        lsh_key_first_value,
+        "agree on all but the band's last row",
+        "should not be a candidate",
+    ),
     ("check_lsh_buckets", lsh_first_band_only, "match in the LAST band only", "every band"),
     ("check_lsh_buckets", lsh_slice_wrong_stride, "match in the LAST band only", "every band"),
-    ("check_lsh_buckets", lsh_slice_short, "agree on all but the band's last row", "ALL must agree"),
+    (
+        "check_lsh_buckets",
+        lsh_slice_short,
+        "agree on all but the band's last row",
+        "ALL must agree",
+    ),
     ("check_lsh_buckets", lsh_slice_shifted, "match in the first band only", "is missing"),
     ("check_lsh_buckets", lsh_any_row, "agree on all but the band's last row", "ALL must agree"),
-    ("check_lsh_buckets", lsh_one_dict_for_all_bands, "same values in different bands",
-     "one dict of buckets per band"),
+    (
+        "check_lsh_buckets",
+        lsh_one_dict_for_all_bands,
+        "same values in different bands",
+        "one dict of buckets per band",
+    ),
     ("check_lsh_buckets", lsh_key_sum, "same values in another order", "not their sum or set"),
     ("check_lsh_buckets", lsh_key_set, "same values in another order", "not their sum or set"),
 ]

@@ -173,19 +173,30 @@ def attn_sdpa(x, q_w, k_w, v_w, o_w, cos, sin, n_heads, n_kv_heads):
 def make_block(layout="pre", residual=(True, True), norm_names=("input", "post")):
     def llama_block(x, weights, cos, sin, n_heads, n_kv_heads, eps=1e-5):
         w = weights
-        n1, n2 = (w[f"{n}_layernorm.weight"] if n in ("input", "post_attention") else
-                  w["input_layernorm.weight" if n == "input" else "post_attention_layernorm.weight"]
-                  for n in norm_names)
+        n1, n2 = (
+            w[f"{n}_layernorm.weight"]
+            if n in ("input", "post_attention")
+            else w["input_layernorm.weight" if n == "input" else "post_attention_layernorm.weight"]
+            for n in norm_names
+        )
 
         def attn(h):
             return mf.reference_llama_attention(
-                h, w["self_attn.q_proj.weight"], w["self_attn.k_proj.weight"],
-                w["self_attn.v_proj.weight"], w["self_attn.o_proj.weight"], cos, sin,
-                n_heads, n_kv_heads)
+                h,
+                w["self_attn.q_proj.weight"],
+                w["self_attn.k_proj.weight"],
+                w["self_attn.v_proj.weight"],
+                w["self_attn.o_proj.weight"],
+                cos,
+                sin,
+                n_heads,
+                n_kv_heads,
+            )
 
         def mlp(h):
-            return mf.reference_swiglu_mlp(h, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"],
-                                           w["mlp.down_proj.weight"])
+            return mf.reference_swiglu_mlp(
+                h, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"]
+            )
 
         if layout == "post":
             x = mf.reference_rms_norm(x + attn(x), n1, eps)
@@ -217,12 +228,27 @@ def block_eps_ignored(x, weights, cos, sin, n_heads, n_kv_heads, eps=1e-5):
 def block_from_llmlab(x, weights, cos, sin, n_heads, n_kv_heads, eps=1e-5):
     # The chapter's module, loaded with the same weights, is a correct answer.
     d = x.shape[-1]
-    d_ff, hd = weights["mlp.up_proj.weight"].shape[0], weights["self_attn.q_proj.weight"].shape[0] // n_heads
-    config = LlamaConfig(vocab_size=2, d_model=d, n_layers=1, n_heads=n_heads,
-                         n_kv_heads=n_kv_heads, d_ff=d_ff, head_dim=hd, norm_eps=eps)
+    d_ff, hd = (
+        weights["mlp.up_proj.weight"].shape[0],
+        weights["self_attn.q_proj.weight"].shape[0] // n_heads,
+    )
+    config = LlamaConfig(
+        vocab_size=2,
+        d_model=d,
+        n_layers=1,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_ff=d_ff,
+        head_dim=hd,
+        norm_eps=eps,
+    )
     layer = CausalLM(config).layers[0].to(x.dtype)
-    state = {k.replace("input_layernorm", "self_attn_norm").replace("post_attention_layernorm", "mlp_norm"): v
-             for k, v in weights.items()}
+    state = {
+        k.replace("input_layernorm", "self_attn_norm").replace(
+            "post_attention_layernorm", "mlp_norm"
+        ): v
+        for k, v in weights.items()
+    }
     layer.load_state_dict(state)
     with torch.no_grad():
         return layer(x, rope=(cos, sin))
@@ -253,24 +279,52 @@ MUTANTS = [
     ("check_swiglu_mlp", swiglu_no_transpose, "(1, 1, 8), d_ff 8", "max abs error"),
     ("check_swiglu_mlp", swiglu_silu_on_product, "(1, 1, 8), d_ff 8", "max abs error"),
     ("check_swiglu_mlp", swiglu_sigmoid, "(1, 1, 8), d_ff 8", "max abs error"),
-    ("check_llama_attention", attn_interleaved_rope, "(2, 6, 16), 4 heads, 4 kv heads",
-     "max abs error"),
+    (
+        "check_llama_attention",
+        attn_interleaved_rope,
+        "(2, 6, 16), 4 heads, 4 kv heads",
+        "max abs error",
+    ),
     ("check_llama_attention", attn_no_rope, "(2, 6, 16), 4 heads, 4 kv heads", "max abs error"),
     ("check_llama_attention", attn_not_causal, "(2, 6, 16), 4 heads, 4 kv heads", "max abs error"),
     ("check_llama_attention", attn_no_scale, "(2, 6, 16), 4 heads, 4 kv heads", "max abs error"),
     ("check_llama_attention", attn_rope_on_v, "(2, 6, 16), 4 heads, 4 kv heads", "max abs error"),
-    ("check_llama_attention", attn_repeat_tiled, "GQA: 6 heads sharing 2 kv heads, (2, 5, 24)",
-     "max abs error"),
-    ("check_llama_block", block_post_norm, "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
-     "max abs error"),
-    ("check_llama_block", block_layer_norm, "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
-     "max abs error"),
-    ("check_llama_block", block_no_attention_residual, "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
-     "max abs error"),
-    ("check_llama_block", block_no_mlp_residual, "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
-     "max abs error"),
-    ("check_llama_block", block_one_norm_weight, "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
-     "max abs error"),
+    (
+        "check_llama_attention",
+        attn_repeat_tiled,
+        "GQA: 6 heads sharing 2 kv heads, (2, 5, 24)",
+        "max abs error",
+    ),
+    (
+        "check_llama_block",
+        block_post_norm,
+        "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
+        "max abs error",
+    ),
+    (
+        "check_llama_block",
+        block_layer_norm,
+        "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
+        "max abs error",
+    ),
+    (
+        "check_llama_block",
+        block_no_attention_residual,
+        "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
+        "max abs error",
+    ),
+    (
+        "check_llama_block",
+        block_no_mlp_residual,
+        "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
+        "max abs error",
+    ),
+    (
+        "check_llama_block",
+        block_one_norm_weight,
+        "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads",
+        "max abs error",
+    ),
     ("check_llama_block", block_eps_ignored, "eps 0.5", "max abs error"),
 ]
 

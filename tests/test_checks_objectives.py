@@ -1,6 +1,6 @@
 """The check of chapter 03's MLM masking-collator lab (llmlab.checks.objectives).
 
-The reference passes and equals llmlab.objectives.mlm_mask; other correct answers pass; each
+The reference passes and equals llmlab.training.objectives.mlm_mask; other correct answers pass; each
 plausible wrong answer (mutant) fails on the case that exposes it, with a message that names
 the mistake; the contract (stub, garbage, global seed) holds.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from check_contract import CheckContract
 
-from llmlab import objectives
 from llmlab.checks import objectives as co
+from llmlab.training import objectives
 
 CHECKS = {"check_mlm_mask": (co.check_mlm_mask, co.reference_mlm_mask)}
 
@@ -84,8 +84,9 @@ def test_reference_equals_the_library():
     ids = torch.randint(4, 500, (8, 100), generator=torch.Generator().manual_seed(0))
     ids[:, 0] = 1
     for seed in range(3):
-        ours = co.reference_mlm_mask(ids, 500, 3, [0, 1, 2, 3], 0.2,
-                                     torch.Generator().manual_seed(seed))
+        ours = co.reference_mlm_mask(
+            ids, 500, 3, [0, 1, 2, 3], 0.2, torch.Generator().manual_seed(seed)
+        )
         lib = objectives.mlm_mask(ids, 500, 3, [0, 1, 2], 0.2, torch.Generator().manual_seed(seed))
         assert torch.equal(ours[0], lib[0]) and torch.equal(ours[1], lib[1])
 
@@ -94,8 +95,16 @@ def test_reference_equals_the_library():
 # Mutants: the same skeleton with one slip each
 
 
-def make(name, *, skip_specials=True, split=(0.8, 0.9), random_pool="ordinary", labels="selected",
-         in_place=False, draws="rand"):
+def make(
+    name,
+    *,
+    skip_specials=True,
+    split=(0.8, 0.9),
+    random_pool="ordinary",
+    labels="selected",
+    in_place=False,
+    draws="rand",
+):
     def mlm_mask(input_ids, vocab_size, mask_id, special_ids, mlm_prob, generator):
         shape = input_ids.shape
         r = torch.rand(shape, generator=generator)
@@ -141,22 +150,54 @@ MUTANTS = [
     # (check, mutant, the first case that must fail, words the message must contain)
     ("check_mlm_mask", make("all_selected_become_mask", split="all"), TINY, "became [MASK]"),
     ("check_mlm_mask", make("split_10_10_80", split=(0.1, 0.2)), TINY, "became [MASK]"),
-    ("check_mlm_mask", make("masks_special_tokens", skip_specials=False), TINY,
-     "must never be selected"),
-    ("check_mlm_mask", make("labels_everywhere", labels="everywhere"), TINY,
-     "of the ordinary positions have a label"),
-    ("check_mlm_mask", make("labels_only_where_changed", labels="changed"), TINY,
-     "of the ordinary positions have a label"),
-    ("check_mlm_mask", make("zero_instead_of_minus_100", labels="zero"), TINY,
-     "must never be selected"),
-    ("check_mlm_mask", make("random_from_whole_vocab", random_pool="all"), TINY,
-     "random replacement is a special token"),
-    ("check_mlm_mask", make("writes_into_input_ids", in_place=True), TINY,
-     "changed its input in place"),
-    ("check_mlm_mask", make("random_and_mask_bands_swapped", split="swapped"), TINY,
-     "differ from the reference's draws"),
-    ("check_mlm_mask", make("reuses_the_selection_draw", draws="reuse"), TINY,
-     "differ from the reference's draws"),
+    (
+        "check_mlm_mask",
+        make("masks_special_tokens", skip_specials=False),
+        TINY,
+        "must never be selected",
+    ),
+    (
+        "check_mlm_mask",
+        make("labels_everywhere", labels="everywhere"),
+        TINY,
+        "of the ordinary positions have a label",
+    ),
+    (
+        "check_mlm_mask",
+        make("labels_only_where_changed", labels="changed"),
+        TINY,
+        "of the ordinary positions have a label",
+    ),
+    (
+        "check_mlm_mask",
+        make("zero_instead_of_minus_100", labels="zero"),
+        TINY,
+        "must never be selected",
+    ),
+    (
+        "check_mlm_mask",
+        make("random_from_whole_vocab", random_pool="all"),
+        TINY,
+        "random replacement is a special token",
+    ),
+    (
+        "check_mlm_mask",
+        make("writes_into_input_ids", in_place=True),
+        TINY,
+        "changed its input in place",
+    ),
+    (
+        "check_mlm_mask",
+        make("random_and_mask_bands_swapped", split="swapped"),
+        TINY,
+        "differ from the reference's draws",
+    ),
+    (
+        "check_mlm_mask",
+        make("reuses_the_selection_draw", draws="reuse"),
+        TINY,
+        "differ from the reference's draws",
+    ),
 ]
 
 
@@ -217,8 +258,10 @@ def segmentation_tensor(n, k, generator):  # returns a tensor of lengths: fine t
     return torch.diff(torch.cat([torch.tensor([0]), cuts, torch.tensor([n])]))
 
 
-CHECKS["check_random_segmentation"] = (co.check_random_segmentation,
-                                       co.reference_random_segmentation)
+CHECKS["check_random_segmentation"] = (
+    co.check_random_segmentation,
+    co.reference_random_segmentation,
+)
 CORRECT_VARIANTS += [
     ("check_random_segmentation", segmentation_loop),
     ("check_random_segmentation", segmentation_library),
@@ -237,4 +280,6 @@ MUTANTS += [
 def test_span_mask_uses_the_same_segmentation():
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     for n, k in ((30, 10), (170, 10), (5, 1), (9, 1)):
-        assert co.reference_random_segmentation(n, k, g1) == objectives._random_segmentation(n, k, g2)
+        assert co.reference_random_segmentation(n, k, g1) == objectives._random_segmentation(
+            n, k, g2
+        )

@@ -222,9 +222,13 @@ def split_no_sqrt(compute, tokens_per_param=20.0):
 PURE, FULL, SPLIT = "check_fit_pure_power_law", "check_fit_power_law", "check_chinchilla_split"
 
 CORRECT_VARIANTS = [
-    (PURE, pure_natural), (PURE, pure_log10), (PURE, pure_torch),
-    (FULL, full_grid), (FULL, full_grid_l_space_error),
-    (SPLIT, split), (SPLIT, split_numpy),
+    (PURE, pure_natural),
+    (PURE, pure_log10),
+    (PURE, pure_torch),
+    (FULL, full_grid),
+    (FULL, full_grid_l_space_error),
+    (SPLIT, split),
+    (SPLIT, split_numpy),
 ]
 
 MUTANTS = [

@@ -12,7 +12,7 @@ from collections import Counter
 from check_contract import CheckContract
 
 from llmlab.checks import tokenization as tk
-from llmlab.tokenizers import pretokenize
+from llmlab.tokenization import pretokenize
 
 CHECKS = {
     "check_get_pair_counts": (tk.check_get_pair_counts, tk.reference_get_pair_counts),
@@ -86,8 +86,10 @@ def counts_non_overlapping(words):
 
 def counts_across_words(words):
     flat = [i for word in words for i in word]
-    return {p: sum(1 for q in zip(flat, flat[1:], strict=False) if q == p)
-            for p in zip(flat, flat[1:], strict=False)}
+    return {
+        p: sum(1 for q in zip(flat, flat[1:], strict=False) if q == p)
+        for p in zip(flat, flat[1:], strict=False)
+    }
 
 
 def counts_reversed_pairs(words):
@@ -182,8 +184,15 @@ def merge_unordered_pair(word, pair, new_id):
 # train_bpe
 
 
-def _train(text, n_merges, pick=None, pre=True, count=tk.reference_get_pair_counts,
-           merge=tk.reference_merge_pair, first_id=256):
+def _train(
+    text,
+    n_merges,
+    pick=None,
+    pre=True,
+    count=tk.reference_get_pair_counts,
+    merge=tk.reference_merge_pair,
+    first_id=256,
+):
     pieces = pretokenize(text) if pre else [text]
     words = Counter(tuple(p.encode("utf-8")) for p in pieces if p)
     merges = []
@@ -224,8 +233,9 @@ def train_split_on_spaces(text, n_merges):
         if not counts:
             break
         best = min(counts, key=lambda p: (-counts[p], p))
-        words = Counter({tuple(tk.reference_merge_pair(list(w), best, 256 + i)): f
-                         for w, f in words.items()})
+        words = Counter(
+            {tuple(tk.reference_merge_pair(list(w), best, 256 + i)): f for w, f in words.items()}
+        )
         merges.append(best)
     return merges
 
@@ -319,8 +329,9 @@ def encode_one_pass(text, merges):
         word = list(piece.encode("utf-8"))
         ranks = {tuple(p): r for r, p in enumerate(merges)}
         if len(word) > 1:
-            rank, pair = min((ranks.get(p, len(ranks)), p)
-                             for p in zip(word, word[1:], strict=False))
+            rank, pair = min(
+                (ranks.get(p, len(ranks)), p) for p in zip(word, word[1:], strict=False)
+            )
             if rank < len(ranks):
                 word = tk.reference_merge_pair(word, pair, 256 + rank)
         ids.extend(word)
@@ -373,42 +384,84 @@ CORRECT_VARIANTS = [
 MUTANTS = [
     # (check, mutant, the first case that must fail, words the message must contain)
     ("check_get_pair_counts", counts_ignore_frequency, "frequencies multiply", "expected count"),
-    ("check_get_pair_counts", counts_once_per_word, "(7, 7, 7): a repeated pair overlaps",
-     "expected count 2, received 1"),
-    ("check_get_pair_counts", counts_non_overlapping, "(7, 7, 7): a repeated pair overlaps",
-     "expected count 2, received 1"),
+    (
+        "check_get_pair_counts",
+        counts_once_per_word,
+        "(7, 7, 7): a repeated pair overlaps",
+        "expected count 2, received 1",
+    ),
+    (
+        "check_get_pair_counts",
+        counts_non_overlapping,
+        "(7, 7, 7): a repeated pair overlaps",
+        "expected count 2, received 1",
+    ),
     ("check_get_pair_counts", counts_across_words, "frequencies multiply", "expected count"),
     ("check_get_pair_counts", counts_reversed_pairs, "one word, frequency 1", "missing"),
     ("check_merge_pair", merge_first_only, "several occurrences", "expected [9, 5, 9]"),
-    ("check_merge_pair", merge_right_to_left, "[7, 7, 7]: leftmost occurrence first",
-     "expected [256, 7]"),
+    (
+        "check_merge_pair",
+        merge_right_to_left,
+        "[7, 7, 7]: leftmost occurrence first",
+        "expected [256, 7]",
+    ),
     ("check_merge_pair", merge_step_one, "pair in the middle", "expected [1, 99, 4]"),
     ("check_merge_pair", merge_drops_last, "pair in the middle", "expected [1, 99, 4]"),
     ("check_merge_pair", merge_in_place, "pair in the middle", "in place"),
-    ("check_merge_pair", merge_unordered_pair, "the reversed pair is a different pair",
-     "expected [2, 300, 1]"),
-    ("check_train_bpe", train_max_first_seen, "'aaabdaaabac', 3 merges",
-     "expected the pair (97, 98)"),
-    ("check_train_bpe", train_largest_pair_on_tie, "'aaabdaaabac', 3 merges",
-     "expected the pair (97, 98)"),
-    ("check_train_bpe", train_no_pretokenization, "words never merge across pieces: 'ab ab ab', "
-     "4 merges", "expected"),
-    ("check_train_bpe", train_split_on_spaces, "a tie: 'ba ab', 1 merge",
-     "expected the pair (32, 97)"),
+    (
+        "check_merge_pair",
+        merge_unordered_pair,
+        "the reversed pair is a different pair",
+        "expected [2, 300, 1]",
+    ),
+    (
+        "check_train_bpe",
+        train_max_first_seen,
+        "'aaabdaaabac', 3 merges",
+        "expected the pair (97, 98)",
+    ),
+    (
+        "check_train_bpe",
+        train_largest_pair_on_tie,
+        "'aaabdaaabac', 3 merges",
+        "expected the pair (97, 98)",
+    ),
+    (
+        "check_train_bpe",
+        train_no_pretokenization,
+        "words never merge across pieces: 'ab ab ab', 4 merges",
+        "expected",
+    ),
+    (
+        "check_train_bpe",
+        train_split_on_spaces,
+        "a tie: 'ba ab', 1 merge",
+        "expected the pair (32, 97)",
+    ),
     ("check_train_bpe", train_ids_from_255, "'aaabdaaabac', 3 merges", "expected the pair"),
-    ("check_train_bpe", train_overlapping_counts_off, "overlaps count: 'aaa xy', 1 merge",
-     "expected the pair (97, 97)"),
-    ("check_train_bpe", train_keeps_going_with_empty_pairs, "words never merge across pieces: "
-     "'ab ab ab', 4 merges", "expected 2 merges, received 4"),
-    ("check_train_bpe", train_chars_not_bytes, "multi-byte UTF-8: 'héllo héllo wörld', 5 merges",
-     "expected the pair"),
+    (
+        "check_train_bpe",
+        train_overlapping_counts_off,
+        "overlaps count: 'aaa xy', 1 merge",
+        "expected the pair (97, 97)",
+    ),
+    (
+        "check_train_bpe",
+        train_keeps_going_with_empty_pairs,
+        "words never merge across pieces: 'ab ab ab', 4 merges",
+        "expected 2 merges, received 4",
+    ),
+    (
+        "check_train_bpe",
+        train_chars_not_bytes,
+        "multi-byte UTF-8: 'héllo héllo wörld', 5 merges",
+        "expected the pair",
+    ),
     ("check_encode", encode_leftmost_pair, "rank decides: 'abc'", "expected [97, 256]"),
     ("check_encode", encode_most_frequent_pair, "rank decides: 'abc'", "expected [97, 256]"),
-    ("check_encode", encode_no_pretokenization, "merges stay inside pieces: 'the cat'",
-     "expected"),
+    ("check_encode", encode_no_pretokenization, "merges stay inside pieces: 'the cat'", "expected"),
     ("check_encode", encode_chars, "one merge", "expected"),
-    ("check_encode", encode_one_pass, "rank, not frequency: 'ababc'",
-     "expected [257, 97, 256]"),
+    ("check_encode", encode_one_pass, "rank, not frequency: 'ababc'", "expected [257, 97, 256]"),
     ("check_decode", decode_per_token, "'é' split over two tokens", "expected 'é'"),
     ("check_decode", decode_ignore_errors, "cut in the middle of a character", "expected"),
     ("check_decode", decode_strict, "cut in the middle of a character", "UnicodeDecodeError"),

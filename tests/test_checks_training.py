@@ -1,7 +1,7 @@
 """The checks of chapter 03's training labs (llmlab.checks.training).
 
 For every check: the reference passes, other correct answers pass too (torch's own optimizer
-and clipping, llmlab.train's pieces), plausible wrong answers (mutants) fail on the case that
+and clipping, llmlab.training's pieces), plausible wrong answers (mutants) fail on the case that
 exposes them with a hint that names the mistake, a NotImplementedError stub reports "not
 implemented", garbage never raises, and the notebook's global seed does not move.
 """
@@ -14,7 +14,7 @@ import pytest
 import torch
 from check_contract import CheckContract
 
-from llmlab import train as tr
+from llmlab import training as tr
 from llmlab.checks import training as tc
 
 CHECKS = {
@@ -93,8 +93,9 @@ def adamw_torch(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_de
     # torch.optim.AdamW itself, kept in the state dict between calls.
     if not state:
         state["params"] = [torch.nn.Parameter(p.clone()) for p in params]
-        state["opt"] = torch.optim.AdamW(state["params"], lr=lr, betas=betas, eps=eps,
-                                         weight_decay=weight_decay, foreach=False)
+        state["opt"] = torch.optim.AdamW(
+            state["params"], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False
+        )
     for shadow, p, g in zip(state["params"], params, grads, strict=True):
         shadow.data.copy_(p)
         shadow.grad = g.clone()
@@ -108,8 +109,9 @@ def adamw_torch(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_de
 def adamw_llmlab(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01):
     if not state:
         state["params"] = [torch.nn.Parameter(p.clone()) for p in params]
-        state["opt"] = tr.AdamW(state["params"], lr=lr, betas=betas, eps=eps,
-                                weight_decay=weight_decay)
+        state["opt"] = tr.AdamW(
+            state["params"], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
+        )
     for shadow, p, g in zip(state["params"], params, grads, strict=True):
         shadow.data.copy_(p)
         shadow.grad = g.clone()
@@ -120,13 +122,23 @@ def adamw_llmlab(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_d
         p.copy_(shadow.detach())
 
 
-def make_adamw(l2=False, bias_correction=True, eps_inside=False, beta2_for_m=False,
-               step_from_zero=False, decay_without_lr=False, decay_after=False):
+def make_adamw(
+    l2=False,
+    bias_correction=True,
+    eps_inside=False,
+    beta2_for_m=False,
+    step_from_zero=False,
+    decay_without_lr=False,
+    decay_after=False,
+):
     def adamw_step(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01):
         beta1, beta2 = betas
         if not state:
-            state.update(step=0, m=[torch.zeros_like(p) for p in params],
-                         v=[torch.zeros_like(p) for p in params])
+            state.update(
+                step=0,
+                m=[torch.zeros_like(p) for p in params],
+                v=[torch.zeros_like(p) for p in params],
+            )
         if not step_from_zero:
             state["step"] += 1
         t = state["step"]
@@ -160,12 +172,12 @@ adamw_decay_without_lr = make_adamw(decay_without_lr=True)
 adamw_decay_after_update = make_adamw(decay_after=True)
 
 
-def adamw_step_per_tensor(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8,
-                          weight_decay=0.01):
+def adamw_step_per_tensor(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01):
     # Counts the step once per TENSOR instead of once per call.
     if not state:
-        state.update(step=0, m=[torch.zeros_like(p) for p in params],
-                     v=[torch.zeros_like(p) for p in params])
+        state.update(
+            step=0, m=[torch.zeros_like(p) for p in params], v=[torch.zeros_like(p) for p in params]
+        )
     beta1, beta2 = betas
     for p, g, m, v in zip(params, grads, state["m"], state["v"], strict=True):
         state["step"] += 1
@@ -176,8 +188,9 @@ def adamw_step_per_tensor(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8,
         p.sub_(lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + eps))
 
 
-def adamw_returns_new_tensors(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8,
-                              weight_decay=0.01):
+def adamw_returns_new_tensors(
+    params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01
+):
     # Computes the right values but never writes them into params.
     copies = [p.clone() for p in params]
     tc.reference_adamw_step(copies, grads, state, lr, betas, eps, weight_decay)
@@ -264,8 +277,15 @@ def step_returns_last_loss(model, micro_batches, optimizer, loss_fn, clip_norm=1
 # orthogonalize: correct variants and mutants
 
 
-def make_ns(normalize="frobenius", coefficients=tc.NS_COEFFICIENTS, right=False, transpose=True,
-            transpose_back=True, fixed_steps=None, to_float=False):
+def make_ns(
+    normalize="frobenius",
+    coefficients=tc.NS_COEFFICIENTS,
+    right=False,
+    transpose=True,
+    transpose_back=True,
+    fixed_steps=None,
+    to_float=False,
+):
     def orthogonalize(g, steps=5):
         a, b, c = coefficients
         tall = transpose and g.shape[0] > g.shape[1]
@@ -332,24 +352,41 @@ MUTANTS = [
     ("check_warmup_cosine", schedule_warmup_from_zero, WITH_WARMUP, "1/warmup (not 0)"),
     ("check_warmup_cosine", schedule_decays_over_all_steps, WITH_WARMUP, "REMAINING steps"),
     ("check_warmup_cosine", schedule_no_warmup, WITH_WARMUP, "(step + 1) / warmup"),
-    ("check_warmup_cosine", schedule_ignores_min_ratio,
-     "seed 000's recipe: 300 steps, 10% warmup, down to 10%", "the floor is min_ratio"),
+    (
+        "check_warmup_cosine",
+        schedule_ignores_min_ratio,
+        "seed 000's recipe: 300 steps, 10% warmup, down to 10%",
+        "the floor is min_ratio",
+    ),
     ("check_adamw_step", adamw_no_bias_correction, FIRST_ADAMW, "bias correction"),
     ("check_adamw_step", adamw_step_from_zero, FIRST_ADAMW, "t = 1"),
     ("check_adamw_step", adamw_beta2_for_m, FIRST_ADAMW, "m = (1 - beta1) g"),
     ("check_adamw_step", adamw_returns_new_tensors, FIRST_ADAMW, "in place"),
-    ("check_adamw_step", adamw_step_per_tensor,
-     "two tensors (4, 3) and (3,), 10 steps, lr 0.01, no decay", "ONCE per call"),
+    (
+        "check_adamw_step",
+        adamw_step_per_tensor,
+        "two tensors (4, 3) and (3,), 10 steps, lr 0.01, no decay",
+        "ONCE per call",
+    ),
     ("check_adamw_step", adamw_l2, DECAY, "Adam + L2"),
     ("check_adamw_step", adamw_decay_without_lr, DECAY, "1 - lr * weight_decay"),
     ("check_adamw_step", adamw_decay_after_update, DECAY, "before the Adam update"),
-    ("check_adamw_step", adamw_eps_inside_sqrt, "tiny gradients (x 1e-4), 10 steps",
-     "OUTSIDE the square root"),
+    (
+        "check_adamw_step",
+        adamw_eps_inside_sqrt,
+        "tiny gradients (x 1e-4), 10 steps",
+        "OUTSIDE the square root",
+    ),
     ("check_orthogonalize", ns_not_normalised, SQUARE_NS, "g / g.norm()"),
     ("check_orthogonalize", ns_spectral_norm, SQUARE_NS, "the Frobenius norm"),
     ("check_orthogonalize", ns_b_and_c_swapped, SQUARE_NS, "in that order"),
     ("check_orthogonalize", ns_polynomial_on_the_right, SQUARE_NS, "from the LEFT"),
-    ("check_orthogonalize", ns_not_transposed_back, "a tall 10x4 matrix, 5 steps", "transpose the result back"),
+    (
+        "check_orthogonalize",
+        ns_not_transposed_back,
+        "a tall 10x4 matrix, 5 steps",
+        "transpose the result back",
+    ),
     ("check_orthogonalize", ns_always_five_steps, "one step", "not a fixed 5"),
     ("check_orthogonalize", ns_in_float32, "float64 in, float64 out", "no .float()"),
     ("check_train_step", step_forgets_step, ONE_MICRO, "optimizer.step() once"),
@@ -357,8 +394,12 @@ MUTANTS = [
     ("check_train_step", step_returns_last_loss, ONE_MICRO, "return the loss"),
     ("check_train_step", step_no_division, FOUR_MICRO, "divide each micro-batch's loss"),
     ("check_train_step", step_zero_inside_loop, FOUR_MICRO, "zero them once, before the loop"),
-    ("check_train_step", step_steps_per_micro_batch, FOUR_MICRO,
-     "optimizer.step() once after the loop"),
+    (
+        "check_train_step",
+        step_steps_per_micro_batch,
+        FOUR_MICRO,
+        "optimizer.step() once after the loop",
+    ),
     ("check_train_step", step_clip_per_parameter, CLIPPED, "ALL gradients together"),
     ("check_train_step", step_clip_before_last_backward, CLIPPED, "after the LAST backward"),
 ]
@@ -373,5 +414,9 @@ def test_the_references_equal_llmlab_train():
         g = tc.MatrixCase(shape, spread=30.0).matrix()
         torch.testing.assert_close(tc.reference_orthogonalize(g), tr.orthogonalize(g))
     case = tc.AdamWCase(((3, 4), (4,)), 100, 1e-2, weight_decay=0.1, schedule=True)
-    torch.testing.assert_close(tc._adamw_trajectory(tc.reference_adamw_step, case),
-                               tc._adamw_trajectory(adamw_torch, case), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        tc._adamw_trajectory(tc.reference_adamw_step, case),
+        tc._adamw_trajectory(adamw_torch, case),
+        atol=1e-6,
+        rtol=1e-5,
+    )

@@ -13,18 +13,22 @@ import torch
 import torch.nn.functional as F
 from check_contract import CheckContract
 
-from llmlab import attention, positional
 from llmlab.checks import transformer as tr
+from llmlab.nn import attention, positional
 
 CHECKS = {
-    "check_scaled_dot_product_attention": (tr.check_scaled_dot_product_attention,
-                                           tr.reference_scaled_dot_product_attention),
+    "check_scaled_dot_product_attention": (
+        tr.check_scaled_dot_product_attention,
+        tr.reference_scaled_dot_product_attention,
+    ),
     "check_causal_mask": (tr.check_causal_mask, tr.reference_causal_mask),
     "check_padding_mask": (tr.check_padding_mask, tr.reference_padding_mask),
     "check_split_heads": (tr.check_split_heads, tr.reference_split_heads),
     "check_merge_heads": (tr.check_merge_heads, tr.reference_merge_heads),
-    "check_multi_head_attention": (tr.check_multi_head_attention,
-                                   tr.reference_multi_head_attention),
+    "check_multi_head_attention": (
+        tr.check_multi_head_attention,
+        tr.reference_multi_head_attention,
+    ),
     "check_repeat_kv": (tr.check_repeat_kv, tr.reference_repeat_kv),
     "check_rope_frequencies": (tr.check_rope_frequencies, tr.reference_rope_frequencies),
     "check_apply_rotary": (tr.check_apply_rotary, tr.reference_apply_rotary),
@@ -227,9 +231,19 @@ def merge_head_dim_major(x):
     return x.permute(0, 2, 3, 1).reshape(batch, seq, heads * head_dim)
 
 
-def _mha(x, w_q, w_k, w_v, w_o, n_heads, mask, split=tr.reference_split_heads,
-         merge=tr.reference_merge_heads, attend=tr.reference_scaled_dot_product_attention,
-         linear=F.linear):
+def _mha(
+    x,
+    w_q,
+    w_k,
+    w_v,
+    w_o,
+    n_heads,
+    mask,
+    split=tr.reference_split_heads,
+    merge=tr.reference_merge_heads,
+    attend=tr.reference_scaled_dot_product_attention,
+    linear=F.linear,
+):
     q, k, v = (split(linear(x, w), n_heads) for w in (w_q, w_k, w_v))
     return linear(merge(attend(q, k, v, mask)), w_o)
 
@@ -253,6 +267,7 @@ def mha_no_scale(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
 def mha_scale_by_d_model(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
     def attend(q, k, v, mask):
         return attention.scaled_dot_product_attention(q, k, v, mask, scale=x.shape[-1] ** -0.5)
+
     return _mha(x, w_q, w_k, w_v, w_o, n_heads, mask, attend=attend)
 
 
@@ -292,8 +307,11 @@ def repeat_kv_wrong_axis(x, n_rep):
 
 def repeat_kv_expand_wrong_order(x, n_rep):
     batch, kv_heads, seq, head_dim = x.shape
-    return x[:, None].expand(batch, n_rep, kv_heads, seq, head_dim).reshape(
-        batch, kv_heads * n_rep, seq, head_dim)
+    return (
+        x[:, None]
+        .expand(batch, n_rep, kv_heads, seq, head_dim)
+        .reshape(batch, kv_heads * n_rep, seq, head_dim)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,9 +400,19 @@ def rotary_float32(x, cos, sin):
 # Lab 04: the decoder block
 
 
-def _block(x, memory, parts, memory_mask, *, pre_norm=True, causal=True, cross_mask="memory",
-           residual=(True, True, True), norms=("self_attn_norm", "cross_attn_norm", "mlp_norm"),
-           cross=True):
+def _block(
+    x,
+    memory,
+    parts,
+    memory_mask,
+    *,
+    pre_norm=True,
+    causal=True,
+    cross_mask="memory",
+    residual=(True, True, True),
+    norms=("self_attn_norm", "cross_attn_norm", "mlp_norm"),
+    cross=True,
+):
     seq = x.shape[1]
     self_mask = attention.causal_mask(seq) if causal else None
     if cross_mask == "self":  # memory_mask given to the self-attention instead
@@ -449,8 +477,15 @@ def block_one_norm_for_all(x, memory, parts, memory_mask=None):
 
 
 def block_no_cross_attention(x, memory, parts, memory_mask=None):
-    return _block(x, memory, parts, memory_mask, cross=False,
-                  norms=("self_attn_norm", "mlp_norm"), residual=(True, True))
+    return _block(
+        x,
+        memory,
+        parts,
+        memory_mask,
+        cross=False,
+        norms=("self_attn_norm", "mlp_norm"),
+        residual=(True, True),
+    )
 
 
 def block_cross_attention_to_itself(x, memory, parts, memory_mask=None):
@@ -485,98 +520,247 @@ CORRECT_VARIANTS = [
 
 MUTANTS = [
     # (check, mutant, the first case that must fail, words the message must contain)
-    ("check_scaled_dot_product_attention", sdpa_no_scale, "one query, 4 keys (1, 1, 1, 4)",
-     "max abs error"),
-    ("check_scaled_dot_product_attention", sdpa_scale_by_dim, "one query, 4 keys (1, 1, 1, 4)",
-     "max abs error"),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_no_scale,
+        "one query, 4 keys (1, 1, 1, 4)",
+        "max abs error",
+    ),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_scale_by_dim,
+        "one query, 4 keys (1, 1, 1, 4)",
+        "max abs error",
+    ),
     ("check_scaled_dot_product_attention", sdpa_mask_inverted, "causal mask (7, 7)", "received"),
-    ("check_scaled_dot_product_attention", sdpa_mask_after_softmax, "causal mask (7, 7)",
-     "max abs error"),
-    ("check_scaled_dot_product_attention", sdpa_nan_on_empty_rows,
-     "a fully padded row: lengths [0, 4]", "received NaN"),
-    ("check_scaled_dot_product_attention", sdpa_large_negative_instead_of_inf,
-     "a fully padded row: lengths [0, 4]", "max abs error"),
-    ("check_scaled_dot_product_attention", sdpa_softmax_over_queries,
-     "one query, 4 keys (1, 1, 1, 4)", "max abs error"),
-    ("check_scaled_dot_product_attention", sdpa_naive_exp, "large scores (q and k x 30)",
-     "max abs error"),
-    ("check_scaled_dot_product_attention", sdpa_float32, "float64 inputs", "expected dtype float64"),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_mask_after_softmax,
+        "causal mask (7, 7)",
+        "max abs error",
+    ),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_nan_on_empty_rows,
+        "a fully padded row: lengths [0, 4]",
+        "received NaN",
+    ),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_large_negative_instead_of_inf,
+        "a fully padded row: lengths [0, 4]",
+        "max abs error",
+    ),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_softmax_over_queries,
+        "one query, 4 keys (1, 1, 1, 4)",
+        "max abs error",
+    ),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_naive_exp,
+        "large scores (q and k x 30)",
+        "max abs error",
+    ),
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_float32,
+        "float64 inputs",
+        "expected dtype float64",
+    ),
     ("check_causal_mask", causal_diagonal_excluded, "seq 1", "values differ"),
     ("check_causal_mask", causal_upper_triangle, "seq 4", "values differ"),
-    ("check_causal_mask", causal_top_left, "one new query, 6 keys (decoding with a cache)",
-     "values differ"),
+    (
+        "check_causal_mask",
+        causal_top_left,
+        "one new query, 6 keys (decoding with a cache)",
+        "values differ",
+    ),
     ("check_causal_mask", causal_float, "seq 1", "expected dtype bool"),
-    ("check_causal_mask", causal_square_only, "one new query, 6 keys (decoding with a cache)",
-     "expected shape (1, 6)"),
+    (
+        "check_causal_mask",
+        causal_square_only,
+        "one new query, 6 keys (decoding with a cache)",
+        "expected shape (1, 6)",
+    ),
     ("check_padding_mask", padding_left, "lengths [3, 5, 1], seq 5", "values differ"),
     ("check_padding_mask", padding_off_by_one, "lengths [3, 5, 1], seq 5", "values differ"),
     ("check_padding_mask", padding_inverted, "lengths [3, 5, 1], seq 5", "values differ"),
     ("check_padding_mask", padding_2d, "lengths [3, 5, 1], seq 5", "expected shape (3, 1, 1, 5)"),
     ("check_padding_mask", padding_int, "lengths [3, 5, 1], seq 5", "expected dtype bool"),
-    ("check_padding_mask", padding_query_axis, "lengths [3, 5, 1], seq 5",
-     "expected shape (3, 1, 1, 5)"),
+    (
+        "check_padding_mask",
+        padding_query_axis,
+        "lengths [3, 5, 1], seq 5",
+        "expected shape (3, 1, 1, 5)",
+    ),
     ("check_split_heads", split_reshape, "(2, 7, 12) into 3 heads", "max abs error"),
     ("check_split_heads", split_head_dim_major, "(1, 1, 4) into 2 heads", "max abs error"),
     ("check_merge_heads", merge_reshape, "(2, 3, 7, 4)", "max abs error"),
     ("check_merge_heads", merge_head_dim_major, "(1, 2, 1, 2)", "max abs error"),
-    ("check_multi_head_attention", mha_split_without_transpose, "(2, 7, 12), 3 heads",
-     "max abs error"),
-    ("check_multi_head_attention", mha_merge_without_transpose, "(2, 7, 12), 3 heads",
-     "max abs error"),
-    ("check_multi_head_attention", mha_no_scale, "(2, 7, 12), 3 heads",
-     "max abs error"),
+    (
+        "check_multi_head_attention",
+        mha_split_without_transpose,
+        "(2, 7, 12), 3 heads",
+        "max abs error",
+    ),
+    (
+        "check_multi_head_attention",
+        mha_merge_without_transpose,
+        "(2, 7, 12), 3 heads",
+        "max abs error",
+    ),
+    ("check_multi_head_attention", mha_no_scale, "(2, 7, 12), 3 heads", "max abs error"),
     ("check_multi_head_attention", mha_scale_by_d_model, "(2, 7, 12), 3 heads", "max abs error"),
-    ("check_multi_head_attention", mha_weights_not_transposed, "batch 1, seq 1, d_model 8, 2 heads",
-     "max abs error"),
-    ("check_multi_head_attention", mha_no_output_projection, "batch 1, seq 1, d_model 8, 2 heads",
-     "max abs error"),
+    (
+        "check_multi_head_attention",
+        mha_weights_not_transposed,
+        "batch 1, seq 1, d_model 8, 2 heads",
+        "max abs error",
+    ),
+    (
+        "check_multi_head_attention",
+        mha_no_output_projection,
+        "batch 1, seq 1, d_model 8, 2 heads",
+        "max abs error",
+    ),
     ("check_multi_head_attention", mha_ignores_mask, "causal mask (6, 6)", "max abs error"),
-    ("check_multi_head_attention", mha_head_dim_from_d_model, "4 heads of width 6 on d_model 12",
-     "max abs error"),
+    (
+        "check_multi_head_attention",
+        mha_head_dim_from_d_model,
+        "4 heads of width 6 on d_model 12",
+        "max abs error",
+    ),
     ("check_repeat_kv", repeat_kv_tiled, "(2, 2, 5, 4), n_rep 3", "max abs error"),
     ("check_repeat_kv", repeat_kv_expand_wrong_order, "(2, 2, 5, 4), n_rep 3", "max abs error"),
-    ("check_repeat_kv", repeat_kv_wrong_axis, "(2, 2, 5, 4), n_rep 3", "expected shape (2, 6, 5, 4)"),
-    ("check_rope_frequencies", rope_exponent_without_2, "head_dim 8, 5 positions",
-     "cos: max abs error"),
-    ("check_rope_frequencies", rope_interleaved_table, "head_dim 8, 5 positions",
-     "cos: max abs error"),
-    ("check_rope_frequencies", rope_positions_from_1, "head_dim 8, 5 positions",
-     "cos: max abs error"),
-    ("check_rope_frequencies", rope_base_ignored, "base 500000 (LLaMA 3), head_dim 16, 10 positions",
-     "cos: max abs error"),
-    ("check_rope_frequencies", rope_sin_cos_swapped, "head_dim 8, 5 positions",
-     "cos: max abs error"),
-    ("check_rope_frequencies", rope_half_table, "head_dim 8, 5 positions",
-     "cos: expected shape (5, 8)"),
-    ("check_apply_rotary", rotary_interleaved, "(2, 3, 7, 8), table of 7 positions",
-     "max abs error"),
-    ("check_apply_rotary", rotary_wrong_direction, "(2, 3, 7, 8), table of 7 positions",
-     "max abs error"),
-    ("check_apply_rotary", rotary_rotate_half_swapped, "(2, 3, 7, 8), table of 7 positions",
-     "max abs error"),
+    (
+        "check_repeat_kv",
+        repeat_kv_wrong_axis,
+        "(2, 2, 5, 4), n_rep 3",
+        "expected shape (2, 6, 5, 4)",
+    ),
+    (
+        "check_rope_frequencies",
+        rope_exponent_without_2,
+        "head_dim 8, 5 positions",
+        "cos: max abs error",
+    ),
+    (
+        "check_rope_frequencies",
+        rope_interleaved_table,
+        "head_dim 8, 5 positions",
+        "cos: max abs error",
+    ),
+    (
+        "check_rope_frequencies",
+        rope_positions_from_1,
+        "head_dim 8, 5 positions",
+        "cos: max abs error",
+    ),
+    (
+        "check_rope_frequencies",
+        rope_base_ignored,
+        "base 500000 (LLaMA 3), head_dim 16, 10 positions",
+        "cos: max abs error",
+    ),
+    (
+        "check_rope_frequencies",
+        rope_sin_cos_swapped,
+        "head_dim 8, 5 positions",
+        "cos: max abs error",
+    ),
+    (
+        "check_rope_frequencies",
+        rope_half_table,
+        "head_dim 8, 5 positions",
+        "cos: expected shape (5, 8)",
+    ),
+    (
+        "check_apply_rotary",
+        rotary_interleaved,
+        "(2, 3, 7, 8), table of 7 positions",
+        "max abs error",
+    ),
+    (
+        "check_apply_rotary",
+        rotary_wrong_direction,
+        "(2, 3, 7, 8), table of 7 positions",
+        "max abs error",
+    ),
+    (
+        "check_apply_rotary",
+        rotary_rotate_half_swapped,
+        "(2, 3, 7, 8), table of 7 positions",
+        "max abs error",
+    ),
     ("check_apply_rotary", rotary_whole_table, "table of 16 positions, seq 5", "raised"),
-    ("check_apply_rotary", rotary_float32, "float64 x with a float32 table",
-     "expected dtype float64"),
-    ("check_decoder_block", block_post_norm, "batch 1, one target token, 3 source tokens",
-     "max abs error"),
-    ("check_decoder_block", block_missing_ffn_residual, "batch 1, one target token, 3 source tokens",
-     "max abs error"),
-    ("check_decoder_block", block_missing_attention_residual,
-     "batch 1, one target token, 3 source tokens", "max abs error"),
-    ("check_decoder_block", block_one_norm_for_all, "batch 1, one target token, 3 source tokens",
-     "max abs error"),
-    ("check_decoder_block", block_no_cross_attention, "batch 1, one target token, 3 source tokens",
-     "max abs error"),
-    ("check_decoder_block", block_final_norm, "batch 1, one target token, 3 source tokens",
-     "max abs error"),
-    ("check_decoder_block", block_not_causal, "(2, 7, 12) targets, 5 source tokens, 3 heads",
-     "max abs error"),
-    ("check_decoder_block", block_cross_attention_to_itself,
-     "batch 1, one target token, 3 source tokens", "max abs error"),
-    ("check_decoder_block", block_cross_mask_ignored,
-     "source padding: memory_mask from lengths [5, 2]", "max abs error"),
-    ("check_decoder_block", block_memory_mask_on_self_attention,
-     "source padding: memory_mask from lengths [5, 2]", "raised"),
+    (
+        "check_apply_rotary",
+        rotary_float32,
+        "float64 x with a float32 table",
+        "expected dtype float64",
+    ),
+    (
+        "check_decoder_block",
+        block_post_norm,
+        "batch 1, one target token, 3 source tokens",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_missing_ffn_residual,
+        "batch 1, one target token, 3 source tokens",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_missing_attention_residual,
+        "batch 1, one target token, 3 source tokens",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_one_norm_for_all,
+        "batch 1, one target token, 3 source tokens",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_no_cross_attention,
+        "batch 1, one target token, 3 source tokens",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_final_norm,
+        "batch 1, one target token, 3 source tokens",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_not_causal,
+        "(2, 7, 12) targets, 5 source tokens, 3 heads",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_cross_attention_to_itself,
+        "batch 1, one target token, 3 source tokens",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_cross_mask_ignored,
+        "source padding: memory_mask from lengths [5, 2]",
+        "max abs error",
+    ),
+    (
+        "check_decoder_block",
+        block_memory_mask_on_self_attention,
+        "source padding: memory_mask from lengths [5, 2]",
+        "raised",
+    ),
 ]
 
 
@@ -592,7 +776,7 @@ def test_case_hints_point_at_the_mistake():
 
 
 def test_decoder_parts_are_not_causal_and_match_the_block_names():
-    from llmlab.blocks import BlockConfig, DecoderBlock
+    from llmlab.nn.blocks import BlockConfig, DecoderBlock
 
     parts = tr.decoder_parts(BlockConfig(d_model=8, n_heads=2, d_ff=16, norm_first=True))
     assert tuple(parts) == tr.DECODER_PARTS

@@ -48,13 +48,13 @@ def test_read_requirements(tmp_path):
 
 
 def test_int_checks_name_the_argument_and_return_the_value():
-    assert validate.check_int(3, "n") == 3 and validate.check_positive_int(1, "n") == 1
-    assert validate.check_int(-5, "pad", None) == -5 and validate.check_int(0, "length", 0) == 0
+    assert validate.require_int(3, "n") == 3 and validate.require_positive_int(1, "n") == 1
+    assert validate.require_int(-5, "pad", None) == -5 and validate.require_int(0, "length", 0) == 0
     with pytest.raises(TypeError, match="n: expected an int, got bool True"):
-        validate.check_positive_int(True, "n")
+        validate.require_positive_int(True, "n")
     with pytest.raises(TypeError, match="n: expected an int, got float 2.0"):
-        validate.check_int(2.0, "n")
+        validate.require_int(2.0, "n")
     with pytest.raises(ValueError, match="n: expected a positive int, got 0"):
-        validate.check_positive_int(0, "n")
+        validate.require_positive_int(0, "n")
     with pytest.raises(ValueError, match="max_len: expected an int >= 5, got 4"):
-        validate.check_int(4, "max_len", 5)
+        validate.require_int(4, "max_len", 5)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmlab import data
-from llmlab.data import Task, check_number, check_numbers, check_word, make_tasks
+from llmlab.data import Task, grade_number, grade_numbers, grade_word, make_tasks
 
 # -----------------------------------------------------------------------------
 # Corpora (the full parse takes a few seconds once; every later call is memoised)
@@ -194,7 +194,7 @@ def test_reference_answers_pass_and_mistakes_fail(kind, difficulty):
 
 
 def test_number_extraction_from_chatty_text():
-    task = Task("addition", "What is 37 + 58? Answer with the number only.", "95", check_number)
+    task = Task("addition", "What is 37 + 58? Answer with the number only.", "95", grade_number)
     for right in [
         "95",
         "The answer is 95.",
@@ -209,20 +209,20 @@ def test_number_extraction_from_chatty_text():
         assert task.check(right), right
     for wrong in ["", "94", "96", "The answer is 96.", "37 + 58", "9 5", "950", "-95"]:
         assert not task.check(wrong), wrong
-    assert check_number("It is 1,234.", "1234")
-    assert check_number("The next one is -3.", "-3")
+    assert grade_number("It is 1,234.", "1234")
+    assert grade_number("The next one is -3.", "-3")
 
 
 def test_word_and_list_extraction():
-    assert check_word("The reversed word is 'olleh'.", "olleh")
-    assert check_word("Answer: OLLEH, as requested.", "olleh")
-    assert not check_word("OLLEH", "olleh", case_sensitive=True)
-    assert not check_word("hello", "olleh")
-    assert check_numbers("Sorted: 7, 19, 42", "7, 19, 42")
-    assert check_numbers("7,19,42", "7, 19, 42")
-    assert check_numbers("The 3 numbers in order are 7, 19, 42.", "7, 19, 42")
-    assert not check_numbers("42, 19, 7", "7, 19, 42")
-    assert not check_numbers("19, 42", "7, 19, 42")
+    assert grade_word("The reversed word is 'olleh'.", "olleh")
+    assert grade_word("Answer: OLLEH, as requested.", "olleh")
+    assert not grade_word("OLLEH", "olleh", case_sensitive=True)
+    assert not grade_word("hello", "olleh")
+    assert grade_numbers("Sorted: 7, 19, 42", "7, 19, 42")
+    assert grade_numbers("7,19,42", "7, 19, 42")
+    assert grade_numbers("The 3 numbers in order are 7, 19, 42.", "7, 19, 42")
+    assert not grade_numbers("42, 19, 7", "7, 19, 42")
+    assert not grade_numbers("19, 42", "7, 19, 42")
 
 
 def test_check_needs_a_string():
@@ -296,7 +296,7 @@ def test_register_task_kind(registry):
     def capital(rng, difficulty):
         country = rng.choice(["France", "Japan"])
         answer = {"France": "Paris", "Japan": "Tokyo"}[country]
-        return Task("capital", f"What is the capital of {country}?", answer, check_word)
+        return Task("capital", f"What is the capital of {country}?", answer, grade_word)
 
     data.register_task_kind("capital", capital)
     assert "capital" in data.task_kinds()

@@ -10,8 +10,10 @@ import torch
 
 from llmlab import data
 
-PROSE = ("The quick brown fox jumps over the lazy dog while the farmer watches from the old "
-         "wooden fence and wonders whether rain will come before the harvest is finished.")
+PROSE = (
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the old "
+    "wooden fence and wonders whether rain will come before the harvest is finished."
+)
 
 
 def test_quality_filter_keeps_prose_and_says_why_it_drops():
@@ -39,13 +41,17 @@ def test_shingles_jaccard_overlap():
     assert a == {"one two", "two three", "three four"}
     b = data.shingles("one two three five", k=2)
     assert data.jaccard(a, b) == pytest.approx(2 / 4)
-    assert data.ngram_overlap("one two three four", "x one two three y", n=2) == pytest.approx(2 / 3)
+    assert data.ngram_overlap("one two three four", "x one two three y", n=2) == pytest.approx(
+        2 / 3
+    )
     # against a whole split: n-grams found in any reference document count
-    shares = data.contamination(["one two three four", "five six", "seven"],
-                                ["x one two y", "three four z"], n=2)
+    shares = data.contamination(
+        ["one two three four", "five six", "seven"], ["x one two y", "three four z"], n=2
+    )
     assert shares == pytest.approx([2 / 3, 0.0, 0.0])
-    assert shares[0] > max(data.ngram_overlap("one two three four", r, n=2)
-                           for r in ["x one two y", "three four z"])
+    assert shares[0] > max(
+        data.ngram_overlap("one two three four", r, n=2) for r in ["x one two y", "three four z"]
+    )
     assert data.shingles("hi", k=5) == {"hi"}
     with pytest.raises(ValueError, match="k: expected"):
         data.shingles("x", k=0)
@@ -154,9 +160,14 @@ def test_loose_lsh_with_exact_verification_finds_every_planted_pair():
     vocab = [f"t{i}" for i in range(2000)]
     docs = [" ".join(rng.choice(vocab, 60)) for _ in range(200)]
     all_docs, planted = data.plant_near_duplicates(docs, 20, edit_rate=0.03, seed=1)
-    truth = {p for p in planted
-             if data.jaccard(data.shingles(all_docs[p[0]], 3), data.shingles(all_docs[p[1]], 3)) >= 0.6}
-    found = data.near_duplicate_pairs(all_docs, threshold=0.6, k=3, lsh_threshold=0.4, verify="exact")
+    truth = {
+        p
+        for p in planted
+        if data.jaccard(data.shingles(all_docs[p[0]], 3), data.shingles(all_docs[p[1]], 3)) >= 0.6
+    }
+    found = data.near_duplicate_pairs(
+        all_docs, threshold=0.6, k=3, lsh_threshold=0.4, verify="exact"
+    )
     precision, recall = data.precision_recall(found, truth)
     assert precision == 1.0 and recall == 1.0
     assert data.shingle_hashes("a b c", k=2) == data.shingle_hashes("A b C", k=2)

@@ -1,4 +1,4 @@
-"""llmlab.env: device choice, seeding, and the doctor (module and command line)."""
+"""llmlab.env (device choice, seeding) and llmlab.course.doctor (module and command line)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from llmlab import env
+from llmlab.course import doctor as doc
 
 
 def test_pick_device_defaults_to_best_available(monkeypatch):
@@ -59,9 +60,17 @@ def test_seed_everything_validates(bad):
 
 
 def test_doctor_reports_everything_needed():
-    report = env.doctor()
+    report = doc.doctor()
     topics = {finding.topic for finding in report.findings}
-    for needed in ("python", "torch", "triton", "transformers", "bitsandbytes", "device", "network"):
+    for needed in (
+        "python",
+        "torch",
+        "triton",
+        "transformers",
+        "bitsandbytes",
+        "device",
+        "network",
+    ):
         assert needed in topics
     assert "asset smollm2" in topics and "asset minilm" in topics
     assert report.ok, str(report)
@@ -71,7 +80,7 @@ def test_doctor_reports_everything_needed():
 def test_doctor_flags_missing_package_with_fix(monkeypatch):
     real = env.package_version
     monkeypatch.setattr(env, "package_version", lambda d: None if d == "transformers" else real(d))
-    report = env.doctor(check_assets=False)
+    report = doc.doctor(check_assets=False)
     assert not report.ok
     text = str(report)
     assert "transformers" in text and "not installed" in text and "fix: make lab" in text
@@ -79,7 +88,7 @@ def test_doctor_flags_missing_package_with_fix(monkeypatch):
 
 def test_doctor_flags_missing_assets(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
-    report = env.doctor()
+    report = doc.doctor()
     assert not report.ok
     assert "fix: python -m llmlab assets fetch" in str(report)
 
@@ -89,7 +98,9 @@ def test_doctor_command_exit_status(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "llmlab", "doctor"],
-        capture_output=True, text=True, env={**_environ(), "LLMLAB_CACHE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        env={**_environ(), "LLMLAB_CACHE": str(tmp_path)},
     )
     assert missing.returncode == 1
     assert "python -m llmlab assets fetch" in missing.stdout
@@ -97,11 +108,16 @@ def test_doctor_command_exit_status(tmp_path):
 
 def test_import_llmlab_is_fast():
     code = "import time; t = time.perf_counter(); import llmlab; print(time.perf_counter() - t)"
-    seconds = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                   check=True).stdout)
+    seconds = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert seconds < 1.0
     heavy = "import sys, llmlab; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", heavy], capture_output=True, text=True, check=True)
+    loaded = subprocess.run(
+        [sys.executable, "-c", heavy], capture_output=True, text=True, check=True
+    )
     assert loaded.stdout.strip() == "[]"
 
 

@@ -1,4 +1,4 @@
-"""llmlab.generation: logit processors (== transformers' warpers), generate, beam search, metrics.
+"""llmlab.inference.generation: logit processors (== transformers' warpers), generate, beam search, metrics.
 
 Small deterministic fake models test the loop's logic (eos per row, the cache, seeds); the real
 SmolLM2 (through HFCausalLM, and as our own Llama) tests parity with transformers' generate.
@@ -20,7 +20,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llmlab import generation as gen
+from llmlab import evaluation as ev
+from llmlab.inference import generation as gen
 from llmlab.models import KVCache, Llama, LlamaConfig
 
 
@@ -123,10 +124,14 @@ def test_ties_are_kept_by_value_and_do_not_depend_on_order():
         assert torch.equal(fn(logits[:, perm]), fn(logits)[:, perm])
 
 
-@pytest.mark.parametrize("fn", [
-    lambda x: gen.top_k_filter(x, 1), lambda x: gen.top_p_filter(x, 1e-6),
-    lambda x: gen.min_p_filter(x, 1.0),
-])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: gen.top_k_filter(x, 1),
+        lambda x: gen.top_p_filter(x, 1e-6),
+        lambda x: gen.min_p_filter(x, 1.0),
+    ],
+)
 def test_filters_always_keep_the_most_likely_token(fn):
     logits = _logits(seed=8)
     out = fn(logits)
@@ -137,9 +142,14 @@ def test_filters_always_keep_the_most_likely_token(fn):
 def test_processors_leave_their_input_alone_and_keep_dtype():
     logits, ids = _logits(seed=9).half(), _ids()
     before = logits.clone()
-    outs = [gen.apply_temperature(logits, 0.5), gen.top_k_filter(logits, 5),
-            gen.top_p_filter(logits, 0.9), gen.min_p_filter(logits, 0.1),
-            gen.apply_repetition_penalty(logits, ids, 1.3), gen.no_repeat_ngram_filter(logits, ids, 2)]
+    outs = [
+        gen.apply_temperature(logits, 0.5),
+        gen.top_k_filter(logits, 5),
+        gen.top_p_filter(logits, 0.9),
+        gen.min_p_filter(logits, 0.1),
+        gen.apply_repetition_penalty(logits, ids, 1.3),
+        gen.no_repeat_ngram_filter(logits, ids, 2),
+    ]
     assert torch.equal(logits, before)
     assert all(o.dtype == torch.float16 and o.shape == logits.shape for o in outs)
 
@@ -163,22 +173,33 @@ def test_process_logits_applies_sampling_knobs_only_when_sampling():
     assert torch.equal(sampled, gen.top_k_filter(logits / 0.5, 3))
 
 
-@pytest.mark.parametrize("call, exc, name", [
-    (lambda: gen.apply_temperature(_logits(), 0.0), ValueError, "temperature"),
-    (lambda: gen.apply_temperature(_logits(), "hot"), TypeError, "temperature"),
-    (lambda: gen.top_k_filter(_logits(), 0), ValueError, "k"),
-    (lambda: gen.top_k_filter(_logits(), 2.5), TypeError, "k"),
-    (lambda: gen.top_p_filter(_logits(), 0.0), ValueError, "p"),
-    (lambda: gen.top_p_filter(_logits(), 1.5), ValueError, "p"),
-    (lambda: gen.top_p_filter(torch.ones(3, 4, dtype=torch.long), 0.5), TypeError, "logits"),
-    (lambda: gen.top_p_filter([0.1, 0.2], 0.5), TypeError, "logits"),
-    (lambda: gen.min_p_filter(_logits(), -0.1), ValueError, "min_p"),
-    (lambda: gen.apply_repetition_penalty(_logits(), _ids(batch=3), 1.2), ValueError, "input_ids"),
-    (lambda: gen.apply_repetition_penalty(_logits(), _ids().float(), 1.2), TypeError, "input_ids"),
-    (lambda: gen.apply_repetition_penalty(_logits(), _ids(), 0.0), ValueError, "penalty"),
-    (lambda: gen.no_repeat_ngram_filter(_logits(), _ids(), 0), ValueError, "n"),
-    (lambda: gen.distinct_n([1, 2, 3], 0), ValueError, "n"),
-])
+@pytest.mark.parametrize(
+    "call, exc, name",
+    [
+        (lambda: gen.apply_temperature(_logits(), 0.0), ValueError, "temperature"),
+        (lambda: gen.apply_temperature(_logits(), "hot"), TypeError, "temperature"),
+        (lambda: gen.top_k_filter(_logits(), 0), ValueError, "k"),
+        (lambda: gen.top_k_filter(_logits(), 2.5), TypeError, "k"),
+        (lambda: gen.top_p_filter(_logits(), 0.0), ValueError, "p"),
+        (lambda: gen.top_p_filter(_logits(), 1.5), ValueError, "p"),
+        (lambda: gen.top_p_filter(torch.ones(3, 4, dtype=torch.long), 0.5), TypeError, "logits"),
+        (lambda: gen.top_p_filter([0.1, 0.2], 0.5), TypeError, "logits"),
+        (lambda: gen.min_p_filter(_logits(), -0.1), ValueError, "min_p"),
+        (
+            lambda: gen.apply_repetition_penalty(_logits(), _ids(batch=3), 1.2),
+            ValueError,
+            "input_ids",
+        ),
+        (
+            lambda: gen.apply_repetition_penalty(_logits(), _ids().float(), 1.2),
+            TypeError,
+            "input_ids",
+        ),
+        (lambda: gen.apply_repetition_penalty(_logits(), _ids(), 0.0), ValueError, "penalty"),
+        (lambda: gen.no_repeat_ngram_filter(_logits(), _ids(), 0), ValueError, "n"),
+        (lambda: ev.distinct_n([1, 2, 3], 0), ValueError, "n"),
+    ],
+)
 def test_bad_arguments_are_named(call, exc, name):
     with pytest.raises(exc, match=f"^{name}:"):
         call()
@@ -289,17 +310,19 @@ def test_seeded_sampling_is_reproducible():
 def test_sampling_with_top_k_1_is_greedy():
     model, prompt = ToyLM(), torch.tensor([[5, 6]])
     greedy = gen.generate(model, prompt, 15)
-    assert torch.equal(gen.generate(model, prompt, 15, do_sample=True, top_k=1, generator=0), greedy)
+    assert torch.equal(
+        gen.generate(model, prompt, 15, do_sample=True, top_k=1, generator=0), greedy
+    )
 
 
 def test_repetition_penalty_and_no_repeat_ngram_break_loops():
     model, prompt = ToyLM(seed=3), torch.tensor([[1]])
     plain = gen.generate(model, prompt, 60)
-    assert gen.repetition_rate(plain, 4) > 0.5  # greedy on a 13-token vocabulary loops
+    assert ev.repetition_rate(plain, 4) > 0.5  # greedy on a 13-token vocabulary loops
     penalised = gen.generate(model, prompt, 60, repetition_penalty=3.0)
-    assert gen.distinct_n(penalised, 1) >= gen.distinct_n(plain, 1)
+    assert ev.distinct_n(penalised, 1) >= ev.distinct_n(plain, 1)
     no_repeat = gen.generate(model, prompt, 60, no_repeat_ngram_size=3)
-    assert gen.repetition_rate(torch.cat([prompt, no_repeat], 1), 3) == 0.0
+    assert ev.repetition_rate(torch.cat([prompt, no_repeat], 1), 3) == 0.0
 
 
 def test_generate_rejects_bad_input():
@@ -322,12 +345,13 @@ def test_generate_rejects_bad_input():
 
 def test_beam_search_with_enough_beams_is_exhaustive():
     model, prompt, vocab, steps = ToyLM(vocab=4, scale=1.0), torch.tensor([[1, 2]]), 4, 3
-    out = gen.beam_search(model, prompt, num_beams=vocab ** (steps - 1), max_new_tokens=steps,
-                          length_penalty=0.0)
+    out = gen.beam_search(
+        model, prompt, num_beams=vocab ** (steps - 1), max_new_tokens=steps, length_penalty=0.0
+    )
     best, best_lp = None, -math.inf
     for tokens in itertools.product(range(vocab), repeat=steps):
         new = torch.tensor([tokens])
-        lp = gen.token_log_probs(model, prompt, new).sum().item()
+        lp = ev.token_log_probs(model, prompt, new).sum().item()
         if lp > best_lp:
             best, best_lp = tokens, lp
     assert out.new_ids[0].tolist() == list(best)
@@ -340,11 +364,11 @@ def test_beam_search_log_probs_are_those_of_its_text():
     model, prompt = ToyLM(vocab=13, seed=5, scale=1.0), torch.tensor([[3, 1, 4], [1, 5, 9]])
     out = gen.beam_search(model, prompt, num_beams=4, max_new_tokens=12, length_penalty=0.0)
     for b in range(2):
-        teacher = gen.token_log_probs(model, prompt[b:b + 1], out.new_ids[b:b + 1]).sum().item()
+        teacher = ev.token_log_probs(model, prompt[b : b + 1], out.new_ids[b : b + 1]).sum().item()
         assert out.log_probs[b].item() == pytest.approx(teacher, abs=1e-4)
         assert out.scores[b].item() == pytest.approx(teacher, abs=1e-4)  # length_penalty 0
     greedy = gen.generate(model, prompt, 12)
-    greedy_lp = gen.token_log_probs(model, prompt, greedy).sum(-1)
+    greedy_lp = ev.token_log_probs(model, prompt, greedy).sum(-1)
     assert (out.log_probs >= greedy_lp - 1e-4).all()
 
 
@@ -352,14 +376,15 @@ def test_one_beam_with_early_stopping_is_greedy():
     model, prompt = ToyLM(seed=2), torch.tensor([[2, 7]])
     greedy = gen.generate(model, prompt, 15, eos_token_id=4)
     beam = gen.beam_search(model, prompt, 1, 15, eos_token_id=4, early_stopping=True)
-    assert beam.new_ids[0, :beam.lengths[0]].tolist() == greedy[0].tolist()
+    assert beam.new_ids[0, : beam.lengths[0]].tolist() == greedy[0].tolist()
 
 
 def test_beam_search_stops_at_eos_and_pads():
     # early_stopping=False: poor hypotheses that end early (eos at a -5 logit) fill the
     # finished slots first, then the likely ones replace them.
-    out = gen.beam_search(SuccessorLM(10), torch.tensor([[0], [5]]), 3, 20, eos_token_id=7,
-                          pad_token_id=9)
+    out = gen.beam_search(
+        SuccessorLM(10), torch.tensor([[0], [5]]), 3, 20, eos_token_id=7, pad_token_id=9
+    )
     assert out.new_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7], [6, 7, 9, 9, 9, 9, 9]]
     assert out.lengths.tolist() == [7, 2]
 
@@ -377,21 +402,21 @@ def test_beam_search_rejects_bad_input():
 
 def test_distinct_n_and_repetition_rate_by_hand():
     text = [1, 2, 3, 1, 2, 3]
-    assert gen.distinct_n(text, 1) == 0.5
-    assert gen.distinct_n(text, 2) == 3 / 5  # (1,2) (2,3) (3,1) (1,2) (2,3)
-    assert gen.repetition_rate(text, 2) == pytest.approx(2 / 5)
-    assert gen.repetition_rate([1, 2, 3, 4], 2) == 0.0
+    assert ev.distinct_n(text, 1) == 0.5
+    assert ev.distinct_n(text, 2) == 3 / 5  # (1,2) (2,3) (3,1) (1,2) (2,3)
+    assert ev.repetition_rate(text, 2) == pytest.approx(2 / 5)
+    assert ev.repetition_rate([1, 2, 3, 4], 2) == 0.0
     # pooled: two identical samples are not diverse; each alone has no repeat
-    assert gen.distinct_n([[1, 2, 3], [1, 2, 3]], 2) == 0.5
-    assert gen.repetition_rate([[1, 2, 3], [1, 2, 3]], 2) == 0.0
-    assert gen.distinct_n(torch.tensor([[1, 2], [3, 4]]), 1) == 1.0
-    assert math.isnan(gen.distinct_n([1], 2)) and math.isnan(gen.repetition_rate([1, 2], 4))
+    assert ev.distinct_n([[1, 2, 3], [1, 2, 3]], 2) == 0.5
+    assert ev.repetition_rate([[1, 2, 3], [1, 2, 3]], 2) == 0.0
+    assert ev.distinct_n(torch.tensor([[1, 2], [3, 4]]), 1) == 1.0
+    assert math.isnan(ev.distinct_n([1], 2)) and math.isnan(ev.repetition_rate([1, 2], 4))
 
 
 def test_token_log_probs_of_a_greedy_text_are_each_steps_maximum():
     model, prompt = ToyLM(), torch.tensor([[1, 2, 3]])
     new = gen.generate(model, prompt, 8)
-    lp = gen.token_log_probs(model, prompt, new)
+    lp = ev.token_log_probs(model, prompt, new)
     full = torch.cat([prompt, new], 1)
     steps = model(full)[:, 2:-1].log_softmax(-1)
     assert torch.allclose(lp, steps.amax(-1), atol=1e-6) and lp.shape == (1, 8)
@@ -404,8 +429,9 @@ def test_token_log_probs_of_a_greedy_text_are_each_steps_maximum():
 @pytest.fixture(scope="module")
 def tiny_llama():
     torch.manual_seed(0)
-    model = Llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                              d_ff=64)).eval()
+    model = Llama(
+        LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
+    ).eval()
     with torch.no_grad():  # peaked logits: no float near-ties between cached and uncached runs
         model.lm_head.weight.mul_(40.0)
     return model
@@ -416,7 +442,7 @@ def test_tiny_llama_greedy_and_beams_with_a_real_cache(tiny_llama):
     cached = gen.generate(tiny_llama, prompt, 16)
     assert torch.equal(cached, gen.generate(tiny_llama, prompt, 16, use_cache=False))
     out = gen.beam_search(tiny_llama, prompt, 3, 10, length_penalty=0.0)
-    teacher = gen.token_log_probs(tiny_llama, prompt, out.new_ids).sum(-1)
+    teacher = ev.token_log_probs(tiny_llama, prompt, out.new_ids).sum(-1)
     assert torch.allclose(out.log_probs, teacher, atol=1e-3)
 
 
@@ -463,10 +489,12 @@ def test_smollm2_greedy_equals_transformers_with_and_without_cache(smollm2):
     hf, lm, tokenizer = smollm2
     ids, n = _chat_ids(tokenizer, "Name three colours."), 10
     for penalty in (1.0, 1.3):
-        expected = hf.generate(ids, max_new_tokens=n, do_sample=False,
-                               repetition_penalty=penalty)[:, ids.shape[1]:]
-        assert torch.equal(gen.generate(lm, ids, n, eos_token_id=2, repetition_penalty=penalty),
-                           expected)
+        expected = hf.generate(ids, max_new_tokens=n, do_sample=False, repetition_penalty=penalty)[
+            :, ids.shape[1] :
+        ]
+        assert torch.equal(
+            gen.generate(lm, ids, n, eos_token_id=2, repetition_penalty=penalty), expected
+        )
     no_cache = gen.generate(lm, ids, n, eos_token_id=2, repetition_penalty=1.3, use_cache=False)
     assert torch.equal(no_cache, expected)
 
@@ -476,24 +504,41 @@ def test_smollm2_sampling_equals_transformers_with_the_same_seed(smollm2):
     ids, n = _chat_ids(tokenizer, "Tell me a story."), 10
     settings = dict(do_sample=True, temperature=0.9, top_k=50, top_p=0.9)
     torch.manual_seed(11)
-    expected = hf.generate(ids, max_new_tokens=n, **settings)[:, ids.shape[1]:]
+    expected = hf.generate(ids, max_new_tokens=n, **settings)[:, ids.shape[1] :]
     torch.manual_seed(11)
     assert torch.equal(gen.generate(lm, ids, n, eos_token_id=2, **settings), expected)
 
 
-@pytest.mark.parametrize("text, num_beams, length_penalty, early_stopping", [
-    ("What is 2 + 2? Answer with one number.", 3, 1.0, False),  # ends with eos
-    ("What is the capital of France?", 2, 0.0, True),
-])
-def test_smollm2_beam_search_equals_transformers(smollm2, text, num_beams, length_penalty,
-                                                 early_stopping):
+@pytest.mark.parametrize(
+    "text, num_beams, length_penalty, early_stopping",
+    [
+        ("What is 2 + 2? Answer with one number.", 3, 1.0, False),  # ends with eos
+        ("What is the capital of France?", 2, 0.0, True),
+    ],
+)
+def test_smollm2_beam_search_equals_transformers(
+    smollm2, text, num_beams, length_penalty, early_stopping
+):
     hf, lm, tokenizer = smollm2
     ids, n = _chat_ids(tokenizer, text), 12
-    expected = hf.generate(ids, max_new_tokens=n, do_sample=False, num_beams=num_beams,
-                           length_penalty=length_penalty, early_stopping=early_stopping)
-    expected = expected[0, ids.shape[1]:]
-    out = gen.beam_search(lm, ids, num_beams, n, length_penalty=length_penalty,
-                          early_stopping=early_stopping, eos_token_id=2)
+    expected = hf.generate(
+        ids,
+        max_new_tokens=n,
+        do_sample=False,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
+    expected = expected[0, ids.shape[1] :]
+    out = gen.beam_search(
+        lm,
+        ids,
+        num_beams,
+        n,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=2,
+    )
     assert out.new_ids[0].tolist() == expected.tolist()
 
 
@@ -510,6 +555,6 @@ def test_generate_text(smollm2):
     _, lm, tokenizer = smollm2
     text = gen.generate_text(lm, tokenizer, "Say hello.", 4)
     assert isinstance(text, str) and text
-    assert gen.generate_text(lm, tokenizer, "Once upon a time", 4, chat=False, do_sample=True,
-                             seed=1) == gen.generate_text(lm, tokenizer, "Once upon a time", 4,
-                                                          chat=False, do_sample=True, seed=1)
+    assert gen.generate_text(
+        lm, tokenizer, "Once upon a time", 4, chat=False, do_sample=True, seed=1
+    ) == gen.generate_text(lm, tokenizer, "Once upon a time", 4, chat=False, do_sample=True, seed=1)

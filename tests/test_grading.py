@@ -1,4 +1,4 @@
-"""Grading students' notebooks (llmlab.grading): right, unfilled, one wrong, broken, timed out."""
+"""Grading students' notebooks (llmlab.course.grading): right, unfilled, one wrong, broken, timed out."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from llmlab import grading
-from llmlab.grading import FAIL, NOT_RUN, PASS, Grade
+from llmlab.course import grading
+from llmlab.course.grading import FAIL, NOT_RUN, PASS, Grade
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "00_start_here" / "01_warmup.ipynb"
@@ -27,9 +27,13 @@ def test_expected_exercises_come_from_the_check_calls():
 
 
 def test_expected_exercises_ignore_definitions(tmp_path):
-    nb = new_notebook(cells=[new_code_cell(
-        "def check_mine(f):\n    pass\nchecks.check_b(f)\ncheck_a(g)\nprecheck_x(h)\ncheck_b(f)"
-    )])
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "def check_mine(f):\n    pass\nchecks.check_b(f)\ncheck_a(g)\nprecheck_x(h)\ncheck_b(f)"
+            )
+        ]
+    )
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
     assert grading.expected_exercises(path) == ["b", "a"]
@@ -55,8 +59,12 @@ def test_table_and_csv(tmp_path):
 
 def test_find_notebooks_and_lab(tmp_path):
     (tmp_path / "s" / "alice" / ".ipynb_checkpoints").mkdir(parents=True)
-    for path in ["s/alice/01_warmup.ipynb", "s/alice/.ipynb_checkpoints/01_warmup.ipynb",
-                 "s/bob.ipynb", "solutions/00/01_warmup.ipynb"]:
+    for path in [
+        "s/alice/01_warmup.ipynb",
+        "s/alice/.ipynb_checkpoints/01_warmup.ipynb",
+        "s/bob.ipynb",
+        "solutions/00/01_warmup.ipynb",
+    ]:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("{}", encoding="utf-8")
     found = grading.find_notebooks([tmp_path / "s", tmp_path / "s" / "bob.ipynb"])
@@ -98,16 +106,18 @@ def graded(tmp_path_factory):
     assert one_wrong != SOLUTION.read_text(encoding="utf-8")
     (students / "one_wrong" / "01_warmup.ipynb").write_text(one_wrong, encoding="utf-8")
 
-    crashed = _with_cell_after(SOLUTION, "check_log_softmax(log_softmax)",
-                               'raise RuntimeError("student broke this")')
+    crashed = _with_cell_after(
+        SOLUTION, "check_log_softmax(log_softmax)", 'raise RuntimeError("student broke this")'
+    )
     nbformat.write(crashed, students / "crashed" / "01_warmup.ipynb")
     (students / "invalid" / "01_warmup.ipynb").write_text("{not json", encoding="utf-8")
 
     out = tmp / "grades"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = grading.main([str(students), "--lab", str(LAB), "--out", str(out),
-                             "--timeout", "300"])
+        code = grading.main(
+            [str(students), "--lab", str(LAB), "--out", str(out), "--timeout", "300"]
+        )
     return code, printed.getvalue(), out
 
 
@@ -129,13 +139,16 @@ def test_grading_completes_and_prints_the_table(graded):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("student", "statuses", "note"), [
-    ("right", [PASS, PASS, PASS, PASS], ""),
-    ("unfilled", [FAIL, FAIL, FAIL, FAIL], ""),
-    ("one_wrong", [PASS, PASS, FAIL, PASS], ""),
-    ("crashed", [PASS, PASS, NOT_RUN, NOT_RUN], "RuntimeError in cell"),
-    ("invalid", [NOT_RUN] * 4, "invalid notebook"),
-])
+@pytest.mark.parametrize(
+    ("student", "statuses", "note"),
+    [
+        ("right", [PASS, PASS, PASS, PASS], ""),
+        ("unfilled", [FAIL, FAIL, FAIL, FAIL], ""),
+        ("one_wrong", [PASS, PASS, FAIL, PASS], ""),
+        ("crashed", [PASS, PASS, NOT_RUN, NOT_RUN], "RuntimeError in cell"),
+        ("invalid", [NOT_RUN] * 4, "invalid notebook"),
+    ],
+)
 def test_each_submission_is_scored(graded, student, statuses, note):
     row = _rows(graded[2])[student]
     assert [row[e] for e in EXERCISES] == statuses
@@ -146,15 +159,29 @@ def test_each_submission_is_scored(graded, student, statuses, note):
 @pytest.mark.slow
 def test_a_notebook_that_hangs_is_stopped_and_scored(tmp_path):
     # Every cell is short, but together they outlast the limit: the limit is per notebook.
-    nb = new_notebook(cells=[new_code_cell("print('started')")]
-                      + [new_code_cell("import time\ntime.sleep(1)") for _ in range(30)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb = new_notebook(
+        cells=[new_code_cell("print('started')")]
+        + [new_code_cell("import time\ntime.sleep(1)") for _ in range(30)]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, tmp_path / "slow.ipynb")
     out = tmp_path / "grades"
     with contextlib.redirect_stdout(io.StringIO()):
-        code = grading.main([str(tmp_path / "slow.ipynb"), "--lab", str(SOLUTION),
-                             "--out", str(out), "--timeout", "6"])
+        code = grading.main(
+            [
+                str(tmp_path / "slow.ipynb"),
+                "--lab",
+                str(SOLUTION),
+                "--out",
+                str(out),
+                "--timeout",
+                "6",
+            ]
+        )
     assert code == 0
     row = next(iter(_rows(out).values()))
     assert [row[e] for e in EXERCISES] == [NOT_RUN] * 4 and row["score"] == "0"

@@ -30,12 +30,17 @@ def _get(url: str) -> tuple[int, bytes]:
 @pytest.mark.slow
 def test_make_lab_serves_chapter_00(root, tmp_path):
     port, token = _free_port(), secrets.token_hex(8)
-    args = (f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} "
-            f"--ServerApp.port_retries=0")
+    args = (
+        f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} "
+        f"--ServerApp.port_retries=0"
+    )
     log = open(tmp_path / "jupyter.log", "w")
     server = subprocess.Popen(
         ["make", "--no-print-directory", "lab", f"JUPYTER_ARGS={args}"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")},
     )
     base = f"http://127.0.0.1:{port}"

@@ -15,7 +15,7 @@ from kernel_testing import requires_cuda
 
 from llmlab import bench, kernels
 from llmlab.kernels import rmsnorm as R
-from llmlab.norms import RMSNorm
+from llmlab.nn.norms import RMSNorm
 
 
 def _inputs(shape, seed=0, dtype=torch.float32):

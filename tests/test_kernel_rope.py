@@ -14,7 +14,7 @@ from kernel_testing import requires_cuda
 
 from llmlab import bench, kernels
 from llmlab.kernels import rope as R
-from llmlab.positional import RotaryEmbedding, apply_rotary, rope_frequencies
+from llmlab.nn.positional import RotaryEmbedding, apply_rotary, rope_frequencies
 
 
 def _tables(kind: str, batch: int, seq: int, head_dim: int, seed: int = 0):

@@ -14,8 +14,8 @@ from kernel_testing import gen as _gen
 from kernel_testing import requires_cuda
 
 from llmlab import bench, kernels
-from llmlab.ffn import FeedForward
 from llmlab.kernels import swiglu as W
+from llmlab.nn.ffn import FeedForward
 
 
 def _check(gate: torch.Tensor, up: torch.Tensor, atol: float = 1e-6):

@@ -1,4 +1,4 @@
-"""The lab generator (llmlab.labs), and every lab of the course run end to end.
+"""The lab generator (llmlab.course.labs), and every lab of the course run end to end.
 
 The slow tests cover every ``solutions/**/*.ipynb`` automatically:
 
@@ -21,9 +21,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from llmlab import labs
 from llmlab.checks import LOG_ENV_VAR, read_log
-from llmlab.grading import expected_exercises
+from llmlab.course import labs
+from llmlab.course.grading import expected_exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = labs.solution_notebooks(ROOT)
@@ -44,16 +44,16 @@ def test_there_are_solutions():
 
 def test_committed_labs_are_up_to_date():
     stale = labs.generate_all(ROOT, check=True)
-    assert not stale, (
-        "labs out of date (run `python -m llmlab labs`): "
-        + ", ".join(str(p.relative_to(ROOT)) for p in stale)
+    assert not stale, "labs out of date (run `python -m llmlab labs`): " + ", ".join(
+        str(p.relative_to(ROOT)) for p in stale
     )
 
 
 def test_every_lab_has_a_solution():
     lab_files = [p for p in (ROOT / "labs").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
-    orphans = [p for p in lab_files
-               if not (ROOT / "solutions" / p.relative_to(ROOT / "labs")).is_file()]
+    orphans = [
+        p for p in lab_files if not (ROOT / "solutions" / p.relative_to(ROOT / "labs")).is_file()
+    ]
     assert not orphans, f"labs without a solution: {orphans}"
 
 
@@ -114,7 +114,9 @@ def test_only_hints_right_after_begin_are_kept():
 
 
 def test_several_hint_lines_are_kept():
-    source = "    ### BEGIN SOLUTION\n    # HINT: one\n    # HINT: two\n    pass\n    ### END SOLUTION"
+    source = (
+        "    ### BEGIN SOLUTION\n    # HINT: one\n    # HINT: two\n    pass\n    ### END SOLUTION"
+    )
     assert labs.strip_solutions(source) == f"    # HINT: one\n    # HINT: two\n    {labs.STUB}"
 
 
@@ -122,11 +124,17 @@ def test_source_without_markers_is_unchanged():
     assert labs.strip_solutions("x = 1\n# a comment\n") == "x = 1\n# a comment\n"
 
 
-@pytest.mark.parametrize(("source", "words"), [
-    ("### BEGIN SOLUTION\nx = 1", "line 1: '### BEGIN SOLUTION' is never closed"),
-    ("x = 1\n### END SOLUTION", "line 2: '### END SOLUTION' without"),
-    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "line 2: '### BEGIN SOLUTION' inside"),
-])
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("### BEGIN SOLUTION\nx = 1", "line 1: '### BEGIN SOLUTION' is never closed"),
+        ("x = 1\n### END SOLUTION", "line 2: '### END SOLUTION' without"),
+        (
+            "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION",
+            "line 2: '### BEGIN SOLUTION' inside",
+        ),
+    ],
+)
 def test_unbalanced_markers_name_notebook_and_cell(source, words):
     nb = new_notebook(cells=[new_markdown_cell("# title"), new_code_cell(source)])
     with pytest.raises(ValueError, match=re.escape(f"demo.ipynb, cell 1, {words}")):
@@ -138,7 +146,11 @@ def _solution_notebook() -> nbformat.NotebookNode:
     cell.execution_count = 3
     cell.outputs = [nbformat.v4.new_output("stream", text="hello\n")]
     nb = new_notebook(cells=[new_markdown_cell("### BEGIN SOLUTION in prose is left alone"), cell])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     return nb
 
 
@@ -203,12 +215,13 @@ def _parameters(notebook: Path) -> dict:
 
 def _run_and_read_checks(notebook: Path, kind: str, tmp_path: Path) -> dict[str, dict]:
     """Execute ``notebook``; the last check-log record of each exercise."""
-    from llmlab.notebooks import execute_notebook
+    from llmlab.course.notebooks import execute_notebook
 
     log = tmp_path / "checks.jsonl"
     dst = ARTIFACTS / kind / notebook.relative_to(ROOT / kind)
-    execute_notebook(notebook, dst, parameters=_parameters(notebook), timeout=600,
-                     env={LOG_ENV_VAR: str(log)})
+    execute_notebook(
+        notebook, dst, parameters=_parameters(notebook), timeout=600, env={LOG_ENV_VAR: str(log)}
+    )
     return {record["exercise"]: record for record in read_log(log)}
 
 
@@ -237,11 +250,11 @@ def test_lab_runs_to_the_end_and_fails_all_its_checks(solution, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# llmlab.notebooks: readable failures, environment passed to the kernel
+# llmlab.course.notebooks: readable failures, environment passed to the kernel
 
 
 def test_patched_environ_restores(monkeypatch):
-    from llmlab.notebooks import patched_environ
+    from llmlab.course.notebooks import patched_environ
 
     monkeypatch.setenv("LLMLAB_A", "before")
     monkeypatch.delenv("LLMLAB_B", raising=False)
@@ -252,7 +265,11 @@ def test_patched_environ_restores(monkeypatch):
 
 def _notebook(tmp_path: Path, *sources: str) -> Path:
     nb = new_notebook(cells=[new_markdown_cell("# test"), *map(new_code_cell, sources)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path = tmp_path / "test.ipynb"
     nbformat.write(nb, path)
     return path
@@ -260,7 +277,7 @@ def _notebook(tmp_path: Path, *sources: str) -> Path:
 
 @pytest.mark.slow
 def test_execute_notebook_passes_env_and_returns_text(tmp_path):
-    from llmlab.notebooks import execute_notebook, text_outputs
+    from llmlab.course.notebooks import execute_notebook, text_outputs
 
     path = _notebook(tmp_path, "import os, llmlab\nprint(os.environ['LLMLAB_TEST_VAR'])", "6 * 7")
     nb = execute_notebook(path, tmp_path / "out.ipynb", env={"LLMLAB_TEST_VAR": "from-the-caller"})
@@ -271,7 +288,7 @@ def test_execute_notebook_passes_env_and_returns_text(tmp_path):
 
 @pytest.mark.slow
 def test_execute_notebook_failure_is_readable(tmp_path):
-    from llmlab.notebooks import NotebookError, execute_notebook
+    from llmlab.course.notebooks import NotebookError, execute_notebook
 
     path = _notebook(tmp_path, "x = 1", "def f():\n    return 1 / 0\n\nf()", "print('never')")
     with pytest.raises(NotebookError) as info:
@@ -287,7 +304,7 @@ def test_execute_notebook_failure_is_readable(tmp_path):
 
 
 def test_execute_notebook_invalid_file(tmp_path):
-    from llmlab.notebooks import NotebookError, execute_notebook
+    from llmlab.course.notebooks import NotebookError, execute_notebook
 
     path = tmp_path / "broken.ipynb"
     path.write_text("{not json", encoding="utf-8")

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmlab.attention import MultiHeadAttention, formula_attention
 from llmlab.models import (
     GPT,
     PUBLISHED,
@@ -28,6 +27,7 @@ from llmlab.models import (
     parameter_breakdown,
     relative_position_bucket,
 )
+from llmlab.nn.attention import MultiHeadAttention, formula_attention
 
 transformers.logging.set_verbosity_error()
 
@@ -122,7 +122,7 @@ def test_kv_cache_stores_keys_after_rope():
         attn = layer.self_attn
         k = attn.k_proj(h).view(1, 6, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
         cos, sin = model.rotary(torch.arange(6))
-    from llmlab.positional import apply_rotary
+    from llmlab.nn.positional import apply_rotary
 
     assert torch.allclose(cache.keys[0], apply_rotary(k, cos, sin), atol=1e-6)
     assert not torch.allclose(cache.keys[0], k, atol=1e-3)
@@ -170,8 +170,17 @@ def _loss_grads_and_saved_bytes(model, ids):
 @pytest.mark.parametrize("every", [1, 2, 3])
 def test_activation_checkpointing_keeps_losses_and_gradients(every):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=VOCAB, max_seq=40, d_model=48, n_layers=4, n_heads=4,
-                          dropout=0.1, positions="rope"))
+    model = GPT(
+        GPTConfig(
+            vocab_size=VOCAB,
+            max_seq=40,
+            d_model=48,
+            n_layers=4,
+            n_heads=4,
+            dropout=0.1,
+            positions="rope",
+        )
+    )
     ids = torch.randint(0, VOCAB, (2, 17))
     loss, grads, plain_bytes = _loss_grads_and_saved_bytes(model, ids)
     model.checkpoint_every = every

@@ -1,4 +1,4 @@
-"""llmlab.ngram: counts, smoothing (MLE, add-k, interpolated Kneser-Ney), perplexity, sampling."""
+"""llmlab.models.ngram: counts, smoothing (MLE, add-k, interpolated Kneser-Ney), perplexity, sampling."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from llmlab import ngram
-from llmlab.ngram import BOS, NGramLM
+from llmlab.models import ngram
+from llmlab.models.ngram import BOS, NGramLM
 
 TOY = [["a", "b", "a", "c"], ["a", "b", "b"]]
 
@@ -97,7 +97,14 @@ def test_unseen_fraction_and_ngrams():
 
 
 def test_vocab_helpers_and_word_tokenize():
-    assert ngram.word_tokenize("Don't split, 42 times!") == ["don't", "split", ",", "42", "times", "!"]
+    assert ngram.word_tokenize("Don't split, 42 times!") == [
+        "don't",
+        "split",
+        ",",
+        "42",
+        "times",
+        "!",
+    ]
     vocab = ngram.build_vocab([["a", "a", "b"]], min_count=2)
     assert vocab == {"a"}
     assert ngram.apply_vocab([["a", "b"]], vocab) == [["a", ngram.UNK]]

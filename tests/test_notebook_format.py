@@ -13,7 +13,9 @@ from llmlab import course
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(
-    p for kind in ("chapters", "solutions", "labs") for p in (ROOT / kind).rglob("*.ipynb")
+    p
+    for kind in ("chapters", "solutions", "labs")
+    for p in (ROOT / kind).rglob("*.ipynb")
     if ".ipynb_checkpoints" not in p.parts
 )
 CHAPTERS = [p for p in NOTEBOOKS if p.relative_to(ROOT).parts[0] == "chapters"]
@@ -36,7 +38,9 @@ def test_notebook_shape(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.kernelspec == {
-        "name": "python3", "display_name": "Python 3", "language": "python"
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
     }
     code = _code_cells(nb)
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be `parameters`"
@@ -55,12 +59,12 @@ def test_chapter_is_committed_executed_in_order(path):
     assert counts == list(range(1, len(counts) + 1)), "re-run the chapter top to bottom, then save"
     errors = [o for c in _code_cells(nb) for o in c.outputs if o.output_type == "error"]
     assert not errors, f"committed with an error: {errors[0].ename}: {errors[0].evalue}"
-    assert "LLMLAB_SMOKE" in _code_cells(nb)[0].source, "parameters must shrink under LLMLAB_SMOKE=1"
+    assert "LLMLAB_SMOKE" in _code_cells(nb)[0].source, (
+        "parameters must shrink under LLMLAB_SMOKE=1"
+    )
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in NOTEBOOKS if p not in CHAPTERS], ids=_id
-)
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p not in CHAPTERS], ids=_id)
 def test_solutions_and_labs_are_clean(path):
     nb = nbformat.read(path, as_version=4)
     for cell in _code_cells(nb):

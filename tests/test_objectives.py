@@ -1,4 +1,4 @@
-"""llmlab.objectives: the pretraining collators.
+"""llmlab.training.objectives: the pretraining collators.
 
 Rates are tested on large batches against tolerances of 5 binomial standard deviations
 (sqrt(p (1 - p) / n)), so a correct collator fails with probability ~1e-6 per check and a
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from llmlab import objectives as obj
+from llmlab.training import objectives as obj
 
 VOCAB, MASK, PAD, CLS, SEP = 1000, 3, 0, 1, 2
 SPECIALS = [PAD, CLS, SEP]
@@ -103,8 +103,9 @@ def test_mlm_labels_only_at_selected_positions_and_inputs_unchanged_elsewhere():
 
 def test_mlm_random_tokens_are_never_special():
     ids = batch(seq=256)
-    inputs, labels = obj.mlm_mask(ids, VOCAB, MASK, SPECIALS, mlm_prob=1.0, mask_frac=0.0,
-                                  random_frac=1.0, generator=gen(4))
+    inputs, labels = obj.mlm_mask(
+        ids, VOCAB, MASK, SPECIALS, mlm_prob=1.0, mask_frac=0.0, random_frac=1.0, generator=gen(4)
+    )
     selected = labels != -100
     assert not torch.isin(inputs[selected], torch.tensor([*SPECIALS, MASK])).any()
     # and they are spread over the whole ordinary vocabulary
@@ -140,12 +141,20 @@ def test_mlm_follows_its_documented_draws():
 def test_mlm_matches_transformers_collator_statistically():
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
-    vocab = {f"t{i}": i for i in range(4, VOCAB)} | {"[PAD]": PAD, "[CLS]": CLS, "[SEP]": SEP,
-                                                     "[MASK]": MASK}
+    vocab = {f"t{i}": i for i in range(4, VOCAB)} | {
+        "[PAD]": PAD,
+        "[CLS]": CLS,
+        "[SEP]": SEP,
+        "[MASK]": MASK,
+    }
     core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[PAD]"))
     tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="[PAD]", mask_token="[MASK]", cls_token="[CLS]",
-        sep_token="[SEP]")
+        tokenizer_object=core,
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
     collator = transformers.DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=0.15)
     ids = batch()
     torch.manual_seed(0)
@@ -178,8 +187,15 @@ def test_mlm_matches_transformers_collator_statistically():
     ],
 )
 def test_mlm_errors_name_the_argument(kwargs, error, match):
-    args = dict(input_ids=torch.tensor([[5, 6, 7]]), vocab_size=VOCAB, mask_id=MASK,
-                special_ids=SPECIALS) | kwargs
+    args = (
+        dict(
+            input_ids=torch.tensor([[5, 6, 7]]),
+            vocab_size=VOCAB,
+            mask_id=MASK,
+            special_ids=SPECIALS,
+        )
+        | kwargs
+    )
     with pytest.raises(error, match=match):
         obj.mlm_mask(**args)
 
@@ -237,8 +253,9 @@ def test_nsp_errors_name_the_argument(documents, kwargs, match):
 
 
 def test_bert_pair_batch_layout_and_truncation():
-    ids, types, attn = obj.bert_pair_batch([[10, 11, 12], list(range(20, 40))], [[13], [50, 51]],
-                                           CLS, SEP, PAD, max_len=10)
+    ids, types, attn = obj.bert_pair_batch(
+        [[10, 11, 12], list(range(20, 40))], [[13], [50, 51]], CLS, SEP, PAD, max_len=10
+    )
     assert ids[0].tolist() == [CLS, 10, 11, 12, SEP, 13, SEP, PAD, PAD, PAD]
     assert types[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 0, 0]
     assert attn[0].tolist() == [1] * 7 + [0] * 3
@@ -337,8 +354,7 @@ def test_span_corruption_errors_name_the_argument(call, match):
 def test_span_corruption_batch_teacher_forcing():
     docs = [list(range(10, 40)), list(range(50, 70))]
     enc, attn, dec_in, labels = obj.span_corruption_batch(docs, SENTINELS, PAD, generator=gen(5))
-    pairs = [obj.span_corruption(d, SENTINELS, generator=g)
-             for g in [gen(5)] for d in docs]
+    pairs = [obj.span_corruption(d, SENTINELS, generator=g) for g in [gen(5)] for d in docs]
     for row, (inputs, targets) in enumerate(pairs):
         n, m = len(inputs), len(targets)
         assert enc[row, :n].tolist() == inputs.tolist() and attn[row].sum() == n

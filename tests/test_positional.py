@@ -1,4 +1,4 @@
-"""llmlab.positional: sinusoidal, learned, RoPE (== transformers' LLaMA) and ALiBi (== the paper)."""
+"""llmlab.nn.positional: sinusoidal, learned, RoPE (== transformers' LLaMA) and ALiBi (== the paper)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from llmlab.positional import (
+from llmlab.nn.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
     SinusoidalPositionalEmbedding,

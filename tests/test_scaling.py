@@ -1,4 +1,4 @@
-"""llmlab.scaling: the power-law fit recovers known laws, and the Chinchilla split is C = 6ND."""
+"""llmlab.training.scaling: the power-law fit recovers known laws, and the Chinchilla split is C = 6ND."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from llmlab import scaling
-from llmlab.scaling import (
+from llmlab.training import scaling
+from llmlab.training.scaling import (
     PowerLawFit,
     chinchilla_optimal,
     fit_power_law,
@@ -60,7 +60,9 @@ def test_pure_fit_is_the_log_log_line_in_any_base():
     L = power_law(N, 7.0, 0.25)
     fit = fit_power_law(N, L, fit_offset=False)
     slope10, b10 = np.polyfit(np.log10(N), np.log10(L), 1)
-    assert fit.alpha == pytest.approx(-slope10, rel=1e-9)  # the exponent does not depend on the base
+    assert fit.alpha == pytest.approx(
+        -slope10, rel=1e-9
+    )  # the exponent does not depend on the base
     assert fit.a == pytest.approx(10**b10, rel=1e-9)
 
 

@@ -1,4 +1,4 @@
-"""llmlab.seq2seq: the toy task, the encoder-decoder model, greedy decoding and training."""
+"""llmlab.training.seq2seq: the toy task, the encoder-decoder model, greedy decoding and training."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-import llmlab.seq2seq as s2s
+import llmlab.training.seq2seq as s2s
 from llmlab import env
-from llmlab.seq2seq import (
+from llmlab.training.seq2seq import (
     Seq2SeqConfig,
     Seq2SeqDataset,
     Seq2SeqTransformer,

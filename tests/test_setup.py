@@ -34,16 +34,20 @@ def test_lock_pins_everything_requirements_in_asks_for(root):
     for raw in (root / "requirements.in").read_text().splitlines():
         name = raw.split("#")[0].split(";")[0].split("==")[0].strip()
         if name:
-            assert course.normalize_name(name) in lock, f"{name} is in requirements.in, not the lock"
+            assert course.normalize_name(name) in lock, (
+                f"{name} is in requirements.in, not the lock"
+            )
 
 
 def test_installed_versions_are_the_locked_ones(root):
     from llmlab.env import package_version
 
     lock = course.read_requirements(root / "requirements.lock")
-    wrong = {name: (package_version(name), want) for name, want in lock.items()
-             if package_version(name) is not None
-             and package_version(name).split("+")[0] != want}
+    wrong = {
+        name: (package_version(name), want)
+        for name, want in lock.items()
+        if package_version(name) is not None and package_version(name).split("+")[0] != want
+    }
     assert not wrong, f"installed != locked: {wrong}"
 
 
@@ -51,7 +55,9 @@ def test_readme_gives_the_two_commands(root):
     readme = (root / "README.md").read_text()
     assert "make lab" in readme and "make test" in readme
     assert "Colab" in readme and "instructor" in readme.lower()
-    assert not course.update_readme(root, check=True), "README's chapter map is out of date: make labs"
+    assert not course.update_readme(root, check=True), (
+        "README's chapter map is out of date: make labs"
+    )
 
 
 def test_ci_runs_the_readme_test_command_offline(root):
@@ -62,6 +68,19 @@ def test_ci_runs_the_readme_test_command_offline(root):
 def test_ruff_is_clean(root):
     done = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "utils", "tests", "tools", "chapters", "solutions"],
-        cwd=root, capture_output=True, text=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_is_applied(root):
+    """`make lint` formats the Python files; a file it would change fails here."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "utils", "tests", "tools", "benchmarks"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, "run `make lint` (ruff format):\n" + done.stdout + done.stderr

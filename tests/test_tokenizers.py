@@ -1,4 +1,4 @@
-"""llmlab.tokenizers: byte-level BPE from scratch against the `tokenizers` library.
+"""llmlab.tokenization: byte-level BPE from scratch against the `tokenizers` library.
 
 Parity with SmolLM2's own tokenizer (same ids), parity of our trainer with BpeTrainer (same
 merges, same vocabulary, same ids), round trips on any Unicode, special tokens, streaming at
@@ -16,7 +16,7 @@ import tokenizers
 
 from llmlab import assets
 from llmlab.data import docstring_corpus
-from llmlab.tokenizers import (
+from llmlab.tokenization import (
     CHINESE_PROSE,
     EDGE_CASES,
     GPT2_PATTERN,
@@ -140,7 +140,9 @@ def test_smollm2_decode_matches_on_cut_characters(smol, smol_hf):
 def _random_unicode(rng: random.Random, n: int) -> str:
     chars = []
     for _ in range(n):
-        cp = rng.choice([rng.randint(0, 0x7F), rng.randint(0x80, 0xFFFF), rng.randint(0x10000, 0x10FFFF)])
+        cp = rng.choice(
+            [rng.randint(0, 0x7F), rng.randint(0x80, 0xFFFF), rng.randint(0x10000, 0x10FFFF)]
+        )
         chars.append(chr(cp) if not 0xD800 <= cp <= 0xDFFF else " ")
     return "".join(chars)
 
@@ -159,7 +161,9 @@ def test_special_tokens_are_never_split(trained):
     assert ids.count(trained.special_tokens["<|im_start|>"]) == 2
     # Text around a special token is tokenized as if the token were not there.
     assert trained.encode("x<|im_end|> y") == [
-        *trained.encode("x"), trained.special_tokens["<|im_end|>"], *trained.encode(" y")
+        *trained.encode("x"),
+        trained.special_tokens["<|im_end|>"],
+        *trained.encode(" y"),
     ]
     plain = trained.encode("<|endoftext|>", allow_special=False)
     assert len(plain) > 1 and not set(plain) & set(trained.special_tokens.values())
@@ -306,8 +310,10 @@ def test_same_merges_on_small_random_corpora():
     # Tiny alphabets make many ties: every one must be broken as tokenizers breaks it.
     rng = random.Random(0)
     for _ in range(40):
-        words = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 9)))
-                 for _ in range(rng.randint(3, 30))]
+        words = [
+            "".join(rng.choice("abc") for _ in range(rng.randint(1, 9)))
+            for _ in range(rng.randint(3, 30))
+        ]
         text = " ".join(words)
         ours = train_bpe(text, 256 + 30)
         theirs = train_bpe_with_tokenizers(text, 256 + 30)

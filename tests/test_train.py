@@ -1,4 +1,4 @@
-"""llmlab.train: AdamW == torch's, Muon == torch's, the schedule, the loss, clipping, accumulation, and
+"""llmlab.training: AdamW == torch's, Muon == torch's, the schedule, the loss, clipping, accumulation, and
 checkpoints that are atomic and resume exactly."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab import train as tr
+from llmlab import training as tr
+from llmlab.evaluation import sliding_window_nll
 
 
 class TinyLM(nn.Module):
@@ -49,12 +50,14 @@ class TinyCausalLM(nn.Module):
         return self.head(torch.tanh(decay @ e))
 
 
-@pytest.mark.parametrize("n, window, stride", [(23, 8, 3), (23, 8, 8), (24, 8, 1), (9, 8, 4), (5, 8, 2)])
+@pytest.mark.parametrize(
+    "n, window, stride", [(23, 8, 3), (23, 8, 8), (24, 8, 1), (9, 8, 4), (5, 8, 2)]
+)
 def test_sliding_window_nll_scores_each_target_once_with_its_window(n, window, stride):
     torch.manual_seed(0)
     model = TinyCausalLM()
     tokens = torch.randint(0, 17, (n,))
-    got = tr.sliding_window_nll(model, tokens, window, stride, batch_size=2)
+    got = sliding_window_nll(model, tokens, window, stride, batch_size=2)
     assert got.shape == (n - 1,) and got.dtype == torch.float64
     for j in range(n - 1):  # target tokens[j + 1], scored by the first window that reaches it
         begin = max(0, -(-(j - window + 1) // stride) * stride)
@@ -66,7 +69,7 @@ def test_sliding_window_nll_non_overlapping_equals_lm_loss_per_window():
     torch.manual_seed(0)
     model = TinyCausalLM()
     tokens = torch.randint(0, 17, (4 * 6 + 1,))
-    got = tr.sliding_window_nll(model, tokens.tolist(), window=6)
+    got = sliding_window_nll(model, tokens.tolist(), window=6)
     x = tokens[:-1].view(4, 6)
     y = tokens[1:].view(4, 6)
     assert got.mean().item() == pytest.approx(tr.lm_loss(model(x), y).item(), abs=1e-6)
@@ -76,9 +79,9 @@ def test_sliding_window_nll_non_overlapping_equals_lm_loss_per_window():
         (dict(window=4, batch_size=0), "batch_size: expected a positive int"),
     ]:
         with pytest.raises(ValueError, match=match):
-            tr.sliding_window_nll(model, tokens, **kwargs)
+            sliding_window_nll(model, tokens, **kwargs)
     with pytest.raises(ValueError, match="tokens: expected at least 2 tokens"):
-        tr.sliding_window_nll(model, [3], window=4)
+        sliding_window_nll(model, [3], window=4)
 
 
 def test_adamw_equals_torch_over_100_steps():
@@ -100,8 +103,12 @@ def test_adamw_equals_torch_over_100_steps():
 
 def test_adamw_rejects_bad_hyperparameters():
     p = [nn.Parameter(torch.zeros(2))]
-    for kw, name in [({"lr": -1}, "lr"), ({"betas": (1.0, 0.9)}, "betas"), ({"eps": 0}, "eps"),
-                     ({"weight_decay": -0.1}, "weight_decay")]:
+    for kw, name in [
+        ({"lr": -1}, "lr"),
+        ({"betas": (1.0, 0.9)}, "betas"),
+        ({"eps": 0}, "eps"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+    ]:
         with pytest.raises(ValueError, match=name):
             tr.AdamW(p, **kw)
 
@@ -145,10 +152,16 @@ def test_muon_param_groups_split_hidden_matrices_from_the_rest():
     named = {id(p): n for n, p in model.named_parameters()}
     groups = tr.muon_param_groups(model, lr=1e-3, muon_lr=0.02, weight_decay=0.1)
     names = [sorted(named[id(p)] for p in g["params"]) for g in groups]
-    assert names == [["down.weight", "up.weight"], ["embed.weight", "head.weight"],
-                     ["down.bias", "up.bias"]]
+    assert names == [
+        ["down.weight", "up.weight"],
+        ["embed.weight", "head.weight"],
+        ["down.bias", "up.bias"],
+    ]
     assert [(g["muon"], g["lr"], g["weight_decay"]) for g in groups] == [
-        (True, 0.02, 0.1), (False, 1e-3, 0.1), (False, 1e-3, 0.0)]
+        (True, 0.02, 0.1),
+        (False, 1e-3, 0.1),
+        (False, 1e-3, 0.0),
+    ]
     tied = TinyLM()  # the head is the embedding: listed once, with AdamW
     groups = tr.muon_param_groups(tied, lr=1e-3)
     assert [len(g["params"]) for g in groups] == [1, 1, 3]
@@ -163,10 +176,18 @@ def test_muon_equals_torch_muon_and_adamw_over_30_steps():
     groups = tr.muon_param_groups(a, lr=3e-3, muon_lr=0.02, weight_decay=0.1)
     ours = tr.Muon(groups, ns_dtype=torch.bfloat16)  # torch.optim.Muon orthogonalizes in bf16
     hidden = [b.up.weight, b.down.weight]
-    theirs = [torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True),
-              torch.optim.AdamW([{"params": [b.embed.weight, b.head.weight], "weight_decay": 0.1},
-                                 {"params": [b.up.bias, b.down.bias], "weight_decay": 0.0}],
-                                lr=3e-3, betas=(0.9, 0.95), eps=1e-8)]
+    theirs = [
+        torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True),
+        torch.optim.AdamW(
+            [
+                {"params": [b.embed.weight, b.head.weight], "weight_decay": 0.1},
+                {"params": [b.up.bias, b.down.bias], "weight_decay": 0.0},
+            ],
+            lr=3e-3,
+            betas=(0.9, 0.95),
+            eps=1e-8,
+        ),
+    ]
     for step in range(30):
         x, y = batch_fn(step)
         for model in (a, b):
@@ -267,7 +288,9 @@ def test_a_resumed_run_equals_an_unbroken_one(tmp_path, optimizer):
 
     first = TinyLM()
     first.load_state_dict(init)
-    part = tr.train(first, batch_fn, config, checkpoint_dir=tmp_path / "b", stop_after=6, progress=False)
+    part = tr.train(
+        first, batch_fn, config, checkpoint_dir=tmp_path / "b", stop_after=6, progress=False
+    )
     assert len(part.loss) == 6
     torch.manual_seed(123)  # the restart happens in a fresh process with other RNG states
     second = TinyLM()  # the weights come from the checkpoint

@@ -51,7 +51,9 @@ def markers(requirements_in: Path) -> dict[str, str]:
 def main(python: str) -> None:
     frozen = subprocess.run(
         [python, "-m", "pip", "freeze", "--exclude-editable", "--all"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.splitlines()
     skip = {"pip", "setuptools", "wheel", "llmlab"}
     marks = markers(ROOT / "requirements.in")
@@ -70,7 +72,9 @@ def main(python: str) -> None:
     (ROOT / "requirements.lock").write_text(HEADER + "\n".join(pins) + "\n")
     version = subprocess.run(
         [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     body = "".join(f"      - '{pin}'\n" for pin in pins) + "      - -e .\n"
     (ROOT / "environment.yml").write_text(ENV_HEADER.format(python=version) + body)

@@ -26,7 +26,10 @@ def run(path: Path) -> float:
     os.environ["HF_HUB_OFFLINE"] = "1"  # as in CI: the course never needs the hub
     start = time.perf_counter()
     NotebookClient(
-        nb, timeout=1800, kernel_name="python3", record_timing=False,
+        nb,
+        timeout=1800,
+        kernel_name="python3",
+        record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
     ).execute()
     for cell in nb.cells:
@@ -44,8 +47,12 @@ def merge_streams(outputs: list) -> list:
     merged: list = []
     for out in outputs:
         last = merged[-1] if merged else None
-        if (out.output_type == "stream" and last is not None and last.output_type == "stream"
-                and last.name == out.name):
+        if (
+            out.output_type == "stream"
+            and last is not None
+            and last.output_type == "stream"
+            and last.name == out.name
+        ):
             last.text += out.text
         else:
             merged.append(out)

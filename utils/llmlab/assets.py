@@ -241,7 +241,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     # The tensors are already de-quantised to fp32; drop the GGUF marker so transformers
     # treats the model as the ordinary LLaMA it now is and agrees to save it.
     model.hf_quantizer = None
@@ -259,7 +261,9 @@ def fetch(keys: list[str] | None = None, verbose: bool = True) -> dict[str, Path
         was_ready = cached_path(key) is not None
         paths[key] = prepare(key)
         if verbose:
-            how = "already cached" if was_ready else f"fetched in {time.perf_counter() - start:.1f} s"
+            how = (
+                "already cached" if was_ready else f"fetched in {time.perf_counter() - start:.1f} s"
+            )
             print(f"{key:<8} {how}: {paths[key]}")
     return paths
 

@@ -1,9 +1,9 @@
 """The course's plot style: readable defaults and a helper that never forgets labels and units.
 
-    >>> from llmlab.plotting import use_course_style, labelled
-    >>> use_course_style()
-    >>> fig, ax = plt.subplots()
-    >>> labelled(ax, "Score variance vs d_k", "d_k", "variance of q.k")
+>>> from llmlab.plotting import use_course_style, labelled
+>>> use_course_style()
+>>> fig, ax = plt.subplots()
+>>> labelled(ax, "Score variance vs d_k", "d_k", "variance of q.k")
 """
 
 from __future__ import annotations

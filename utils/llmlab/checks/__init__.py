@@ -15,7 +15,7 @@ Every result is recorded twice:
 - in this process, readable with :func:`results` (the latest result per exercise);
 - as one JSON line appended to the file named by the environment variable ``LLMLAB_CHECK_LOG``
   when it is set: ``{"exercise", "passed", "message", "n_cases", "failed_case", "time"}``.
-  ``llmlab.grading`` reads that file to grade notebooks run headless.
+  ``llmlab.course.grading`` reads that file to grade notebooks run headless.
 
 Writing a check for a new chapter takes a reference and a list of :class:`Case`::
 
@@ -23,7 +23,7 @@ Writing a check for a new chapter takes a reference and a list of :class:`Case`:
         cases = [Case("(3, 7)", (randn(3, 7),)), Case("large values", (1e4 * randn(2, 5),))]
         return run_check("rms_norm", rms_norm, reference_rms_norm, cases, hint="...")
 
-Convention: ``check_NAME`` records the exercise ``NAME`` (``llmlab.grading`` finds the
+Convention: ``check_NAME`` records the exercise ``NAME`` (``llmlab.course.grading`` finds the
 exercises of a lab from the ``check_NAME(`` calls in its cells).
 """
 
@@ -164,9 +164,7 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def describe_inputs(
-    args: Sequence[Any], kwargs: dict[str, Any], names: Sequence[str] = ()
-) -> str:
+def describe_inputs(args: Sequence[Any], kwargs: dict[str, Any], names: Sequence[str] = ()) -> str:
     """The inputs of a case in words: ``x: shape (2, 3, 5) float32, dim=1``.
 
     ``names`` are the parameter names of the positional arguments (``arg0``... otherwise).
@@ -219,9 +217,7 @@ def compare_tensors(
     if not isinstance(received, torch.Tensor):
         return f"expected a torch.Tensor, received {describe(received)}"
     if received.shape != expected.shape:
-        return (
-            f"expected shape {tuple(expected.shape)}, received shape {tuple(received.shape)}"
-        )
+        return f"expected shape {tuple(expected.shape)}, received shape {tuple(received.shape)}"
     if received.dtype != expected.dtype:
         return (
             f"expected dtype {str(expected.dtype).removeprefix('torch.')}, "
@@ -313,7 +309,9 @@ def _same(a: Any, b: Any) -> bool:
 def _where_raised(exc: BaseException) -> str:
     """`` at `line of code` `` for the innermost frame of ``exc`` outside torch, if known."""
     torch_dir = os.path.dirname(torch.__file__)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)
+    ]
     if frames and frames[-1].line:
         return f" at `{_short(frames[-1].line, 80)}`"
     return ""
@@ -368,8 +366,14 @@ def evaluate(
     fallback = " The rest of the lab uses the reference implementation."
 
     def failed(message: str, case: str | None) -> CheckResult:
-        return CheckResult(exercise, False, f"❌ {exercise}: {message}{fallback}", len(cases),
-                           failed_case=case, fn=reference_fn)
+        return CheckResult(
+            exercise,
+            False,
+            f"❌ {exercise}: {message}{fallback}",
+            len(cases),
+            failed_case=case,
+            fn=reference_fn,
+        )
 
     if not callable(student_fn):
         return failed(f"expected a function, received {describe(student_fn)}.", None)

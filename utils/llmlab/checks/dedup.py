@@ -101,8 +101,11 @@ def hash_family(num_perm: int, seed: int = 0) -> tuple[list[int], list[int]]:
 
 def _compare_shingles(received: Any, expected: set[str]) -> str | None:
     if not isinstance(received, (set, frozenset)):
-        hint = " (a list may repeat a k-gram; a set holds each once)" if isinstance(
-            received, (list, tuple)) else ""
+        hint = (
+            " (a list may repeat a k-gram; a set holds each once)"
+            if isinstance(received, (list, tuple))
+            else ""
+        )
         return f"expected a set of shingles, received {describe(received)}{hint}"
     got = set()
     for item in received:
@@ -164,8 +167,10 @@ def _compare_pairs(received: Any, expected: set[Pair]) -> str | None:
         return f"expected a set of pairs (i, j), received {describe(received)}"
     got = set()
     for item in received:
-        if not isinstance(item, (tuple, list)) or len(item) != 2 or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in item
+        if (
+            not isinstance(item, (tuple, list))
+            or len(item) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)
         ):
             return f"expected pairs (i, j) of document indices, received an element {item!r}"
         i, j = item
@@ -202,26 +207,41 @@ def _random_hashes(rng: random.Random, n: int) -> list[int]:
 
 def check_shingle(shingle: Callable) -> CheckResult:
     """Check ``shingle(text, k) -> set[str]``: word k-grams, lower-cased, as a set."""
-    word_hint = ("return the SET of WORD k-grams: words = re.findall(r'\\w+', text.lower()), "
-                 "then {' '.join(words[i:i + k]) for every start i}.")
+    word_hint = (
+        "return the SET of WORD k-grams: words = re.findall(r'\\w+', text.lower()), "
+        "then {' '.join(words[i:i + k]) for every start i}."
+    )
     cases = [
         Case("five words, k=2", ("one two three four five", 2), hint=word_hint),
-        Case("every start position, k=3", ("a b c d e f", 3),
-             hint="there are len(words) - k + 1 k-grams: range(len(words) - k + 1)."),
+        Case(
+            "every start position, k=3",
+            ("a b c d e f", 3),
+            hint="there are len(words) - k + 1 k-grams: range(len(words) - k + 1).",
+        ),
         Case("k=1: the set of words", ("to be or not to be", 1)),
-        Case("a repeated k-gram counts once", ("to be or not to be or not", 2),
-             hint="return a set: a k-gram that occurs twice is one shingle."),
+        Case(
+            "a repeated k-gram counts once",
+            ("to be or not to be or not", 2),
+            hint="return a set: a k-gram that occurs twice is one shingle.",
+        ),
         Case("case and punctuation ignored", (_SENTENCE, 3), hint=word_hint),
         Case("a paragraph, k=5", (_PARAGRAPH, 5)),
-        Case("fewer words than k: one shingle", ("only three words", 5),
-             hint="a text shorter than k words is one shingle: all its words joined."),
+        Case(
+            "fewer words than k: one shingle",
+            ("only three words", 5),
+            hint="a text shorter than k words is one shingle: all its words joined.",
+        ),
         Case("exactly k words", ("exactly four words here", 4)),
-        Case("no words at all", ("... !!! ---", 3),
-             hint="a text without words has no shingles: return set()."),
+        Case(
+            "no words at all",
+            ("... !!! ---", 3),
+            hint="a text without words has no shingles: return set().",
+        ),
         Case("empty text", ("", 2), hint="a text without words has no shingles: return set()."),
     ]
-    return run_check("shingle", shingle, reference_shingle, cases, compare=_compare_shingles,
-                     hint=word_hint)
+    return run_check(
+        "shingle", shingle, reference_shingle, cases, compare=_compare_shingles, hint=word_hint
+    )
 
 
 def check_jaccard(jaccard: Callable) -> CheckResult:
@@ -232,19 +252,34 @@ def check_jaccard(jaccard: Callable) -> CheckResult:
     union_hint = "divide by the size of the UNION, len(a | b), not len(a) + len(b)."
     cases = [
         Case("half shared", ({1, 2, 3}, {2, 3, 4}), hint=union_hint),
-        Case("identical sets", ({"a b", "b c"}, {"a b", "b c"}),
-             hint="identical sets have Jaccard 1.0: it is a similarity, not a distance."),
+        Case(
+            "identical sets",
+            ({"a b", "b c"}, {"a b", "b c"}),
+            hint="identical sets have Jaccard 1.0: it is a similarity, not a distance.",
+        ),
         Case("disjoint sets", ({1, 2}, {3, 4})),
-        Case("one inside the other", ({1, 2, 3, 4}, {1, 2}),
-             hint="not the overlap over the smaller set: |a & b| / |a | b|."),
+        Case(
+            "one inside the other",
+            ({1, 2, 3, 4}, {1, 2}),
+            hint="not the overlap over the smaller set: |a & b| / |a | b|.",
+        ),
         Case("different sizes", ({"x", "y", "z", "w", "v"}, {"x", "q"}), hint=union_hint),
         Case("one empty set", ({1, 2}, set())),
-        Case("two empty sets", (set(), set()),
-             hint="two empty sets are identical: return 1.0 (and never divide by zero)."),
+        Case(
+            "two empty sets",
+            (set(), set()),
+            hint="two empty sets are identical: return 1.0 (and never divide by zero).",
+        ),
         Case("random sets of 80 and 60", (big_a, big_b), hint=union_hint),
     ]
-    return run_check("jaccard", jaccard, reference_jaccard, cases, compare=_compare_float,
-                     hint="len(a & b) / len(a | b).")
+    return run_check(
+        "jaccard",
+        jaccard,
+        reference_jaccard,
+        cases,
+        compare=_compare_float,
+        hint="len(a & b) / len(a | b).",
+    )
 
 
 def check_minhash_signature(minhash_signature: Callable) -> CheckResult:
@@ -252,23 +287,37 @@ def check_minhash_signature(minhash_signature: Callable) -> CheckResult:
     rng = random.Random(5)
     a8, b8 = hash_family(8, seed=1)
     a64, b64 = hash_family(64, seed=2)
-    min_hint = ("for each hash function i: min((a[i] * x + b[i]) % p for x in shingle_hashes): "
-                "the MINIMUM over the shingles, one value per hash function.")
-    mod_hint = ("compute (a[i] * x + b[i]) % p for EACH hash function i, then the minimum over "
-                "the shingles x: the modulo comes before the minimum (it reorders the values).")
+    min_hint = (
+        "for each hash function i: min((a[i] * x + b[i]) % p for x in shingle_hashes): "
+        "the MINIMUM over the shingles, one value per hash function."
+    )
+    mod_hint = (
+        "compute (a[i] * x + b[i]) % p for EACH hash function i, then the minimum over "
+        "the shingles x: the modulo comes before the minimum (it reorders the values)."
+    )
     cases = [
         Case("tiny: p = 7, one function", ([1, 2, 3], [3], [1], 7), hint=min_hint),
         Case("tiny: p = 11, two functions", ([4, 9], [2, 5], [3, 1], 11), hint=mod_hint),
         Case("one shingle, 8 functions", ([12345], a8, b8, PRIME)),
         Case("5 shingles, 8 functions", (_random_hashes(rng, 5), a8, b8, PRIME), hint=mod_hint),
-        Case("50 shingles, 64 functions", (_random_hashes(rng, 50), a64, b64, PRIME),
-             hint=min_hint),
+        Case(
+            "50 shingles, 64 functions", (_random_hashes(rng, 50), a64, b64, PRIME), hint=min_hint
+        ),
         Case("repeated shingle hashes", ([7, 7, 7, 99], a8, b8, PRIME)),
-        Case("no shingles: p everywhere", ([], a8, b8, PRIME),
-             hint="a document without shingles gets p in every position: [p] * len(a)."),
+        Case(
+            "no shingles: p everywhere",
+            ([], a8, b8, PRIME),
+            hint="a document without shingles gets p in every position: [p] * len(a).",
+        ),
     ]
-    return run_check("minhash_signature", minhash_signature, reference_minhash_signature,
-                     cases, compare=_compare_signature, hint=min_hint)
+    return run_check(
+        "minhash_signature",
+        minhash_signature,
+        reference_minhash_signature,
+        cases,
+        compare=_compare_signature,
+        hint=min_hint,
+    )
 
 
 def check_estimate_jaccard(estimate_jaccard: Callable) -> CheckResult:
@@ -276,12 +325,17 @@ def check_estimate_jaccard(estimate_jaccard: Callable) -> CheckResult:
     rng = random.Random(7)
     long1 = [rng.randrange(5) for _ in range(128)]
     long2 = [v if rng.random() < 0.6 else rng.randrange(5) for v in long1]
-    position_hint = ("compare position by position: sum(x == y for x, y in zip(sig1, sig2)) / "
-                     "len(sig1), not the sets of values.")
+    position_hint = (
+        "compare position by position: sum(x == y for x, y in zip(sig1, sig2)) / "
+        "len(sig1), not the sets of values."
+    )
     cases = [
-        Case("identical", ([1, 2, 3, 4], [1, 2, 3, 4]),
-             hint="identical signatures estimate 1.0: count the agreeing positions, divide by "
-                  "len(sig1)."),
+        Case(
+            "identical",
+            ([1, 2, 3, 4], [1, 2, 3, 4]),
+            hint="identical signatures estimate 1.0: count the agreeing positions, divide by "
+            "len(sig1).",
+        ),
         Case("half agree", ([1, 2, 3, 4], [1, 2, 9, 9])),
         Case("same values, other positions", ([1, 2, 3, 4], [4, 3, 2, 1]), hint=position_hint),
         Case("repeated values", ([5, 5, 5, 7], [5, 6, 6, 7]), hint=position_hint),
@@ -289,36 +343,68 @@ def check_estimate_jaccard(estimate_jaccard: Callable) -> CheckResult:
         Case("one position", ([42], [42])),
         Case("128 positions from 5 values", (long1, long2), hint=position_hint),
     ]
-    return run_check("estimate_jaccard", estimate_jaccard, reference_estimate_jaccard, cases,
-                     compare=_compare_float, hint=position_hint)
+    return run_check(
+        "estimate_jaccard",
+        estimate_jaccard,
+        reference_estimate_jaccard,
+        cases,
+        compare=_compare_float,
+        hint=position_hint,
+    )
 
 
 def check_lsh_buckets(lsh_buckets: Callable) -> CheckResult:
     """Check ``lsh_buckets(signatures, bands, rows) -> set of (i, j)`` with i < j."""
     rng = random.Random(11)
-    band_hint = ("band t is sig[t * rows:(t + 1) * rows]; use the whole tuple of its values "
-                 "as the bucket key, with one dict of buckets per band.")
+    band_hint = (
+        "band t is sig[t * rows:(t + 1) * rows]; use the whole tuple of its values "
+        "as the bucket key, with one dict of buckets per band."
+    )
     many = [[rng.randrange(3) for _ in range(8)] for _ in range(30)]
     cases = [
         Case("two identical signatures", ([[1, 2, 3, 4], [1, 2, 3, 4]], 2, 2)),
         Case("match in the first band only", ([[1, 2, 3, 4], [1, 2, 8, 9], [7, 7, 7, 7]], 2, 2)),
-        Case("match in the LAST band only", ([[1, 2, 3, 4], [8, 9, 3, 4]], 2, 2),
-             hint="loop over every band, not only the first."),
-        Case("agree on all but the band's last row", ([[1, 2, 3, 4, 5, 6], [1, 2, 9, 4, 5, 8]], 2, 3),
-             hint="a band has exactly `rows` values: sig[t * rows:(t + 1) * rows]; ALL must agree."),
-        Case("agree on all but the band's first row", ([[1, 2, 3, 4, 5, 6], [9, 2, 3, 8, 5, 6]], 2, 3),
-             hint="a band has exactly `rows` values: sig[t * rows:(t + 1) * rows]; ALL must agree."),
-        Case("same values in different bands", ([[1, 2, 3, 4], [3, 4, 1, 2]], 2, 2),
-             hint="equal values in band 0 of one document and band 1 of another are no match: "
-                  "keep one dict of buckets per band."),
-        Case("same values in another order", ([[1, 2, 3, 4], [2, 1, 4, 3]], 2, 2),
-             hint="the key is the tuple of the band's values in order, not their sum or set."),
+        Case(
+            "match in the LAST band only",
+            ([[1, 2, 3, 4], [8, 9, 3, 4]], 2, 2),
+            hint="loop over every band, not only the first.",
+        ),
+        Case(
+            "agree on all but the band's last row",
+            ([[1, 2, 3, 4, 5, 6], [1, 2, 9, 4, 5, 8]], 2, 3),
+            hint="a band has exactly `rows` values: sig[t * rows:(t + 1) * rows]; ALL must agree.",
+        ),
+        Case(
+            "agree on all but the band's first row",
+            ([[1, 2, 3, 4, 5, 6], [9, 2, 3, 8, 5, 6]], 2, 3),
+            hint="a band has exactly `rows` values: sig[t * rows:(t + 1) * rows]; ALL must agree.",
+        ),
+        Case(
+            "same values in different bands",
+            ([[1, 2, 3, 4], [3, 4, 1, 2]], 2, 2),
+            hint="equal values in band 0 of one document and band 1 of another are no match: "
+            "keep one dict of buckets per band.",
+        ),
+        Case(
+            "same values in another order",
+            ([[1, 2, 3, 4], [2, 1, 4, 3]], 2, 2),
+            hint="the key is the tuple of the band's values in order, not their sum or set.",
+        ),
         Case("three in one bucket", ([[5, 5, 1, 1], [5, 5, 2, 2], [5, 5, 3, 3]], 2, 2)),
-        Case("longer signature than bands * rows", ([[1, 2, 3, 4, 5], [0, 0, 0, 0, 5]], 2, 2),
-             hint="only the first bands * rows values are used."),
+        Case(
+            "longer signature than bands * rows",
+            ([[1, 2, 3, 4, 5], [0, 0, 0, 0, 5]], 2, 2),
+            hint="only the first bands * rows values are used.",
+        ),
         Case("one band of all rows", ([[1, 2, 3], [1, 2, 3], [1, 2, 4]], 1, 3)),
         Case("no documents", ([], 4, 2)),
         Case("30 random signatures, 4 bands of 2", (many, 4, 2), hint=band_hint),
     ]
-    return run_check("lsh_buckets", lsh_buckets, reference_lsh_buckets, cases,
-                     compare=_compare_pairs, hint=band_hint)
+    return run_check(
+        "lsh_buckets",
+        lsh_buckets,
+        reference_lsh_buckets,
+        cases,
+        compare=_compare_pairs,
+        hint=band_hint,
+    )

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmlab import attention, positional
 from llmlab.checks import Case, CheckResult, compare_tensors, run_check
+from llmlab.nn import attention, positional
 
 #: The weights of one LLaMA layer, named as in a transformers checkpoint (``model.layers.i.``
 #: stripped).
@@ -177,18 +177,28 @@ def check_rms_norm(rms_norm: Callable) -> CheckResult:
 
     cases = [
         Case("one vector of width 8", args(8, seed=200)),
-        Case("(2, 5, 16), inputs with mean 3", args(2, 5, 16, seed=201, shift=3.0),
-             hint="RMSNorm does NOT subtract the mean: x / sqrt(mean(x**2) + eps)."),
-        Case("small inputs (x 0.01) with eps 0.1", args(3, 12, seed=202, gain=0.01),
-             {"eps": 0.1}, hint="eps goes INSIDE the square root: torch.rsqrt(mean(x**2) + eps)."),
+        Case(
+            "(2, 5, 16), inputs with mean 3",
+            args(2, 5, 16, seed=201, shift=3.0),
+            hint="RMSNorm does NOT subtract the mean: x / sqrt(mean(x**2) + eps).",
+        ),
+        Case(
+            "small inputs (x 0.01) with eps 0.1",
+            args(3, 12, seed=202, gain=0.01),
+            {"eps": 0.1},
+            hint="eps goes INSIDE the square root: torch.rsqrt(mean(x**2) + eps).",
+        ),
         Case("width 1", args(4, 1, seed=203)),
         Case("(1, 3, 576), SmolLM2's width", args(1, 3, 576, seed=204)),
         Case("float64", args(2, 3, 10, seed=205, dtype=torch.float64)),
     ]
     return run_check(
-        "rms_norm", rms_norm, reference_rms_norm, cases,
+        "rms_norm",
+        rms_norm,
+        reference_rms_norm,
+        cases,
         hint="weight * x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps): the mean of "
-             "squares over the LAST dim, eps inside the root, then multiply by the weight.",
+        "squares over the LAST dim, eps inside the root, then multiply by the weight.",
         compare=_tolerance,
     )
 
@@ -204,16 +214,22 @@ def check_swiglu_mlp(swiglu_mlp: Callable) -> CheckResult:
 
     cases = [
         Case("(1, 1, 8), d_ff 8", args(1, 1, 8, 8, seed=210)),
-        Case("(2, 5, 12), d_ff 20", args(2, 5, 12, 20, seed=211),
-             hint="weights are (out, in) as in nn.Linear: x @ w.T."),
+        Case(
+            "(2, 5, 12), d_ff 20",
+            args(2, 5, 12, 20, seed=211),
+            hint="weights are (out, in) as in nn.Linear: x @ w.T.",
+        ),
         Case("(3, 4, 6), d_ff 16", args(3, 4, 6, 16, seed=212)),
         Case("(1, 2, 64), d_ff 172", args(1, 2, 64, 172, seed=213)),
         Case("float64 (2, 3, 8), d_ff 12", args(2, 3, 8, 12, seed=214, dtype=torch.float64)),
     ]
     return run_check(
-        "swiglu_mlp", swiglu_mlp, reference_swiglu_mlp, cases,
+        "swiglu_mlp",
+        swiglu_mlp,
+        reference_swiglu_mlp,
+        cases,
         hint="(F.silu(x @ gate_w.T) * (x @ up_w.T)) @ down_w.T: SiLU on the GATE projection "
-             "only, multiplied by the up projection.",
+        "only, multiplied by the up projection.",
         compare=_tolerance,
     )
 
@@ -232,28 +248,44 @@ def _attention_args(batch: int, seq: int, d: int, n_heads: int, n_kv_heads: int,
 def check_llama_attention(llama_attention: Callable) -> CheckResult:
     """Check ``llama_attention(x, q_w, k_w, v_w, o_w, cos, sin, n_heads, n_kv_heads)``."""
     cases = [
-        Case("(2, 6, 16), 4 heads, 4 kv heads", _attention_args(2, 6, 16, 4, 4, seed=220),
-             hint="causal: position i attends to positions <= i; rotate q and k (not v) with "
-                  "x * cos + rotate_half(x) * sin, rotate_half on the two HALVES."),
+        Case(
+            "(2, 6, 16), 4 heads, 4 kv heads",
+            _attention_args(2, 6, 16, 4, 4, seed=220),
+            hint="causal: position i attends to positions <= i; rotate q and k (not v) with "
+            "x * cos + rotate_half(x) * sin, rotate_half on the two HALVES.",
+        ),
         Case("one token (1, 1, 8), 2 heads", _attention_args(1, 1, 8, 2, 2, seed=221)),
-        Case("GQA: 6 heads sharing 2 kv heads, (2, 5, 24)",
-             _attention_args(2, 5, 24, 6, 2, seed=222),
-             hint="query head h uses kv head h // (n_heads // n_kv_heads): repeat each kv head "
-                  "in a row, k.repeat_interleave(n_rep, dim=1), not k.repeat(1, n_rep, 1, 1)."),
-        Case("multi-query: 4 heads, 1 kv head, (1, 7, 16)", _attention_args(1, 7, 16, 4, 1, seed=223)),
-        Case("head_dim 8 on d 12 (3 heads x 8 = 24), (1, 4, 12)",
-             _attention_args(1, 4, 12, 3, 3, seed=224, head_dim=8),
-             hint="head_dim = q_w.shape[0] // n_heads, which need not be d // n_heads."),
-        Case("SmolLM2's shape: 9 heads, 3 kv heads, head_dim 64, RoPE base 1e5, (1, 5, 576)",
-             _attention_args(1, 5, 576, 9, 3, seed=225, head_dim=64, base=100000.0)),
-        Case("float64 (2, 3, 8), 2 heads, 1 kv head",
-             _attention_args(2, 3, 8, 2, 1, seed=226, dtype=torch.float64)),
+        Case(
+            "GQA: 6 heads sharing 2 kv heads, (2, 5, 24)",
+            _attention_args(2, 5, 24, 6, 2, seed=222),
+            hint="query head h uses kv head h // (n_heads // n_kv_heads): repeat each kv head "
+            "in a row, k.repeat_interleave(n_rep, dim=1), not k.repeat(1, n_rep, 1, 1).",
+        ),
+        Case(
+            "multi-query: 4 heads, 1 kv head, (1, 7, 16)", _attention_args(1, 7, 16, 4, 1, seed=223)
+        ),
+        Case(
+            "head_dim 8 on d 12 (3 heads x 8 = 24), (1, 4, 12)",
+            _attention_args(1, 4, 12, 3, 3, seed=224, head_dim=8),
+            hint="head_dim = q_w.shape[0] // n_heads, which need not be d // n_heads.",
+        ),
+        Case(
+            "SmolLM2's shape: 9 heads, 3 kv heads, head_dim 64, RoPE base 1e5, (1, 5, 576)",
+            _attention_args(1, 5, 576, 9, 3, seed=225, head_dim=64, base=100000.0),
+        ),
+        Case(
+            "float64 (2, 3, 8), 2 heads, 1 kv head",
+            _attention_args(2, 3, 8, 2, 1, seed=226, dtype=torch.float64),
+        ),
     ]
     return run_check(
-        "llama_attention", llama_attention, reference_llama_attention, cases,
+        "llama_attention",
+        llama_attention,
+        reference_llama_attention,
+        cases,
         hint="project (x @ w.T), split heads (batch, heads, seq, head_dim), RoPE on q and k, "
-             "repeat kv heads (repeat_interleave), softmax(q k^T / sqrt(head_dim) + causal) v, "
-             "merge heads, @ o_w.T.",
+        "repeat kv heads (repeat_interleave), softmax(q k^T / sqrt(head_dim) + causal) v, "
+        "merge heads, @ o_w.T.",
         compare=_tolerance,
     )
 
@@ -271,18 +303,28 @@ def _block_args(batch: int, seq: int, d: int, d_ff: int, n_heads: int, n_kv_head
 def check_llama_block(llama_block: Callable) -> CheckResult:
     """Check ``llama_block(x, weights, cos, sin, n_heads, n_kv_heads, eps=1e-5)``."""
     cases = [
-        Case("(1, 4, 16), d_ff 24, 4 heads, 2 kv heads", *_block_args(1, 4, 16, 24, 4, 2, seed=230)),
+        Case(
+            "(1, 4, 16), d_ff 24, 4 heads, 2 kv heads", *_block_args(1, 4, 16, 24, 4, 2, seed=230)
+        ),
         Case("one token (1, 1, 8), 2 heads", *_block_args(1, 1, 8, 16, 2, 2, seed=231)),
         Case("(2, 6, 12), d_ff 20, 3 heads, 1 kv head", *_block_args(2, 6, 12, 20, 3, 1, seed=232)),
-        Case("eps 0.5", *_block_args(1, 3, 8, 12, 2, 1, seed=233, eps=0.5),
-             hint="pass eps to both RMSNorms."),
-        Case("head_dim 8 on d 12, (1, 5, 12)", *_block_args(1, 5, 12, 16, 3, 3, seed=234, head_dim=8)),
+        Case(
+            "eps 0.5",
+            *_block_args(1, 3, 8, 12, 2, 1, seed=233, eps=0.5),
+            hint="pass eps to both RMSNorms.",
+        ),
+        Case(
+            "head_dim 8 on d 12, (1, 5, 12)", *_block_args(1, 5, 12, 16, 3, 3, seed=234, head_dim=8)
+        ),
         Case("float64 (2, 3, 8)", *_block_args(2, 3, 8, 12, 2, 2, seed=235, dtype=torch.float64)),
     ]
     return run_check(
-        "llama_block", llama_block, reference_llama_block, cases,
+        "llama_block",
+        llama_block,
+        reference_llama_block,
+        cases,
         hint="pre-norm with two residuals: x = x + llama_attention(rms_norm(x, "
-             "input_layernorm), ...); x = x + swiglu_mlp(rms_norm(x, post_attention_layernorm), "
-             "...). No norm after the additions.",
+        "input_layernorm), ...); x = x + swiglu_mlp(rms_norm(x, post_attention_layernorm), "
+        "...). No norm after the additions.",
         compare=_tolerance,
     )

@@ -15,13 +15,13 @@ random numbers from ``generator``, each of the full shape, in this order:
    random token of a position is ``ordinary[index]``.
 
 ``labels`` hold the original id at the selected positions and -100 everywhere else;
-``input_ids`` itself is left unchanged. These are the draws of :func:`llmlab.objectives.mlm_mask`
+``input_ids`` itself is left unchanged. These are the draws of :func:`llmlab.training.objectives.mlm_mask`
 (tested), so a student's function equals the library's for the same generator.
 
 ``random_segmentation(n, k, generator)`` splits ``n`` tokens into ``k`` non-empty runs, as T5
 draws its span lengths: ``torch.randperm(n - 1, generator=generator)``, its first ``k - 1``
 values plus 1, sorted, are the cut points; the lengths are the gaps between 0, the cuts and
-``n`` (a list of ``k`` ints >= 1 summing to ``n``). ``llmlab.objectives.span_corruption_mask``
+``n`` (a list of ``k`` ints >= 1 summing to ``n``). ``llmlab.training.objectives.span_corruption_mask``
 draws its noise and kept runs this way.
 
 The mlm_mask check first tests what must hold whatever the draws (special tokens untouched, labels only
@@ -63,8 +63,9 @@ def reference_mlm_mask(
     ordinary = torch.tensor([i for i in range(vocab_size) if i not in set(special_ids)])
     random_tokens = ordinary[torch.randint(len(ordinary), shape, generator=generator)]
     inputs = torch.where(select & (u < MASK_FRAC), mask_id, input_ids)
-    inputs = torch.where(select & (u >= MASK_FRAC) & (u < MASK_FRAC + RANDOM_FRAC),
-                         random_tokens, inputs)
+    inputs = torch.where(
+        select & (u >= MASK_FRAC) & (u < MASK_FRAC + RANDOM_FRAC), random_tokens, inputs
+    )
     labels = torch.where(select, input_ids, IGNORE_INDEX)
     return inputs, labels
 
@@ -73,8 +74,16 @@ def reference_mlm_mask(
 # Cases: token ids with special tokens and padding where real batches have them
 
 
-def _ids(rows: int, seq: int, vocab_size: int, specials: Sequence[int], seed: int,
-         pad: int | None = None, cls: int | None = None, sep: int | None = None) -> torch.Tensor:
+def _ids(
+    rows: int,
+    seq: int,
+    vocab_size: int,
+    specials: Sequence[int],
+    seed: int,
+    pad: int | None = None,
+    cls: int | None = None,
+    sep: int | None = None,
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     ordinary = torch.tensor([i for i in range(vocab_size) if i not in set(specials)])
     ids = ordinary[torch.randint(len(ordinary), (rows, seq), generator=g)]
@@ -96,21 +105,34 @@ def _cases() -> list[Case]:
     bert = (1000, 3, [0, 1, 2, 3])
     tiny = (12, 11, [0, 1, 2, 11])  # the mask id last, as some vocabularies have it
     return [
-        Case("tiny vocabulary of 12 (4 special), mlm_prob 0.5, 32 x 128",
-             (_ids(32, 128, 12, tiny[2], 3, pad=0, cls=1, sep=2), *tiny, 0.5, 3)),
-        Case("a batch of 64 x 256 with [CLS], [SEP] and padding, mlm_prob 0.15",
-             (_ids(64, 256, 1000, bert[2], 1, pad=0, cls=1, sep=2), *bert, 0.15, 1)),
-        Case("mlm_prob 0.0: nothing is selected",
-             (_ids(4, 32, 1000, bert[2], 2, pad=0, cls=1), *bert, 0.0, 2)),
-        Case("one short sentence, vocab 50", (_ids(1, 24, 50, [0, 1, 2, 3], 0, cls=1, sep=2),
-                                              50, 3, [0, 1, 2, 3], 0.15, 0)),
-        Case("mlm_prob 1.0: every ordinary token is selected, 16 x 200",
-             (_ids(16, 200, 1000, bert[2], 4, pad=0, cls=1, sep=2), *bert, 1.0, 4)),
-        Case("a 3-D input (2, 4, 300), mlm_prob 0.3",
-             (_ids(8, 300, 1000, bert[2], 5, pad=0, cls=1).reshape(2, 4, 300), *bert,
-              0.3, 5)),
-        Case("another seed: 48 x 256, mlm_prob 0.15",
-             (_ids(48, 256, 1000, bert[2], 6, pad=0, cls=1, sep=2), *bert, 0.15, 6)),
+        Case(
+            "tiny vocabulary of 12 (4 special), mlm_prob 0.5, 32 x 128",
+            (_ids(32, 128, 12, tiny[2], 3, pad=0, cls=1, sep=2), *tiny, 0.5, 3),
+        ),
+        Case(
+            "a batch of 64 x 256 with [CLS], [SEP] and padding, mlm_prob 0.15",
+            (_ids(64, 256, 1000, bert[2], 1, pad=0, cls=1, sep=2), *bert, 0.15, 1),
+        ),
+        Case(
+            "mlm_prob 0.0: nothing is selected",
+            (_ids(4, 32, 1000, bert[2], 2, pad=0, cls=1), *bert, 0.0, 2),
+        ),
+        Case(
+            "one short sentence, vocab 50",
+            (_ids(1, 24, 50, [0, 1, 2, 3], 0, cls=1, sep=2), 50, 3, [0, 1, 2, 3], 0.15, 0),
+        ),
+        Case(
+            "mlm_prob 1.0: every ordinary token is selected, 16 x 200",
+            (_ids(16, 200, 1000, bert[2], 4, pad=0, cls=1, sep=2), *bert, 1.0, 4),
+        ),
+        Case(
+            "a 3-D input (2, 4, 300), mlm_prob 0.3",
+            (_ids(8, 300, 1000, bert[2], 5, pad=0, cls=1).reshape(2, 4, 300), *bert, 0.3, 5),
+        ),
+        Case(
+            "another seed: 48 x 256, mlm_prob 0.15",
+            (_ids(48, 256, 1000, bert[2], 6, pad=0, cls=1, sep=2), *bert, 0.15, 6),
+        ),
     ]
 
 
@@ -120,10 +142,17 @@ def _cases() -> list[Case]:
 
 def _run(fn: Callable, input_ids, vocab_size, mask_id, special_ids, mlm_prob, seed) -> dict:
     original = input_ids.clone()
-    out = fn(input_ids, vocab_size, mask_id, special_ids, mlm_prob,
-             torch.Generator().manual_seed(seed))
-    return {"out": out, "ids": original, "vocab_size": vocab_size, "mask_id": mask_id,
-            "specials": list(special_ids), "mlm_prob": mlm_prob}
+    out = fn(
+        input_ids, vocab_size, mask_id, special_ids, mlm_prob, torch.Generator().manual_seed(seed)
+    )
+    return {
+        "out": out,
+        "ids": original,
+        "vocab_size": vocab_size,
+        "mask_id": mask_id,
+        "specials": list(special_ids),
+        "mlm_prob": mlm_prob,
+    }
 
 
 def _outside(measured: float, p: float, n: int) -> bool:
@@ -148,57 +177,73 @@ def _problem(received: dict, expected: dict) -> str | None:
     labelled = labels != IGNORE_INDEX
     if (labelled & special).any():
         value = int(labels[labelled & special][0])
-        return (f"{int((labelled & special).sum())} special or padding positions got a label "
-                f"(e.g. {value}) instead of -100: special tokens (ids in special_ids) must never "
-                "be selected, and unselected positions get the label -100")
+        return (
+            f"{int((labelled & special).sum())} special or padding positions got a label "
+            f"(e.g. {value}) instead of -100: special tokens (ids in special_ids) must never "
+            "be selected, and unselected positions get the label -100"
+        )
     if (inputs[special] != ids[special]).any():
         return "special or padding tokens were changed in inputs: they must never be touched"
     if (labels[labelled] != ids[labelled]).any():
         return "labels must be the ORIGINAL token id at selected positions (and -100 elsewhere)"
     if (inputs[~labelled] != ids[~labelled]).any():
         n = int((inputs[~labelled] != ids[~labelled]).sum())
-        return (f"{n} positions were changed in inputs but have no label (-100): every changed "
-                "position must be a selected one, with its original id as label")
+        return (
+            f"{n} positions were changed in inputs but have no label (-100): every changed "
+            "position must be a selected one, with its original id as label"
+        )
     replaced = labelled & (inputs != ids) & (inputs != received["mask_id"])
     if torch.isin(inputs[replaced], specials).any():
-        return ("a random replacement is a special token: draw random tokens only from the "
-                "ordinary ids (not in special_ids)")
+        return (
+            "a random replacement is a special token: draw random tokens only from the "
+            "ordinary ids (not in special_ids)"
+        )
     if ((inputs < 0) | (inputs >= received["vocab_size"])).any():
         return f"inputs hold ids outside [0, vocab_size={received['vocab_size']})"
     eligible = int((~special).sum())
     n_sel = int(labelled.sum())
     p = received["mlm_prob"]
     if eligible >= MIN_FOR_RATES and 0 < p < 1 and _outside(n_sel / eligible, p, eligible):
-        return (f"{100 * n_sel / eligible:.1f}% of the ordinary positions have a label, expected "
-                f"{100 * p:g}% (mlm_prob): only SELECTED positions get a label, -100 elsewhere")
+        return (
+            f"{100 * n_sel / eligible:.1f}% of the ordinary positions have a label, expected "
+            f"{100 * p:g}% (mlm_prob): only SELECTED positions get a label, -100 elsewhere"
+        )
     if p == 1 and n_sel != eligible:
         return f"mlm_prob 1.0 must select every ordinary position: {n_sel} of {eligible} selected"
     if n_sel >= MIN_FOR_RATES // 4:
         n_ordinary = received["vocab_size"] - len(set(received["specials"]))
         rates = (
             ("became [MASK]", inputs[labelled] == received["mask_id"], MASK_FRAC),
-            ("kept their token", inputs[labelled] == ids[labelled],
-             RANDOM_FRAC + RANDOM_FRAC / n_ordinary),
+            (
+                "kept their token",
+                inputs[labelled] == ids[labelled],
+                RANDOM_FRAC + RANDOM_FRAC / n_ordinary,
+            ),
         )
         for what, hit, want in rates:
             share = float(hit.float().mean())
             if _outside(share, want, n_sel):
-                return (f"{100 * share:.1f}% of the selected positions {what}, expected about "
-                        f"{100 * want:.0f}%: 80% [MASK] (u < 0.8), 10% random (0.8 <= u < 0.9), "
-                        "10% unchanged")
+                return (
+                    f"{100 * share:.1f}% of the selected positions {what}, expected about "
+                    f"{100 * want:.0f}%: 80% [MASK] (u < 0.8), 10% random (0.8 <= u < 0.9), "
+                    "10% unchanged"
+                )
     exp_inputs, exp_labels = expected["out"]
     if not (torch.equal(inputs, exp_inputs) and torch.equal(labels, exp_labels)):
         n = int(((inputs != exp_inputs) | (labels != exp_labels)).sum())
-        return (f"the rules hold but {n} positions differ from the reference's draws: draw "
-                "exactly torch.rand(shape) (selection), then torch.rand(shape) (the 80/10/10 "
-                "split), then torch.randint(len(ordinary), shape), all with generator=generator, "
-                "and compare with < mlm_prob, < 0.8 and [0.8, 0.9)")
+        return (
+            f"the rules hold but {n} positions differ from the reference's draws: draw "
+            "exactly torch.rand(shape) (selection), then torch.rand(shape) (the 80/10/10 "
+            "split), then torch.randint(len(ordinary), shape), all with generator=generator, "
+            "and compare with < mlm_prob, < 0.8 and [0.8, 0.9)"
+        )
     return None
 
 
 def check_mlm_mask(mlm_mask: Callable) -> CheckResult:
     """Check ``mlm_mask(input_ids, vocab_size, mask_id, special_ids, mlm_prob, generator)``."""
     if callable(mlm_mask):
+
         def student(*args):
             return _run(mlm_mask, *args)
     else:
@@ -206,15 +251,17 @@ def check_mlm_mask(mlm_mask: Callable) -> CheckResult:
 
     def reference(input_ids, vocab_size, mask_id, special_ids, mlm_prob, seed):
         # named parameters: a failure message describes the case's inputs with these names
-        return _run(reference_mlm_mask, input_ids, vocab_size, mask_id, special_ids, mlm_prob,
-                    seed)
+        return _run(reference_mlm_mask, input_ids, vocab_size, mask_id, special_ids, mlm_prob, seed)
 
     result = evaluate(
-        "mlm_mask", student, reference, _cases(),
+        "mlm_mask",
+        student,
+        reference,
+        _cases(),
         hint="select with torch.rand(shape) < mlm_prob and never a special id; split the "
-             "selected positions with a second torch.rand(shape): < 0.8 [MASK], < 0.9 random "
-             "ordinary token, else unchanged; labels = original id where selected, else -100. "
-             "Build new tensors (torch.where or .clone()), never write into input_ids.",
+        "selected positions with a second torch.rand(shape): < 0.8 [MASK], < 0.9 random "
+        "ordinary token, else unchanged; labels = original id where selected, else -100. "
+        "Build new tensors (torch.where or .clone()), never write into input_ids.",
         compare=_problem,
     )
     result.fn = mlm_mask if result.passed else reference_mlm_mask
@@ -227,8 +274,9 @@ def check_mlm_mask(mlm_mask: Callable) -> CheckResult:
 # random_segmentation (T5's span lengths)
 
 
-def reference_random_segmentation(n: int, k: int, generator: torch.Generator | None = None
-                                  ) -> list[int]:
+def reference_random_segmentation(
+    n: int, k: int, generator: torch.Generator | None = None
+) -> list[int]:
     """``k`` positive ints summing to ``n``: the gaps between k - 1 distinct random cut points."""
     cuts = sorted((torch.randperm(n - 1, generator=generator)[: k - 1] + 1).tolist())
     edges = [0, *cuts, n]
@@ -252,15 +300,19 @@ def _segmentation_problem(received: dict, expected: dict) -> str | None:
         if len(got) != k:
             return f"expected {k} lengths (one per span), received {len(got)}: {list(got)[:12]}"
         if any(x < 1 for x in got):
-            return (f"every length must be >= 1 (a span of 0 tokens is no span), received "
-                    f"{list(got)[:12]}: the k - 1 cut points must be DISTINCT values in 1 .. n - 1")
+            return (
+                f"every length must be >= 1 (a span of 0 tokens is no span), received "
+                f"{list(got)[:12]}: the k - 1 cut points must be DISTINCT values in 1 .. n - 1"
+            )
         if sum(got) != n:
             return f"the lengths must sum to n={n}, received sum {sum(got)}"
     got = [list(x.tolist() if isinstance(x, torch.Tensor) else x) for x in received["out"]]
     if got != expected["out"]:
-        return ("the lengths are valid but differ from the reference's draws: take "
-                "torch.randperm(n - 1, generator=generator), its first k - 1 values + 1, sorted, "
-                "as cut points, and return the gaps between 0, the cuts and n")
+        return (
+            "the lengths are valid but differ from the reference's draws: take "
+            "torch.randperm(n - 1, generator=generator), its first k - 1 values + 1, sorted, "
+            "as cut points, and return the gaps between 0, the cuts and n"
+        )
     return None
 
 
@@ -279,6 +331,7 @@ def check_random_segmentation(random_segmentation: Callable) -> CheckResult:
         Case("n=1000 into k=300, 3 calls", (1000, 300, 6, 3)),
     ]
     if callable(random_segmentation):
+
         def student(n, k, seed, repeats):
             return _run_segmentation(random_segmentation, n, k, seed, repeats)
     else:
@@ -288,9 +341,12 @@ def check_random_segmentation(random_segmentation: Callable) -> CheckResult:
         return _run_segmentation(reference_random_segmentation, n, k, seed, repeats)
 
     result = evaluate(
-        "random_segmentation", student, reference, cases,
+        "random_segmentation",
+        student,
+        reference,
+        cases,
         hint="cuts = sorted((torch.randperm(n - 1, generator=generator)[: k - 1] + 1).tolist()); "
-             "edges = [0, *cuts, n]; return the k differences of consecutive edges as ints.",
+        "edges = [0, *cuts, n]; return the k differences of consecutive edges as ints.",
         compare=_segmentation_problem,
     )
     result.fn = random_segmentation if result.passed else reference_random_segmentation

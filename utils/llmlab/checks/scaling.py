@@ -9,7 +9,7 @@
   that spend ``compute = 6 N D`` FLOPs with ``D = tokens_per_param * N``.
 
 The data are synthetic, drawn from a known law, so the expected answer is the truth itself
-(and :mod:`llmlab.scaling`'s fit recovers it). The cases catch the usual slips: a line fitted
+(and :mod:`llmlab.training.scaling`'s fit recovers it). The cases catch the usual slips: a line fitted
 to N and L instead of their logarithms, the slope reported as the exponent (its sign), an
 intercept from a log10 fit turned back with ``exp``, a fit without the offset ``c``, and
 ``C = 2 N D`` or ``D = N / 20`` in the compute split.
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from llmlab import scaling
 from llmlab.checks import Case, CheckResult, describe, evaluate, record
+from llmlab.training import scaling
 
 # --------------------------------------------------------------------------------------------
 # References
@@ -46,7 +46,7 @@ def reference_fit_pure_power_law(N, L) -> tuple[float, float]:
 
 
 def reference_fit_power_law(N, L) -> tuple[float, float, float]:
-    """(a, alpha, c) of L = a * N ** -alpha + c (:func:`llmlab.scaling.fit_power_law`)."""
+    """(a, alpha, c) of L = a * N ** -alpha + c (:func:`llmlab.training.scaling.fit_power_law`)."""
     fit = scaling.fit_power_law(N, L)
     return fit.a, fit.alpha, fit.c
 
@@ -82,9 +82,11 @@ class LawCase:
 
     def points(self) -> tuple[Any, Any]:
         n = np.geomspace(self.n_min, self.n_max, self.n_points)
-        loss = self.a * n ** -self.alpha + self.c
+        loss = self.a * n**-self.alpha + self.c
         if self.noise:
-            loss = loss * (1 + self.noise * np.random.default_rng(self.seed).standard_normal(n.size))
+            loss = loss * (
+                1 + self.noise * np.random.default_rng(self.seed).standard_normal(n.size)
+            )
         return (n.tolist(), loss.tolist()) if self.as_list else (n, loss)
 
     def __repr__(self) -> str:
@@ -117,16 +119,19 @@ def _as_floats(received: Any, n: int) -> tuple[list[float] | None, str | None]:
 def _compare(received: Any, expected: Any) -> str | None:
     """``expected`` = (true values, Tolerance); every value within its relative tolerance."""
     want, tol = expected
-    got, problem = _as_floats(received["out"] if isinstance(received, dict) else received,
-                              len(want))
+    got, problem = _as_floats(
+        received["out"] if isinstance(received, dict) else received, len(want)
+    )
     if problem:
         return problem
     for name, g, w, rtol in zip(tol.names, got, want, tol.rtol, strict=True):
         if not math.isfinite(g):
             return f"{name}: expected a finite number near {w:.6g}, received {g}"
         if abs(g - w) > rtol * abs(w) + 1e-12:
-            return (f"{name}: expected {w:.6g}, received {g:.6g} "
-                    f"(tolerance {rtol * 100:g}% of the expected value)")
+            return (
+                f"{name}: expected {w:.6g}, received {g:.6g} "
+                f"(tolerance {rtol * 100:g}% of the expected value)"
+            )
     return None
 
 
@@ -145,6 +150,7 @@ def _checked(
     ``names``: what the case arguments are called in the failure message.
     """
     if callable(student_fn):
+
         def student(*args):
             return {"out": run(student_fn, *args)}
     else:
@@ -154,7 +160,8 @@ def _checked(
         return expect(*args)
 
     reference.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names])
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    )
 
     result = evaluate(exercise, student, reference, cases, hint=hint, compare=_compare)
     result.fn = student_fn if result.passed else reference_fn
@@ -174,27 +181,44 @@ def _run_fit(fn: Callable, case: LawCase) -> Any:
 def check_fit_pure_power_law(fit_pure_power_law: Callable) -> CheckResult:
     """Check ``fit_pure_power_law(N, L) -> (a, alpha)`` on exact power laws (c = 0)."""
     tol = Tolerance(("a", "alpha"), (1e-4, 1e-4))
-    sign_hint = ("alpha is MINUS the slope of log L against log N: a loss that falls with size "
-                 "has a negative slope and a positive alpha.")
+    sign_hint = (
+        "alpha is MINUS the slope of log L against log N: a loss that falls with size "
+        "has a negative slope and a positive alpha."
+    )
     cases = [
-        Case("a=10, alpha=0.1, 6 sizes 1e4..1e7", (LawCase(10.0, 0.1, 0.0),),
-             hint="fit a straight line to (log N, log L), not to (N, L): np.polyfit(np.log(N), "
-                  "np.log(L), 1) gives (slope, intercept)."),
-        Case("a=2, alpha=0.5, 5 sizes 10..1e5", (LawCase(2.0, 0.5, 0.0, 10, 1e5, 5),),
-             hint=sign_hint),
-        Case("a=1000, alpha=0.3, 8 sizes 1e3..1e9 (a far from 1)",
-             (LawCase(1000.0, 0.3, 0.0, 1e3, 1e9, 8),),
-             hint="a is the base of your logarithm raised to the intercept: exp(b) after "
-                  "np.log, 10 ** b after np.log10."),
-        Case("a=5, alpha=0.076 (Kaplan's exponent), 7 sizes 1e6..1e10",
-             (LawCase(5.0, 0.076, 0.0, 1e6, 1e10, 7),)),
-        Case("N and L as Python lists", (LawCase(3.0, 0.2, 0.0, as_list=True),),
-             hint="convert the inputs with np.asarray(N, dtype=float) first."),
+        Case(
+            "a=10, alpha=0.1, 6 sizes 1e4..1e7",
+            (LawCase(10.0, 0.1, 0.0),),
+            hint="fit a straight line to (log N, log L), not to (N, L): np.polyfit(np.log(N), "
+            "np.log(L), 1) gives (slope, intercept).",
+        ),
+        Case(
+            "a=2, alpha=0.5, 5 sizes 10..1e5", (LawCase(2.0, 0.5, 0.0, 10, 1e5, 5),), hint=sign_hint
+        ),
+        Case(
+            "a=1000, alpha=0.3, 8 sizes 1e3..1e9 (a far from 1)",
+            (LawCase(1000.0, 0.3, 0.0, 1e3, 1e9, 8),),
+            hint="a is the base of your logarithm raised to the intercept: exp(b) after "
+            "np.log, 10 ** b after np.log10.",
+        ),
+        Case(
+            "a=5, alpha=0.076 (Kaplan's exponent), 7 sizes 1e6..1e10",
+            (LawCase(5.0, 0.076, 0.0, 1e6, 1e10, 7),),
+        ),
+        Case(
+            "N and L as Python lists",
+            (LawCase(3.0, 0.2, 0.0, as_list=True),),
+            hint="convert the inputs with np.asarray(N, dtype=float) first.",
+        ),
         Case("only 3 points, a=0.5, alpha=1.0", (LawCase(0.5, 1.0, 0.0, 1, 100, 3),)),
     ]
     return _checked(
-        "fit_pure_power_law", fit_pure_power_law, reference_fit_pure_power_law, _run_fit,
-        lambda case: ((case.a, case.alpha), tol), cases,
+        "fit_pure_power_law",
+        fit_pure_power_law,
+        reference_fit_pure_power_law,
+        _run_fit,
+        lambda case: ((case.a, case.alpha), tol),
+        cases,
         hint="slope, b = np.polyfit(np.log(N), np.log(L), 1); return np.exp(b), -slope.",
         names=("law",),
     )
@@ -212,19 +236,30 @@ def check_fit_power_law(fit_power_law: Callable) -> CheckResult:
     """
     tight = Tolerance(("a", "alpha", "c"), (0.02, 0.01, 0.01))
     cases = [
-        Case("a=40, alpha=0.3, c=2.5, 6 sizes 1e4..1e7", (LawCase(40.0, 0.3, 2.5),),
-             hint="the offset c matters: a pure power law bends towards alpha ~ 0 when the "
-                  "losses flatten. For each c in a grid over [0, min(L)), fit the line to "
-                  "(log N, log(L - c)) and keep the c whose curve fits log L best."),
+        Case(
+            "a=40, alpha=0.3, c=2.5, 6 sizes 1e4..1e7",
+            (LawCase(40.0, 0.3, 2.5),),
+            hint="the offset c matters: a pure power law bends towards alpha ~ 0 when the "
+            "losses flatten. For each c in a grid over [0, min(L)), fit the line to "
+            "(log N, log(L - c)) and keep the c whose curve fits log L best.",
+        ),
         Case("a=30, alpha=0.25, c=1.0, 8 sizes 1e3..1e8", (LawCase(30.0, 0.25, 1.0, 1e3, 1e8, 8),)),
-        Case("c=0 (a pure power law)", (LawCase(10.0, 0.1, 0.0),),
-             hint="c = 0 must be in your grid: np.linspace(0, min(L), ..., endpoint=False)."),
-        Case("a=400, alpha=0.2, c=3.0, 7 sizes 1e5..1e9", (LawCase(400.0, 0.2, 3.0, 1e5, 1e9, 7),),
-             hint="the error to minimise over c is that of the fitted curve a N^-alpha + c "
-                  "against L (in log space), not the error of the straight line itself."),
+        Case(
+            "c=0 (a pure power law)",
+            (LawCase(10.0, 0.1, 0.0),),
+            hint="c = 0 must be in your grid: np.linspace(0, min(L), ..., endpoint=False).",
+        ),
+        Case(
+            "a=400, alpha=0.2, c=3.0, 7 sizes 1e5..1e9",
+            (LawCase(400.0, 0.2, 3.0, 1e5, 1e9, 7),),
+            hint="the error to minimise over c is that of the fitted curve a N^-alpha + c "
+            "against L (in log space), not the error of the straight line itself.",
+        ),
         Case("N and L as Python lists, c=1.7", (LawCase(20.0, 0.35, 1.7, as_list=True),)),
-        Case("1% noise on L, a=40, alpha=0.3, c=2.5, 8 sizes",
-             (LawCase(40.0, 0.3, 2.5, 1e4, 1e8, 8, noise=0.01, seed=3),)),
+        Case(
+            "1% noise on L, a=40, alpha=0.3, c=2.5, 8 sizes",
+            (LawCase(40.0, 0.3, 2.5, 1e4, 1e8, 8, noise=0.01, seed=3),),
+        ),
     ]
 
     loose = Tolerance(("a", "alpha", "c"), (math.inf, 0.15, math.inf))
@@ -233,9 +268,14 @@ def check_fit_power_law(fit_power_law: Callable) -> CheckResult:
         return (case.a, case.alpha, case.c), loose if case.noise else tight
 
     return _checked(
-        "fit_power_law", fit_power_law, reference_fit_power_law, _run_fit, expect, cases,
+        "fit_power_law",
+        fit_power_law,
+        reference_fit_power_law,
+        _run_fit,
+        expect,
+        cases,
         hint="grid over c in [0, min(L)); for each c: a, alpha = fit_pure_power_law(N, L - c) "
-             "and the error sum((log(a N^-alpha + c) - log L)^2); return the best (a, alpha, c).",
+        "and the error sum((log(a N^-alpha + c) - log L)^2); return the best (a, alpha, c).",
         names=("law",),
     )
 
@@ -252,14 +292,23 @@ def check_chinchilla_split(chinchilla_split: Callable) -> CheckResult:
     """Check ``chinchilla_split(compute, tokens_per_param=20) -> (N, D)`` to 1e-6."""
     tol = Tolerance(("N (parameters)", "D (tokens)"), (1e-6, 1e-6))
     cases = [
-        Case("Chinchilla's budget, 5.76e23 FLOPs", (5.76e23, None),
-             hint="training costs C = 6 N D FLOPs (2 N per token forward, 4 N backward), not "
-                  "2 N D: with D = 20 N, N = sqrt(C / 120)."),
-        Case("1e21 FLOPs", (1e21, None),
-             hint="Chinchilla's rule is 20 TOKENS per parameter: D = 20 N, not N / 20."),
+        Case(
+            "Chinchilla's budget, 5.76e23 FLOPs",
+            (5.76e23, None),
+            hint="training costs C = 6 N D FLOPs (2 N per token forward, 4 N backward), not "
+            "2 N D: with D = 20 N, N = sqrt(C / 120).",
+        ),
+        Case(
+            "1e21 FLOPs",
+            (1e21, None),
+            hint="Chinchilla's rule is 20 TOKENS per parameter: D = 20 N, not N / 20.",
+        ),
         Case("a tiny budget, 6e6 FLOPs", (6e6, None)),
-        Case("tokens_per_param 10", (1e18, 10.0),
-             hint="use the tokens_per_param argument: N = sqrt(C / (6 r)), D = r N."),
+        Case(
+            "tokens_per_param 10",
+            (1e18, 10.0),
+            hint="use the tokens_per_param argument: N = sqrt(C / (6 r)), D = r N.",
+        ),
         Case("tokens_per_param 1 (N = D)", (6e12, 1.0)),
         Case("GPT-3's budget, 3.14e23 FLOPs", (3.14e23, None)),
     ]
@@ -268,7 +317,11 @@ def check_chinchilla_split(chinchilla_split: Callable) -> CheckResult:
         return reference_chinchilla_split(compute, tokens_per_param or 20.0), tol
 
     return _checked(
-        "chinchilla_split", chinchilla_split, reference_chinchilla_split, _run_split, expect,
+        "chinchilla_split",
+        chinchilla_split,
+        reference_chinchilla_split,
+        _run_split,
+        expect,
         cases,
         hint="C = 6 N D and D = r N give N = sqrt(C / (6 r)) and D = r N.",
         names=("compute", "tokens_per_param"),

@@ -44,7 +44,9 @@ def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torc
 
 def reference_apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``logits / temperature``; raises ValueError unless temperature is a finite number > 0."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (
+        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+    ):
         raise ValueError(f"temperature must be a finite number > 0, received {temperature!r}")
     return logits / temperature
 
@@ -79,22 +81,44 @@ def _logit_cases() -> list[Case]:
         Case("1-D vector of 5", (_randn(5, seed=1),)),
         Case("(3, 7) rows", (_randn(3, 7, seed=2),)),
         Case("(2, 3, 5) along the last dim", (_randn(2, 3, 5, seed=4),)),
-        Case("(2, 3, 5) along dim=1", (_randn(2, 3, 5, seed=5),), {"dim": 1},
-             hint="reduce along `dim`, not always the last axis; keepdim=True keeps shapes "
-                  "broadcastable."),
-        Case("(4, 3) along dim=0", (_randn(4, 3, seed=6),), {"dim": 0},
-             hint="reduce along `dim`, not always the last axis."),
-        Case("large logits (around 1000)", (1000.0 + 10 * _randn(2, 5, seed=7),),
-             hint="exp(1000) overflows to inf; subtract the max along `dim` before exp."),
-        Case("very negative logits (around -1000)", (-1000.0 + 10 * _randn(2, 5, seed=8),),
-             hint="exp(-1000) underflows to 0; subtract the max along `dim` before exp."),
-        Case("rows on very different scales", (_different_scales(),),
-             hint="take the max of each row (along `dim`, keepdim=True), not of the whole "
-                  "tensor."),
-        Case("masked entries (-inf)", (_masked(seed=9),),
-             hint="exp(-inf) is 0; make sure -inf entries do not turn into NaN."),
-        Case("float64 input", (_randn(3, 4, dtype=torch.float64, seed=10),),
-             hint="keep the input's dtype: do not convert to float32."),
+        Case(
+            "(2, 3, 5) along dim=1",
+            (_randn(2, 3, 5, seed=5),),
+            {"dim": 1},
+            hint="reduce along `dim`, not always the last axis; keepdim=True keeps shapes "
+            "broadcastable.",
+        ),
+        Case(
+            "(4, 3) along dim=0",
+            (_randn(4, 3, seed=6),),
+            {"dim": 0},
+            hint="reduce along `dim`, not always the last axis.",
+        ),
+        Case(
+            "large logits (around 1000)",
+            (1000.0 + 10 * _randn(2, 5, seed=7),),
+            hint="exp(1000) overflows to inf; subtract the max along `dim` before exp.",
+        ),
+        Case(
+            "very negative logits (around -1000)",
+            (-1000.0 + 10 * _randn(2, 5, seed=8),),
+            hint="exp(-1000) underflows to 0; subtract the max along `dim` before exp.",
+        ),
+        Case(
+            "rows on very different scales",
+            (_different_scales(),),
+            hint="take the max of each row (along `dim`, keepdim=True), not of the whole tensor.",
+        ),
+        Case(
+            "masked entries (-inf)",
+            (_masked(seed=9),),
+            hint="exp(-inf) is 0; make sure -inf entries do not turn into NaN.",
+        ),
+        Case(
+            "float64 input",
+            (_randn(3, 4, dtype=torch.float64, seed=10),),
+            hint="keep the input's dtype: do not convert to float32.",
+        ),
     ]
 
 
@@ -105,7 +129,10 @@ def _logit_cases() -> list[Case]:
 def check_stable_softmax(softmax: Callable) -> CheckResult:
     """Check ``softmax(x, dim=-1)`` against :func:`reference_softmax`."""
     return run_check(
-        "stable_softmax", softmax, reference_softmax, _logit_cases(),
+        "stable_softmax",
+        softmax,
+        reference_softmax,
+        _logit_cases(),
         hint="exp(x - max) / sum of exp(x - max), both along `dim` with keepdim=True.",
     )
 
@@ -113,17 +140,23 @@ def check_stable_softmax(softmax: Callable) -> CheckResult:
 def _spread_case() -> Case:
     """Log-softmax of [0, -200]: its softmax underflows to 0 in float32, so log gives -inf."""
     x = torch.tensor([[0.0, -200.0, 1.0], [3.0, 2.0, -150.0]])
-    return Case("entries far below the max", (x,),
-                hint="log(softmax(x)) gives log(0) = -inf for tiny probabilities; compute "
-                     "x - max - log(sum(exp(x - max))) instead.")
+    return Case(
+        "entries far below the max",
+        (x,),
+        hint="log(softmax(x)) gives log(0) = -inf for tiny probabilities; compute "
+        "x - max - log(sum(exp(x - max))) instead.",
+    )
 
 
 def check_log_softmax(log_softmax: Callable) -> CheckResult:
     """Check ``log_softmax(x, dim=-1)`` against :func:`reference_log_softmax`."""
     return run_check(
-        "log_softmax", log_softmax, reference_log_softmax, [*_logit_cases(), _spread_case()],
+        "log_softmax",
+        log_softmax,
+        reference_log_softmax,
+        [*_logit_cases(), _spread_case()],
         hint="log_softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log(sum(exp(x - m))) "
-             "and m the max along `dim`.",
+        "and m the max along `dim`.",
         # x - logsumexp(x) is right but subtracts two numbers near 1000: float32 keeps ~6e-5
         compare=functools.partial(compare_tensors, atol=1e-4),
     )
@@ -140,21 +173,34 @@ def check_cross_entropy(cross_entropy: Callable) -> CheckResult:
     large = 1000.0 * _randn(4, 10, seed=13)
     large_targets = large.argmin(dim=-1)  # the least likely token: its probability underflows
     cases = [
-        Case("(4, 10) logits", (_randn(4, 10, seed=11), _targets(4, vocab=10, seed=12)),
-             hint="average over the examples (mean, not sum)."),
+        Case(
+            "(4, 10) logits",
+            (_randn(4, 10, seed=11), _targets(4, vocab=10, seed=12)),
+            hint="average over the examples (mean, not sum).",
+        ),
         Case("one example (1, 5)", (_randn(1, 5, seed=14), _targets(1, vocab=5, seed=15))),
-        Case("(2, 3, 7) logits, (2, 3) targets",
-             (_randn(2, 3, 7, seed=16), _targets(2, 3, vocab=7, seed=17)),
-             hint="flatten to (N, vocab) and (N,) first; the mean is over all positions."),
-        Case("large logits (x1000)", (large, large_targets),
-             hint="use a stable log_softmax (x - logsumexp(x)), not log(softmax(x))."),
-        Case("float64 logits", (_randn(3, 6, dtype=torch.float64, seed=18),
-                                _targets(3, vocab=6, seed=19))),
+        Case(
+            "(2, 3, 7) logits, (2, 3) targets",
+            (_randn(2, 3, 7, seed=16), _targets(2, 3, vocab=7, seed=17)),
+            hint="flatten to (N, vocab) and (N,) first; the mean is over all positions.",
+        ),
+        Case(
+            "large logits (x1000)",
+            (large, large_targets),
+            hint="use a stable log_softmax (x - logsumexp(x)), not log(softmax(x)).",
+        ),
+        Case(
+            "float64 logits",
+            (_randn(3, 6, dtype=torch.float64, seed=18), _targets(3, vocab=6, seed=19)),
+        ),
     ]
     return run_check(
-        "cross_entropy", cross_entropy, reference_cross_entropy, cases,
+        "cross_entropy",
+        cross_entropy,
+        reference_cross_entropy,
+        cases,
         hint="-log_softmax(logits, dim=-1) at each target id, averaged over positions "
-             "(a 0-dim tensor).",
+        "(a 0-dim tensor).",
     )
 
 
@@ -163,19 +209,37 @@ def check_apply_temperature(apply_temperature: Callable) -> CheckResult:
     validate = "check the temperature first: raise ValueError unless it is a finite number > 0."
     cases = [
         Case("temperature 1 leaves logits unchanged", (_randn(5, seed=20), 1.0)),
-        Case("temperature 0.5 sharpens", (_randn(3, 7, seed=21), 0.5),
-             hint="divide the logits by the temperature."),
-        Case("temperature 2 flattens (2, 3, 5)", (_randn(2, 3, 5, seed=22), 2.0),
-             hint="divide the logits by the temperature."),
+        Case(
+            "temperature 0.5 sharpens",
+            (_randn(3, 7, seed=21), 0.5),
+            hint="divide the logits by the temperature.",
+        ),
+        Case(
+            "temperature 2 flattens (2, 3, 5)",
+            (_randn(2, 3, 5, seed=22), 2.0),
+            hint="divide the logits by the temperature.",
+        ),
         Case("integer temperature 3", (_randn(4, seed=23), 3)),
-        Case("temperature 0 is rejected", (_randn(5, seed=24), 0.0), raises=ValueError,
-             hint=validate),
-        Case("negative temperature is rejected", (_randn(5, seed=25), -1.0), raises=ValueError,
-             hint=validate),
-        Case("infinite temperature is rejected", (_randn(5, seed=26), float("inf")),
-             raises=ValueError, hint=validate),
+        Case(
+            "temperature 0 is rejected", (_randn(5, seed=24), 0.0), raises=ValueError, hint=validate
+        ),
+        Case(
+            "negative temperature is rejected",
+            (_randn(5, seed=25), -1.0),
+            raises=ValueError,
+            hint=validate,
+        ),
+        Case(
+            "infinite temperature is rejected",
+            (_randn(5, seed=26), float("inf")),
+            raises=ValueError,
+            hint=validate,
+        ),
     ]
     return run_check(
-        "apply_temperature", apply_temperature, reference_apply_temperature, cases,
+        "apply_temperature",
+        apply_temperature,
+        reference_apply_temperature,
+        cases,
         hint="return logits / temperature.",
     )

@@ -2,7 +2,7 @@
 
 The lab's BPE is the plain textbook version: tokens are ids, the 256 byte values are ids 0-255,
 and merge ``i`` (a pair of ids) creates id ``256 + i``. Text is pre-tokenized with GPT-2's
-pattern (:func:`llmlab.tokenizers.pretokenize`) and merges never cross a piece. Training picks
+pattern (:func:`llmlab.tokenization.pretokenize`) and merges never cross a piece. Training picks
 the most frequent pair; a tie goes to the smallest pair ``(left, right)``.
 
     lab 01_bpe: get_pair_counts, merge_pair, train_bpe, encode, decode
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmlab.checks import Case, CheckResult, describe, run_check
-from llmlab.tokenizers import CHINESE_PROSE, pretokenize
+from llmlab.tokenization import CHINESE_PROSE, pretokenize
 
 Pair = tuple[int, int]
 
@@ -149,10 +149,14 @@ def _compare_ids(received: Any, expected: list[int]) -> str | None:
         return f"expected ints, received an element {bad!r}"
     if received == expected:
         return None
-    at = next((k for k, (a, b) in enumerate(zip(received, expected, strict=False)) if a != b),
-              min(len(received), len(expected)))
-    return (f"expected {_short_list(expected)}, received {_short_list(received)} "
-            f"(first difference at position {at})")
+    at = next(
+        (k for k, (a, b) in enumerate(zip(received, expected, strict=False)) if a != b),
+        min(len(received), len(expected)),
+    )
+    return (
+        f"expected {_short_list(expected)}, received {_short_list(received)} "
+        f"(first difference at position {at})"
+    )
 
 
 def _compare_merges(received: Any, expected: list[Pair]) -> str | None:
@@ -215,38 +219,58 @@ _PARAGRAPH = (
 def check_get_pair_counts(get_pair_counts: Callable) -> CheckResult:
     """Check ``get_pair_counts(words) -> {(a, b): count}``; words maps id tuples to counts."""
     rng = random.Random(0)
-    many = {tuple(rng.randrange(6) for _ in range(rng.randint(0, 8))): rng.randint(1, 9)
-            for _ in range(40)}
-    overlap_hint = ("count every adjacent position: the word (7, 7, 7) holds (7, 7) twice "
-                    "(zip(word, word[1:]) gives all of them).")
+    many = {
+        tuple(rng.randrange(6) for _ in range(rng.randint(0, 8))): rng.randint(1, 9)
+        for _ in range(40)
+    }
+    overlap_hint = (
+        "count every adjacent position: the word (7, 7, 7) holds (7, 7) twice "
+        "(zip(word, word[1:]) gives all of them)."
+    )
     cases = [
         Case("one word, frequency 1", ({(1, 2, 3): 1},)),
-        Case("frequencies multiply", ({(1, 2): 5, (2, 1): 2, (1, 2, 1): 3},),
-             hint="a word that occurs n times adds n for each of its pairs."),
+        Case(
+            "frequencies multiply",
+            ({(1, 2): 5, (2, 1): 2, (1, 2, 1): 3},),
+            hint="a word that occurs n times adds n for each of its pairs.",
+        ),
         Case("(7, 7, 7): a repeated pair overlaps", ({(7, 7, 7): 1},), hint=overlap_hint),
         Case("(7, 7, 7, 7) three times", ({(7, 7, 7, 7): 3, (7,): 2},), hint=overlap_hint),
-        Case("pairs never span two words", ({(1, 2): 1, (3, 4): 1},),
-             hint="count pairs inside each word only: words are separate sequences."),
+        Case(
+            "pairs never span two words",
+            ({(1, 2): 1, (3, 4): 1},),
+            hint="count pairs inside each word only: words are separate sequences.",
+        ),
         Case("words of one id or none", ({(5,): 4, (): 2},)),
         Case("empty input", ({},)),
         Case("the bytes of 'héllo wörld héllo'", (_words("héllo wörld héllo"),)),
         Case("40 random words", (many,)),
     ]
-    return run_check("get_pair_counts", get_pair_counts, reference_get_pair_counts, cases,
-                     compare=_compare_counts,
-                     hint="loop over words and their frequencies, then over adjacent pairs.")
+    return run_check(
+        "get_pair_counts",
+        get_pair_counts,
+        reference_get_pair_counts,
+        cases,
+        compare=_compare_counts,
+        hint="loop over words and their frequencies, then over adjacent pairs.",
+    )
 
 
 def check_merge_pair(merge_pair: Callable) -> CheckResult:
     """Check ``merge_pair(word, pair, new_id) -> list``: non-overlapping, left to right."""
     rng = random.Random(1)
     long_word = [rng.randrange(3) for _ in range(60)]
-    overlap_hint = ("scan left to right and skip BOTH ids of a merged pair: [7, 7, 7] becomes "
-                    "[new_id, 7], [7, 7, 7, 7] becomes [new_id, new_id].")
+    overlap_hint = (
+        "scan left to right and skip BOTH ids of a merged pair: [7, 7, 7] becomes "
+        "[new_id, 7], [7, 7, 7, 7] becomes [new_id, new_id]."
+    )
     cases = [
         Case("pair in the middle", ([1, 2, 3, 4], (2, 3), 99)),
-        Case("several occurrences", ([1, 2, 5, 1, 2], (1, 2), 9),
-             hint="replace every occurrence, not only the first."),
+        Case(
+            "several occurrences",
+            ([1, 2, 5, 1, 2], (1, 2), 9),
+            hint="replace every occurrence, not only the first.",
+        ),
         Case("[7, 7, 7]: leftmost occurrence first", ([7, 7, 7], (7, 7), 256), hint=overlap_hint),
         Case("[7, 7, 7, 7]: no overlap", ([7, 7, 7, 7], (7, 7), 256), hint=overlap_hint),
         Case("[7, 7, 7, 7, 7]", ([7, 7, 7, 7, 7], (7, 7), 256), hint=overlap_hint),
@@ -257,41 +281,72 @@ def check_merge_pair(merge_pair: Callable) -> CheckResult:
         Case("empty word", ([], (1, 2), 300)),
         Case("60 ids from 3 values", (long_word, (1, 1), 500)),
     ]
-    return run_check("merge_pair", merge_pair, reference_merge_pair, cases, compare=_compare_ids,
-                     hint="build a new list; do not change the word you were given.")
+    return run_check(
+        "merge_pair",
+        merge_pair,
+        reference_merge_pair,
+        cases,
+        compare=_compare_ids,
+        hint="build a new list; do not change the word you were given.",
+    )
 
 
 def check_train_bpe(train_bpe: Callable) -> CheckResult:
     """Check ``train_bpe(text, n_merges) -> [(a, b), ...]``: merge i creates id 256 + i."""
-    tie_hint = ("on a tie in count, take the smallest pair: min(counts, key=lambda p: "
-                "(-counts[p], p)). max(counts, key=counts.get) picks whichever came first.")
+    tie_hint = (
+        "on a tie in count, take the smallest pair: min(counts, key=lambda p: "
+        "(-counts[p], p)). max(counts, key=counts.get) picks whichever came first."
+    )
     cases = [
         Case("'aaabdaaabac', 3 merges", ("aaabdaaabac", 3), hint=tie_hint),
         Case("a tie: 'ba ab', 1 merge", ("ba ab", 1), hint=tie_hint),
-        Case("overlaps count: 'aaa xy', 1 merge", ("aaa xy", 1),
-             hint="count every adjacent position: 'aaa' holds the pair (a, a) twice."),
-        Case("'aaaa aaaa', 3 merges", ("aaaa aaaa", 3),
-             hint="merges do not overlap: after merging (a, a), 'aaaa' is two tokens."),
-        Case("words never merge across pieces: 'ab ab ab', 4 merges", ("ab ab ab", 4),
-             hint="pre-tokenize with pretokenize(text) and count pairs inside pieces only."),
-        Case("stops when no pair is left: 'ab', 5 merges", ("ab", 5),
-             hint="stop early when no word has two tokens left (no pairs to count)."),
+        Case(
+            "overlaps count: 'aaa xy', 1 merge",
+            ("aaa xy", 1),
+            hint="count every adjacent position: 'aaa' holds the pair (a, a) twice.",
+        ),
+        Case(
+            "'aaaa aaaa', 3 merges",
+            ("aaaa aaaa", 3),
+            hint="merges do not overlap: after merging (a, a), 'aaaa' is two tokens.",
+        ),
+        Case(
+            "words never merge across pieces: 'ab ab ab', 4 merges",
+            ("ab ab ab", 4),
+            hint="pre-tokenize with pretokenize(text) and count pairs inside pieces only.",
+        ),
+        Case(
+            "stops when no pair is left: 'ab', 5 merges",
+            ("ab", 5),
+            hint="stop early when no word has two tokens left (no pairs to count).",
+        ),
         Case("empty text", ("", 3)),
-        Case("multi-byte UTF-8: 'héllo héllo wörld', 5 merges", ("héllo héllo wörld", 5),
-             hint="work on the UTF-8 bytes of each piece: list(piece.encode('utf-8'))."),
+        Case(
+            "multi-byte UTF-8: 'héllo héllo wörld', 5 merges",
+            ("héllo héllo wörld", 5),
+            hint="work on the UTF-8 bytes of each piece: list(piece.encode('utf-8')).",
+        ),
         Case("a paragraph, 40 merges", (_PARAGRAPH, 40)),
         Case("Chinese, 20 merges", (CHINESE_PROSE[:150], 20)),
     ]
-    return run_check("train_bpe", train_bpe, reference_train_bpe, cases, compare=_compare_merges,
-                     hint="count pairs, take the most frequent, merge it into every word, "
-                          "give it id 256 + i, repeat.")
+    return run_check(
+        "train_bpe",
+        train_bpe,
+        reference_train_bpe,
+        cases,
+        compare=_compare_merges,
+        hint="count pairs, take the most frequent, merge it into every word, "
+        "give it id 256 + i, repeat.",
+    )
 
 
 def check_encode(encode: Callable) -> CheckResult:
     """Check ``encode(text, merges) -> ids``: bytes per pre-token, merges applied by rank."""
     trained = reference_train_bpe(_PARAGRAPH, 40)
-    rank_hint = ("apply the merge of LOWEST RANK present in the piece first (its index in "
-                 "merges), not the leftmost pair and not the most frequent one.")
+    rank_hint = (
+        "apply the merge of LOWEST RANK present in the piece first (its index in "
+        "merges), not the leftmost pair and not the most frequent one."
+    )
     cases = [
         Case("no merges", ("hi!", [])),
         Case("one merge", ("hello", [(108, 108)])),
@@ -299,23 +354,37 @@ def check_encode(encode: Callable) -> CheckResult:
         Case("rank, not frequency: 'ababc'", ("ababc", [(98, 99), (97, 98)]), hint=rank_hint),
         Case("'aaa' merges from the left", ("aaa", [(97, 97)])),
         Case("merges that build on merges: 'aaaa'", ("aaaa", [(97, 97), (256, 256)])),
-        Case("merges stay inside pieces: 'the cat'", ("the cat", [(101, 32)]),
-             hint="pre-tokenize first (pretokenize(text)) and encode each piece on its own."),
-        Case("multi-byte UTF-8: 'é'", ("é", [(0xC3, 0xA9)]),
-             hint="start from the UTF-8 bytes (piece.encode('utf-8')), not from ord(char)."),
+        Case(
+            "merges stay inside pieces: 'the cat'",
+            ("the cat", [(101, 32)]),
+            hint="pre-tokenize first (pretokenize(text)) and encode each piece on its own.",
+        ),
+        Case(
+            "multi-byte UTF-8: 'é'",
+            ("é", [(0xC3, 0xA9)]),
+            hint="start from the UTF-8 bytes (piece.encode('utf-8')), not from ord(char).",
+        ),
         Case("empty text", ("", [(97, 98)])),
         Case("trained merges on new text", ("The model merges bytes into tokens.", trained)),
     ]
-    return run_check("encode", encode, reference_encode, cases, compare=_compare_ids,
-                     hint="for each piece: bytes, then repeatedly merge the lowest-rank pair.")
+    return run_check(
+        "encode",
+        encode,
+        reference_encode,
+        cases,
+        compare=_compare_ids,
+        hint="for each piece: bytes, then repeatedly merge the lowest-rank pair.",
+    )
 
 
 def check_decode(decode: Callable) -> CheckResult:
     """Check ``decode(ids, vocab) -> str``: bytes joined, then UTF-8 with errors="replace"."""
     merges = reference_train_bpe(_PARAGRAPH + " héllo 字节 😀", 40)
     vocab = build_vocab(merges)
-    join_hint = ("join the BYTES of all tokens first, then decode once: one character may be "
-                 "split over several tokens (b''.join(...).decode('utf-8', errors='replace')).")
+    join_hint = (
+        "join the BYTES of all tokens first, then decode once: one character may be "
+        "split over several tokens (b''.join(...).decode('utf-8', errors='replace'))."
+    )
     emoji = list("😀".encode())
     cases = [
         Case("ASCII bytes", ([104, 105, 33], vocab)),
@@ -323,11 +392,18 @@ def check_decode(decode: Callable) -> CheckResult:
         Case("'é' split over two tokens", ([0xC3, 0xA9], vocab), hint=join_hint),
         Case("an emoji over four tokens", (emoji, vocab), hint=join_hint),
         Case("Chinese", (reference_encode("字节编码", merges), vocab), hint=join_hint),
-        Case("cut in the middle of a character", ([104, 0xE5, 0xAD], vocab),
-             hint="broken UTF-8 becomes U+FFFD: decode with errors='replace'."),
-        Case("an invalid byte", ([0xFF, 104], vocab),
-             hint="broken UTF-8 becomes U+FFFD: decode with errors='replace'."),
+        Case(
+            "cut in the middle of a character",
+            ([104, 0xE5, 0xAD], vocab),
+            hint="broken UTF-8 becomes U+FFFD: decode with errors='replace'.",
+        ),
+        Case(
+            "an invalid byte",
+            ([0xFF, 104], vocab),
+            hint="broken UTF-8 becomes U+FFFD: decode with errors='replace'.",
+        ),
         Case("no ids", ([], vocab)),
     ]
-    return run_check("decode", decode, reference_decode, cases, compare=_compare_text,
-                     hint=join_hint)
+    return run_check(
+        "decode", decode, reference_decode, cases, compare=_compare_text, hint=join_hint
+    )

@@ -15,7 +15,7 @@ case runs many steps and the cases are chosen so that each usual slip changes th
     lab 02_schedule_and_adamw: warmup_cosine, adamw_step, orthogonalize
     lab 03_training_step: train_step
 
-Conventions (the same as :mod:`llmlab.train`):
+Conventions (the same as :mod:`llmlab.training`):
 
 - ``warmup_cosine(step, total_steps, warmup_frac, min_ratio)``: the learning-rate multiplier
   at 0-based ``step``; ``warmup = round(warmup_frac * total_steps)`` steps rise linearly
@@ -159,6 +159,7 @@ def _checked(
     ``arg_names`` name the case's arguments in the failure message.
     """
     if callable(student_fn):
+
         def student(*args):
             return run(student_fn, *args)
     else:
@@ -200,26 +201,40 @@ def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
     The compared tensor is the multiplier at steps 0 .. total_steps - 1.
     """
     cases = [
-        Case("no warmup: 50 steps, warmup_frac 0", (50, 0.0, 0.0),
-             hint="the cosine must reach min_ratio exactly at the LAST step, total_steps - 1: "
-                  "progress = (step - warmup) / (total_steps - 1 - warmup) runs from 0 to 1."),
-        Case("100 steps, 10% warmup, down to 0", (100, 0.1, 0.0),
-             hint="warmup multipliers are (step + 1) / warmup, so step 0 gives 1/warmup (not 0) "
-                  "and the last warmup step gives exactly 1; the cosine then runs over the "
-                  "REMAINING steps only, starting at 1 right after the warmup."),
-        Case("seed 000's recipe: 300 steps, 10% warmup, down to 10%", (300, 0.1, 0.1),
-             hint="the floor is min_ratio: min_ratio + (1 - min_ratio) * 0.5 * "
-                  "(1 + cos(pi * progress))."),
+        Case(
+            "no warmup: 50 steps, warmup_frac 0",
+            (50, 0.0, 0.0),
+            hint="the cosine must reach min_ratio exactly at the LAST step, total_steps - 1: "
+            "progress = (step - warmup) / (total_steps - 1 - warmup) runs from 0 to 1.",
+        ),
+        Case(
+            "100 steps, 10% warmup, down to 0",
+            (100, 0.1, 0.0),
+            hint="warmup multipliers are (step + 1) / warmup, so step 0 gives 1/warmup (not 0) "
+            "and the last warmup step gives exactly 1; the cosine then runs over the "
+            "REMAINING steps only, starting at 1 right after the warmup.",
+        ),
+        Case(
+            "seed 000's recipe: 300 steps, 10% warmup, down to 10%",
+            (300, 0.1, 0.1),
+            hint="the floor is min_ratio: min_ratio + (1 - min_ratio) * 0.5 * "
+            "(1 + cos(pi * progress)).",
+        ),
         Case("20 steps, 25% warmup, down to 50%", (20, 0.25, 0.5)),
         Case("long warmup: 40 steps, 50% warmup, down to 0", (40, 0.5, 0.0)),
         Case("1000 steps, 10% warmup, down to 0.1", (1000, 0.1, 0.1)),
     ]
     return _checked(
-        "warmup_cosine", warmup_cosine, reference_warmup_cosine, _schedule, cases,
+        "warmup_cosine",
+        warmup_cosine,
+        reference_warmup_cosine,
+        _schedule,
+        cases,
         hint="warmup = round(warmup_frac * total_steps); for step < warmup return "
-             "(step + 1) / warmup; after it, decay over the REMAINING steps only, reaching "
-             "min_ratio at step total_steps - 1.",
-        compare=_close(1e-6, 1e-6), arg_names=("total_steps", "warmup_frac", "min_ratio"),
+        "(step + 1) / warmup; after it, decay over the REMAINING steps only, reaching "
+        "min_ratio at step total_steps - 1.",
+        compare=_close(1e-6, 1e-6),
+        arg_names=("total_steps", "warmup_frac", "min_ratio"),
     )
 
 
@@ -248,8 +263,10 @@ class AdamWCase:
     seed: int = 0
 
     def __repr__(self) -> str:
-        return (f"{len(self.shapes)} tensor(s), {self.steps} steps, lr={self.lr:g}, "
-                f"betas={self.betas}, eps={self.eps:g}, weight_decay={self.weight_decay:g}")
+        return (
+            f"{len(self.shapes)} tensor(s), {self.steps} steps, lr={self.lr:g}, "
+            f"betas={self.betas}, eps={self.eps:g}, weight_decay={self.weight_decay:g}"
+        )
 
 
 def _adamw_trajectory(fn: Callable, case: AdamWCase) -> torch.Tensor:
@@ -261,9 +278,11 @@ def _adamw_trajectory(fn: Callable, case: AdamWCase) -> torch.Tensor:
     state: dict = {}
     trajectory = []
     for step in range(case.steps):
-        grads = [case.grad_scale * (sc * (p - t) + 0.3 * torch.randn(p.shape, generator=noise,
-                                                                      dtype=case.dtype))
-                 for p, t, sc in zip(params, targets, scales, strict=True)]
+        grads = [
+            case.grad_scale
+            * (sc * (p - t) + 0.3 * torch.randn(p.shape, generator=noise, dtype=case.dtype))
+            for p, t, sc in zip(params, targets, scales, strict=True)
+        ]
         lr = case.lr * (reference_warmup_cosine(step, case.steps) if case.schedule else 1.0)
         fn(params, grads, state, lr, case.betas, case.eps, case.weight_decay)
         trajectory.append(torch.cat([p.detach().reshape(-1) for p in params]))
@@ -276,40 +295,59 @@ def check_adamw_step(adamw_step: Callable) -> CheckResult:
     The compared tensor is every parameter after every step (steps, total numel).
     """
     cases = [
-        Case("one tensor (5,), one step, lr 0.01, no decay",
-             (AdamWCase(((5,),), 1, 0.01, weight_decay=0.0),),
-             hint="on the first call t = 1, m = (1 - beta1) g and v = (1 - beta2) g**2; the bias "
-                  "correction m_hat = m / (1 - beta1**t), v_hat = v / (1 - beta2**t) makes each "
-                  "weight move by about lr. Write the new values into params, in place."),
-        Case("two tensors (4, 3) and (3,), 10 steps, lr 0.01, no decay",
-             (AdamWCase(((4, 3), (3,)), 10, 0.01, weight_decay=0.0, seed=1),),
-             hint="keep m and v per tensor in state, and count the step ONCE per call "
-                  "(state['step'] = 1 on the first call)."),
-        Case("weight decay 0.1 with lr 0.1, 20 steps",
-             (AdamWCase(((6,),), 20, 0.1, weight_decay=0.1, seed=2),),
-             hint="AdamW decays the weight itself, p <- p * (1 - lr * weight_decay), before the "
-                  "Adam update; adding weight_decay * p to the gradient is Adam + L2, not AdamW."),
-        Case("betas (0.5, 0.99), 15 steps", (AdamWCase(((3, 3),), 15, 0.01, betas=(0.5, 0.99),
-                                                       seed=3),),
-             hint="m uses beta1, v uses beta2: m <- beta1 m + (1 - beta1) g, "
-                  "v <- beta2 v + (1 - beta2) g**2."),
-        Case("tiny gradients (x 1e-4), 10 steps", (AdamWCase(((8,),), 10, 0.01, grad_scale=1e-4,
-                                                             seed=4),),
-             hint="eps goes OUTSIDE the square root: m_hat / (sqrt(v_hat) + eps)."),
+        Case(
+            "one tensor (5,), one step, lr 0.01, no decay",
+            (AdamWCase(((5,),), 1, 0.01, weight_decay=0.0),),
+            hint="on the first call t = 1, m = (1 - beta1) g and v = (1 - beta2) g**2; the bias "
+            "correction m_hat = m / (1 - beta1**t), v_hat = v / (1 - beta2**t) makes each "
+            "weight move by about lr. Write the new values into params, in place.",
+        ),
+        Case(
+            "two tensors (4, 3) and (3,), 10 steps, lr 0.01, no decay",
+            (AdamWCase(((4, 3), (3,)), 10, 0.01, weight_decay=0.0, seed=1),),
+            hint="keep m and v per tensor in state, and count the step ONCE per call "
+            "(state['step'] = 1 on the first call).",
+        ),
+        Case(
+            "weight decay 0.1 with lr 0.1, 20 steps",
+            (AdamWCase(((6,),), 20, 0.1, weight_decay=0.1, seed=2),),
+            hint="AdamW decays the weight itself, p <- p * (1 - lr * weight_decay), before the "
+            "Adam update; adding weight_decay * p to the gradient is Adam + L2, not AdamW.",
+        ),
+        Case(
+            "betas (0.5, 0.99), 15 steps",
+            (AdamWCase(((3, 3),), 15, 0.01, betas=(0.5, 0.99), seed=3),),
+            hint="m uses beta1, v uses beta2: m <- beta1 m + (1 - beta1) g, "
+            "v <- beta2 v + (1 - beta2) g**2.",
+        ),
+        Case(
+            "tiny gradients (x 1e-4), 10 steps",
+            (AdamWCase(((8,),), 10, 0.01, grad_scale=1e-4, seed=4),),
+            hint="eps goes OUTSIDE the square root: m_hat / (sqrt(v_hat) + eps).",
+        ),
         Case("eps 0.1, 10 steps", (AdamWCase(((5,),), 10, 0.01, eps=0.1, seed=5),)),
-        Case("no weight decay, 30 steps", (AdamWCase(((2, 5),), 30, 0.003, weight_decay=0.0,
-                                                     seed=6),)),
-        Case("seed 000's recipe over 100 steps with a warmup-cosine lr",
-             (AdamWCase(((4, 4), (4,)), 100, 6e-3, schedule=True, seed=7),)),
+        Case(
+            "no weight decay, 30 steps",
+            (AdamWCase(((2, 5),), 30, 0.003, weight_decay=0.0, seed=6),),
+        ),
+        Case(
+            "seed 000's recipe over 100 steps with a warmup-cosine lr",
+            (AdamWCase(((4, 4), (4,)), 100, 6e-3, schedule=True, seed=7),),
+        ),
         Case("float64, 20 steps", (AdamWCase(((6,),), 20, 0.05, dtype=torch.float64, seed=8),)),
     ]
     return _checked(
-        "adamw_step", adamw_step, reference_adamw_step, _adamw_trajectory, cases,
+        "adamw_step",
+        adamw_step,
+        reference_adamw_step,
+        _adamw_trajectory,
+        cases,
         hint="state['step'] += 1 first (t starts at 1); p *= 1 - lr * weight_decay; "
-             "m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g**2; "
-             "p -= lr * m_hat / (sqrt(v_hat) + eps) with the bias-corrected m_hat, v_hat. "
-             "Update the tensors in place.",
-        compare=_close(1e-5, 1e-4), arg_names=("run",),
+        "m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g**2; "
+        "p -= lr * m_hat / (sqrt(v_hat) + eps) with the bias-corrected m_hat, v_hat. "
+        "Update the tensors in place.",
+        compare=_close(1e-5, 1e-4),
+        arg_names=("run",),
     )
 
 
@@ -329,8 +367,10 @@ class MatrixCase:
     seed: int = 0
 
     def __repr__(self) -> str:
-        return (f"a {self.shape[0]}x{self.shape[1]} {str(self.dtype).removeprefix('torch.')} matrix, "
-                f"singular values {self.scale:g} .. {self.scale / self.spread:g}, steps={self.steps}")
+        return (
+            f"a {self.shape[0]}x{self.shape[1]} {str(self.dtype).removeprefix('torch.')} matrix, "
+            f"singular values {self.scale:g} .. {self.scale / self.spread:g}, steps={self.steps}"
+        )
 
     def matrix(self) -> torch.Tensor:
         g = _generator(self.seed)
@@ -351,31 +391,53 @@ def check_orthogonalize(orthogonalize: Callable) -> CheckResult:
     The compared tensor is the result itself.
     """
     cases = [
-        Case("a square 6x6 matrix, 5 steps", (MatrixCase((6, 6)),),
-             hint="start from X = g / g.norm() (the Frobenius norm, so that every singular value "
-                  "is <= 1), then repeat: A = X @ X.T; X = a * X + (b * A + c * A @ A) @ X, "
-                  "with (a, b, c) = (3.4445, -4.7750, 2.0315) in that order; the polynomial "
-                  "multiplies X from the LEFT."),
+        Case(
+            "a square 6x6 matrix, 5 steps",
+            (MatrixCase((6, 6)),),
+            hint="start from X = g / g.norm() (the Frobenius norm, so that every singular value "
+            "is <= 1), then repeat: A = X @ X.T; X = a * X + (b * A + c * A @ A) @ X, "
+            "with (a, b, c) = (3.4445, -4.7750, 2.0315) in that order; the polynomial "
+            "multiplies X from the LEFT.",
+        ),
         Case("a wide 4x10 matrix, 5 steps", (MatrixCase((4, 10), seed=1),)),
-        Case("a tall 10x4 matrix, 5 steps", (MatrixCase((10, 4), seed=2),),
-             hint="the result has g's shape: for a tall g (more rows than columns) work on g.T, "
-                  "so that X @ X.T is the small square, and transpose the result back."),
-        Case("one step", (MatrixCase((5, 8), steps=1, seed=3),),
-             hint="run exactly `steps` iterations (the argument, not a fixed 5)."),
-        Case("a gradient 1000x larger", (MatrixCase((6, 9), scale=1000.0, seed=4),),
-             hint="divide by the norm first: the polynomial pushes singular values towards 1 "
-                  "only from inside [0, 1]; larger ones blow up."),
-        Case("float64 in, float64 out", (MatrixCase((7, 5), dtype=torch.float64, seed=5),),
-             hint="compute in g's dtype and return that dtype (no .float())."),
-        Case("3 steps on a 16x24 matrix with singular values spread 100x",
-             (MatrixCase((16, 24), steps=3, spread=100.0, seed=6),)),
+        Case(
+            "a tall 10x4 matrix, 5 steps",
+            (MatrixCase((10, 4), seed=2),),
+            hint="the result has g's shape: for a tall g (more rows than columns) work on g.T, "
+            "so that X @ X.T is the small square, and transpose the result back.",
+        ),
+        Case(
+            "one step",
+            (MatrixCase((5, 8), steps=1, seed=3),),
+            hint="run exactly `steps` iterations (the argument, not a fixed 5).",
+        ),
+        Case(
+            "a gradient 1000x larger",
+            (MatrixCase((6, 9), scale=1000.0, seed=4),),
+            hint="divide by the norm first: the polynomial pushes singular values towards 1 "
+            "only from inside [0, 1]; larger ones blow up.",
+        ),
+        Case(
+            "float64 in, float64 out",
+            (MatrixCase((7, 5), dtype=torch.float64, seed=5),),
+            hint="compute in g's dtype and return that dtype (no .float()).",
+        ),
+        Case(
+            "3 steps on a 16x24 matrix with singular values spread 100x",
+            (MatrixCase((16, 24), steps=3, spread=100.0, seed=6),),
+        ),
         Case("10 steps", (MatrixCase((8, 8), steps=10, seed=7),)),
     ]
     return _checked(
-        "orthogonalize", orthogonalize, reference_orthogonalize, _orthogonalized, cases,
+        "orthogonalize",
+        orthogonalize,
+        reference_orthogonalize,
+        _orthogonalized,
+        cases,
         hint="X = g / g.norm(); then `steps` times A = X @ X.T; X = a X + (b A + c A @ A) @ X; "
-             "transpose a tall g first and back at the end; return g's shape and dtype.",
-        compare=_close(1e-5, 1e-4), arg_names=("matrix",),
+        "transpose a tall g first and back at the end; return g's shape and dtype.",
+        compare=_close(1e-5, 1e-4),
+        arg_names=("matrix",),
     )
 
 
@@ -419,8 +481,10 @@ class StepCase:
     seed: int = 0
 
     def __repr__(self) -> str:
-        return (f"{self.n_micro} micro-batches of {self.micro_batch}x{self.seq}, "
-                f"clip_norm={self.clip_norm}, {self.optimizer} lr={self.lr:g}, {self.steps} steps")
+        return (
+            f"{self.n_micro} micro-batches of {self.micro_batch}x{self.seq}, "
+            f"clip_norm={self.clip_norm}, {self.optimizer} lr={self.lr:g}, {self.steps} steps"
+        )
 
 
 def _train_steps(fn: Callable, case: StepCase) -> torch.Tensor:
@@ -444,8 +508,9 @@ def _run_train_steps(fn: Callable, case: StepCase) -> torch.Tensor:
     if case.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=case.lr)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=case.lr, betas=(0.9, 0.95),
-                                      weight_decay=0.01, foreach=False)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=case.lr, betas=(0.9, 0.95), weight_decay=0.01, foreach=False
+        )
     data = _generator(case.seed + 1)
     losses = []
     for _ in range(case.steps):
@@ -466,27 +531,45 @@ def check_train_step(train_step: Callable) -> CheckResult:
     compares the parameters after the last step, followed by the returned losses.
     """
     cases = [
-        Case("one micro-batch, no clipping, SGD", (StepCase(1, None),),
-             hint="zero the gradients, backward the loss, optimizer.step() once, and return the "
-                  "loss as a float."),
-        Case("4 micro-batches, no clipping, SGD", (StepCase(4, None, seed=1),),
-             hint="the step must follow the gradient of the MEAN loss: divide each micro-batch's "
-                  "loss by the number of micro-batches before backward, let the gradients add "
-                  "up in .grad (zero them once, before the loop), and call optimizer.step() once "
-                  "after the loop."),
-        Case("4 micro-batches, clip_norm 0.05 (active), SGD", (StepCase(4, 0.05, seed=2),),
-             hint="clip once, after the LAST backward, on the norm of ALL gradients together: "
-                  "torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)."),
-        Case("2 micro-batches, clip_norm 0.1, AdamW", (StepCase(2, 0.1, optimizer="adamw",
-                                                                lr=0.01, seed=3),)),
+        Case(
+            "one micro-batch, no clipping, SGD",
+            (StepCase(1, None),),
+            hint="zero the gradients, backward the loss, optimizer.step() once, and return the "
+            "loss as a float.",
+        ),
+        Case(
+            "4 micro-batches, no clipping, SGD",
+            (StepCase(4, None, seed=1),),
+            hint="the step must follow the gradient of the MEAN loss: divide each micro-batch's "
+            "loss by the number of micro-batches before backward, let the gradients add "
+            "up in .grad (zero them once, before the loop), and call optimizer.step() once "
+            "after the loop.",
+        ),
+        Case(
+            "4 micro-batches, clip_norm 0.05 (active), SGD",
+            (StepCase(4, 0.05, seed=2),),
+            hint="clip once, after the LAST backward, on the norm of ALL gradients together: "
+            "torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm).",
+        ),
+        Case(
+            "2 micro-batches, clip_norm 0.1, AdamW",
+            (StepCase(2, 0.1, optimizer="adamw", lr=0.01, seed=3),),
+        ),
         Case("3 micro-batches, clip_norm 100 (inactive), SGD", (StepCase(3, 100.0, seed=4),)),
-        Case("8 micro-batches of 1 sequence, clip_norm 0.5, 5 steps",
-             (StepCase(8, 0.5, micro_batch=1, steps=5, seed=5),)),
+        Case(
+            "8 micro-batches of 1 sequence, clip_norm 0.5, 5 steps",
+            (StepCase(8, 0.5, micro_batch=1, steps=5, seed=5),),
+        ),
     ]
     return _checked(
-        "train_step", train_step, reference_train_step, _train_steps, cases,
+        "train_step",
+        train_step,
+        reference_train_step,
+        _train_steps,
+        cases,
         hint="optimizer.zero_grad(); for each micro-batch: (loss_fn(model, batch) / n).backward(); "
-             "then clip_grad_norm_(model.parameters(), clip_norm) if clip_norm is not None; "
-             "optimizer.step(); return the summed loss / n as a float.",
-        compare=_close(1e-5, 1e-4), arg_names=("run",),
+        "then clip_grad_norm_(model.parameters(), clip_norm) if clip_norm is not None; "
+        "optimizer.step(); return the summed loss / n as a float.",
+        compare=_close(1e-5, 1e-4),
+        arg_names=("run",),
     )

@@ -6,8 +6,8 @@ odd widths, masks with a fully padded row ...), prints one line and returns a
 
     causal_mask = check_causal_mask(causal_mask).fn
 
-The references are the tested modules of the chapter (:mod:`llmlab.attention`,
-:mod:`llmlab.positional`, :mod:`llmlab.blocks`). Inputs come from private generators and module
+The references are the tested modules of the chapter (:mod:`llmlab.nn.attention`,
+:mod:`llmlab.nn.positional`, :mod:`llmlab.nn.blocks`). Inputs come from private generators and module
 weights are drawn under a forked RNG, so a check never moves the notebook's seed.
 
     lab 01_attention_masks:      scaled_dot_product_attention, causal_mask, padding_mask
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmlab import attention, positional
-from llmlab.blocks import BlockConfig, DecoderBlock
 from llmlab.checks import Case, CheckResult, compare_tensors, describe, run_check
-from llmlab.norms import RMSNorm
+from llmlab.nn import attention, positional
+from llmlab.nn.blocks import BlockConfig, DecoderBlock
+from llmlab.nn.norms import RMSNorm
 
 #: The sub-modules of a decoder block, in the order a pre-norm forward uses them.
 DECODER_PARTS = ("self_attn_norm", "self_attn", "cross_attn_norm", "cross_attn", "mlp_norm", "mlp")
@@ -79,7 +79,7 @@ def reference_multi_head_attention(
     n_heads: int,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:class:`llmlab.attention.MultiHeadAttention` (no biases) with these projection weights.
+    """:class:`llmlab.nn.attention.MultiHeadAttention` (no biases) with these projection weights.
 
     x: (batch, seq, d_model); w_q, w_k, w_v: (n_heads * head_dim, d_model) and
     w_o: (d_model, n_heads * head_dim), laid out as ``nn.Linear.weight`` (y = x @ w.T).
@@ -89,8 +89,12 @@ def reference_multi_head_attention(
         mha = attention.MultiHeadAttention(x.shape[-1], n_heads, bias=False, head_dim=head_dim)
     mha = mha.to(x.dtype)
     with torch.no_grad():
-        for proj, weight in ((mha.q_proj, w_q), (mha.k_proj, w_k), (mha.v_proj, w_v),
-                             (mha.o_proj, w_o)):
+        for proj, weight in (
+            (mha.q_proj, w_q),
+            (mha.k_proj, w_k),
+            (mha.v_proj, w_v),
+            (mha.o_proj, w_o),
+        ):
             proj.weight.copy_(weight)
         return mha(x, mask=mask)
 
@@ -124,10 +128,10 @@ def reference_decoder_block(
     parts: nn.ModuleDict,
     memory_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:class:`llmlab.blocks.DecoderBlock` (pre-norm) loaded with the weights of ``parts``.
+    """:class:`llmlab.nn.blocks.DecoderBlock` (pre-norm) loaded with the weights of ``parts``.
 
     parts: the sub-modules named in :data:`DECODER_PARTS`; ``parts["self_attn"]`` is a plain
-    (non-causal) :class:`~llmlab.attention.MultiHeadAttention`, the block makes it causal.
+    (non-causal) :class:`~llmlab.nn.attention.MultiHeadAttention`, the block makes it causal.
     """
     block = _block_from_parts(parts)
     with torch.no_grad():
@@ -138,10 +142,17 @@ def _block_from_parts(parts: nn.ModuleDict) -> DecoderBlock:
     """A pre-norm DecoderBlock with the sizes and the weights of ``parts``."""
     attn, mlp, norm = parts["self_attn"], parts["mlp"], parts["self_attn_norm"]
     config = BlockConfig(
-        d_model=attn.d_model, n_heads=attn.n_heads, d_ff=mlp.d_ff, n_kv_heads=attn.n_kv_heads,
-        head_dim=attn.head_dim, attn_scale=attn.scale, activation=mlp.activation,
-        norm="rms" if isinstance(norm, RMSNorm) else "layer", norm_eps=norm.eps,
-        norm_first=True, bias=attn.q_proj.bias is not None,
+        d_model=attn.d_model,
+        n_heads=attn.n_heads,
+        d_ff=mlp.d_ff,
+        n_kv_heads=attn.n_kv_heads,
+        head_dim=attn.head_dim,
+        attn_scale=attn.scale,
+        activation=mlp.activation,
+        norm="rms" if isinstance(norm, RMSNorm) else "layer",
+        norm_eps=norm.eps,
+        norm_first=True,
+        bias=attn.q_proj.bias is not None,
     )
     with torch.random.fork_rng(devices=[]):
         block = DecoderBlock(config, cross_attention=True)
@@ -160,8 +171,17 @@ def _randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> to
     return torch.randn(*shape, generator=generator, dtype=dtype)
 
 
-def _qkv(batch: int, heads: int, seq_q: int, seq_k: int, head_dim: int, head_dim_v: int | None = None,
-         dtype: torch.dtype = torch.float32, seed: int = 0, gain: float = 1.0) -> tuple:
+def _qkv(
+    batch: int,
+    heads: int,
+    seq_q: int,
+    seq_k: int,
+    head_dim: int,
+    head_dim_v: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    gain: float = 1.0,
+) -> tuple:
     """Random q (batch, heads, seq_q, head_dim), k and v (batch, heads, seq_k, ...)."""
     q = gain * _randn(batch, heads, seq_q, head_dim, dtype=dtype, seed=seed)
     k = gain * _randn(batch, heads, seq_k, head_dim, dtype=dtype, seed=seed + 1)
@@ -173,8 +193,9 @@ def _lengths(*values: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
 
 
-def _pair_compare(names: tuple[str, str], atol: float | None = None,
-                  rtol: float | None = None) -> Callable[[Any, tuple], str | None]:
+def _pair_compare(
+    names: tuple[str, str], atol: float | None = None, rtol: float | None = None
+) -> Callable[[Any, tuple], str | None]:
     """Compare a returned pair of tensors (e.g. ``(cos, sin)``) with the expected pair."""
 
     def compare(received: Any, expected: tuple) -> str | None:
@@ -206,47 +227,71 @@ def _tolerance(atol: float, rtol: float) -> Callable[[Any, torch.Tensor], str | 
 
 def check_scaled_dot_product_attention(scaled_dot_product_attention: Callable) -> CheckResult:
     """Check ``scaled_dot_product_attention(q, k, v, mask=None)`` (bool mask, True = attend)."""
-    mask_hint = ("set the scores of masked keys to -inf BEFORE the softmax "
-                 "(scores.masked_fill(~mask, float('-inf'))): True means attend.")
+    mask_hint = (
+        "set the scores of masked keys to -inf BEFORE the softmax "
+        "(scores.masked_fill(~mask, float('-inf'))): True means attend."
+    )
     causal = attention.causal_mask(7)
     lengths = _lengths(5, 3)
     both = attention.causal_mask(6) & attention.padding_mask(_lengths(6, 4), 6)
     cases = [
         Case("one query, 4 keys (1, 1, 1, 4)", _qkv(1, 1, 1, 4, 4, seed=1)),
         Case("(2, 3, 7, 8) without a mask", _qkv(2, 3, 7, 7, 8, seed=4)),
-        Case("3 queries, 6 keys, head_dim 5, values of width 6", _qkv(2, 1, 3, 6, 5, 6, seed=7),
-             hint="scores = q @ k.transpose(-2, -1) is (batch, heads, seq_q, seq_k); the "
-                  "softmax runs over the keys (dim=-1); scale by 1/sqrt(q.shape[-1])."),
+        Case(
+            "3 queries, 6 keys, head_dim 5, values of width 6",
+            _qkv(2, 1, 3, 6, 5, 6, seed=7),
+            hint="scores = q @ k.transpose(-2, -1) is (batch, heads, seq_q, seq_k); the "
+            "softmax runs over the keys (dim=-1); scale by 1/sqrt(q.shape[-1]).",
+        ),
         Case("causal mask (7, 7)", (*_qkv(2, 2, 7, 7, 4, seed=10), causal), hint=mask_hint),
-        Case("padding mask (2, 1, 1, 5), lengths [5, 3]",
-             (*_qkv(2, 2, 5, 5, 4, seed=13), attention.padding_mask(lengths, 5)),
-             hint=mask_hint + " A (batch, 1, 1, seq_k) mask broadcasts over heads and queries."),
-        Case("causal and padding combined (2, 1, 6, 6)", (*_qkv(2, 3, 6, 6, 4, seed=16), both),
-             hint=mask_hint),
-        Case("a fully padded row: lengths [0, 4]",
-             (*_qkv(2, 1, 4, 4, 4, seed=19), attention.padding_mask(_lengths(0, 4), 4)),
-             hint="a query whose keys are ALL masked has softmax 0/0 = NaN; return zeros for "
-                  "it, as torch's SDPA does (e.g. weights.nan_to_num(0.0))."),
-        Case("a mask of all True changes nothing",
-             (*_qkv(1, 2, 5, 5, 6, seed=22), torch.ones(5, 5, dtype=torch.bool))),
-        Case("large scores (q and k x 30)", _qkv(1, 2, 4, 5, 8, seed=25, gain=30.0),
-             hint="use torch.softmax (it subtracts the max); exp of huge scores overflows."),
-        Case("float64 inputs", _qkv(2, 2, 3, 5, 4, dtype=torch.float64, seed=28),
-             hint="keep the inputs' dtype: do not convert to float32."),
+        Case(
+            "padding mask (2, 1, 1, 5), lengths [5, 3]",
+            (*_qkv(2, 2, 5, 5, 4, seed=13), attention.padding_mask(lengths, 5)),
+            hint=mask_hint + " A (batch, 1, 1, seq_k) mask broadcasts over heads and queries.",
+        ),
+        Case(
+            "causal and padding combined (2, 1, 6, 6)",
+            (*_qkv(2, 3, 6, 6, 4, seed=16), both),
+            hint=mask_hint,
+        ),
+        Case(
+            "a fully padded row: lengths [0, 4]",
+            (*_qkv(2, 1, 4, 4, 4, seed=19), attention.padding_mask(_lengths(0, 4), 4)),
+            hint="a query whose keys are ALL masked has softmax 0/0 = NaN; return zeros for "
+            "it, as torch's SDPA does (e.g. weights.nan_to_num(0.0)).",
+        ),
+        Case(
+            "a mask of all True changes nothing",
+            (*_qkv(1, 2, 5, 5, 6, seed=22), torch.ones(5, 5, dtype=torch.bool)),
+        ),
+        Case(
+            "large scores (q and k x 30)",
+            _qkv(1, 2, 4, 5, 8, seed=25, gain=30.0),
+            hint="use torch.softmax (it subtracts the max); exp of huge scores overflows.",
+        ),
+        Case(
+            "float64 inputs",
+            _qkv(2, 2, 3, 5, 4, dtype=torch.float64, seed=28),
+            hint="keep the inputs' dtype: do not convert to float32.",
+        ),
     ]
     return run_check(
-        "scaled_dot_product_attention", scaled_dot_product_attention,
-        reference_scaled_dot_product_attention, cases,
+        "scaled_dot_product_attention",
+        scaled_dot_product_attention,
+        reference_scaled_dot_product_attention,
+        cases,
         hint="softmax(q @ k.transpose(-2, -1) / sqrt(head_dim), dim=-1) @ v, with masked "
-             "scores set to -inf before the softmax.",
+        "scores set to -inf before the softmax.",
     )
 
 
 def check_causal_mask(causal_mask: Callable) -> CheckResult:
     """Check ``causal_mask(seq_q, seq_k=None)``: bool (seq_q, seq_k), True = may attend."""
-    cache_hint = ("the queries are the LAST seq_q of the seq_k positions: query i sits at "
-                  "position i + seq_k - seq_q and sees keys up to there "
-                  "(torch.ones(...).tril(diagonal=seq_k - seq_q)).")
+    cache_hint = (
+        "the queries are the LAST seq_q of the seq_k positions: query i sits at "
+        "position i + seq_k - seq_q and sees keys up to there "
+        "(torch.ones(...).tril(diagonal=seq_k - seq_q))."
+    )
     diagonal_hint = "True on AND below the diagonal: query i sees keys 0 .. i, itself included."
     cases = [
         Case("seq 1", (1,), hint=diagonal_hint),
@@ -257,9 +302,12 @@ def check_causal_mask(causal_mask: Callable) -> CheckResult:
         Case("3 queries, 7 keys", (3, 7), hint=cache_hint),
     ]
     return run_check(
-        "causal_mask", causal_mask, reference_causal_mask, cases,
+        "causal_mask",
+        causal_mask,
+        reference_causal_mask,
+        cases,
         hint="return a bool tensor (seq_q, seq_k), True where key j is not in the query's "
-             "future (a lower triangle).",
+        "future (a lower triangle).",
     )
 
 
@@ -274,10 +322,13 @@ def check_padding_mask(padding_mask: Callable) -> CheckResult:
         Case("7 sequences", (_lengths(7, 1, 4, 2, 6, 3, 5), 7)),
     ]
     return run_check(
-        "padding_mask", padding_mask, reference_padding_mask, cases,
+        "padding_mask",
+        padding_mask,
+        reference_padding_mask,
+        cases,
         hint="right padding puts the real tokens first: keep = torch.arange(seq)[None, :] < "
-             "lengths[:, None], a bool (batch, seq); return keep[:, None, None, :] so it "
-             "broadcasts over heads and queries.",
+        "lengths[:, None], a bool (batch, seq); return keep[:, None, None, :] so it "
+        "broadcasts over heads and queries.",
     )
 
 
@@ -293,13 +344,18 @@ def check_split_heads(split_heads: Callable) -> CheckResult:
         Case("(2, 5, 20) into 5 heads", (_randn(2, 5, 20, seed=32), 5)),
         Case("(3, 4, 6) into 1 head", (_randn(3, 4, 6, seed=33), 1)),
         Case("(2, 3, 8) into 8 heads of width 1", (_randn(2, 3, 8, seed=34), 8)),
-        Case("float64 (2, 6, 10) into 2 heads", (_randn(2, 6, 10, dtype=torch.float64, seed=35), 2)),
+        Case(
+            "float64 (2, 6, 10) into 2 heads", (_randn(2, 6, 10, dtype=torch.float64, seed=35), 2)
+        ),
     ]
     return run_check(
-        "split_heads", split_heads, reference_split_heads, cases,
+        "split_heads",
+        split_heads,
+        reference_split_heads,
+        cases,
         hint="head h owns the features h*head_dim .. (h+1)*head_dim - 1: view x as (batch, seq, "
-             "n_heads, head_dim), THEN transpose(1, 2); a reshape straight to (batch, n_heads, "
-             "seq, head_dim) mixes positions.",
+        "n_heads, head_dim), THEN transpose(1, 2); a reshape straight to (batch, n_heads, "
+        "seq, head_dim) mixes positions.",
     )
 
 
@@ -314,14 +370,18 @@ def check_merge_heads(merge_heads: Callable) -> CheckResult:
         Case("float64 (2, 2, 6, 5)", (_randn(2, 2, 6, 5, dtype=torch.float64, seed=45),)),
     ]
     return run_check(
-        "merge_heads", merge_heads, reference_merge_heads, cases,
+        "merge_heads",
+        merge_heads,
+        reference_merge_heads,
+        cases,
         hint="undo split_heads: transpose(1, 2) back to (batch, seq, heads, head_dim), then "
-             "reshape to (batch, seq, heads * head_dim).",
+        "reshape to (batch, seq, heads * head_dim).",
     )
 
 
-def _mha_args(batch: int, seq: int, d_model: int, n_heads: int, head_dim: int | None = None,
-              seed: int = 0) -> tuple:
+def _mha_args(
+    batch: int, seq: int, d_model: int, n_heads: int, head_dim: int | None = None, seed: int = 0
+) -> tuple:
     """(x, w_q, w_k, w_v, w_o, n_heads) with nn.Linear-shaped weights of unit-variance outputs."""
     head_dim = head_dim or d_model // n_heads
     width = n_heads * head_dim
@@ -339,15 +399,23 @@ def check_multi_head_attention(multi_head_attention: Callable) -> CheckResult:
         Case("(2, 5, 20), 5 heads", _mha_args(2, 5, 20, 5, seed=60)),
         Case("one head: attention between projections", _mha_args(1, 6, 8, 1, seed=65)),
         Case("causal mask (6, 6)", (*_mha_args(2, 6, 8, 2, seed=70), attention.causal_mask(6))),
-        Case("padding mask, lengths [4, 2]",
-             (*_mha_args(2, 4, 12, 4, seed=75), attention.padding_mask(_lengths(4, 2), 4))),
-        Case("4 heads of width 6 on d_model 12", _mha_args(2, 3, 12, 4, head_dim=6, seed=80),
-             hint="head_dim = w_q.shape[0] // n_heads (here n_heads * head_dim != d_model)."),
+        Case(
+            "padding mask, lengths [4, 2]",
+            (*_mha_args(2, 4, 12, 4, seed=75), attention.padding_mask(_lengths(4, 2), 4)),
+        ),
+        Case(
+            "4 heads of width 6 on d_model 12",
+            _mha_args(2, 3, 12, 4, head_dim=6, seed=80),
+            hint="head_dim = w_q.shape[0] // n_heads (here n_heads * head_dim != d_model).",
+        ),
     ]
     return run_check(
-        "multi_head_attention", multi_head_attention, reference_multi_head_attention, cases,
+        "multi_head_attention",
+        multi_head_attention,
+        reference_multi_head_attention,
+        cases,
         hint="q = split_heads(x @ w_q.T, n_heads) (same for k, v); attention per head with the "
-             "mask; merge_heads; then @ w_o.T.",
+        "mask; merge_heads; then @ w_o.T.",
         compare=_tolerance(1e-5, 1e-4),
     )
 
@@ -360,12 +428,17 @@ def check_repeat_kv(repeat_kv: Callable) -> CheckResult:
         Case("multi-query: (1, 1, 7, 6), n_rep 4", (_randn(1, 1, 7, 6, seed=92), 4)),
         Case("seq 1: (2, 4, 1, 8), n_rep 2", (_randn(2, 4, 1, 8, seed=93), 2)),
         Case("(3, 3, 2, 5), n_rep 2", (_randn(3, 3, 2, 5, seed=94), 2)),
-        Case("float64 (1, 2, 3, 4), n_rep 2", (_randn(1, 2, 3, 4, dtype=torch.float64, seed=95), 2)),
+        Case(
+            "float64 (1, 2, 3, 4), n_rep 2", (_randn(1, 2, 3, 4, dtype=torch.float64, seed=95), 2)
+        ),
     ]
     return run_check(
-        "repeat_kv", repeat_kv, reference_repeat_kv, cases,
+        "repeat_kv",
+        repeat_kv,
+        reference_repeat_kv,
+        cases,
         hint="query head h uses kv head h // n_rep, so each kv head is copied n_rep times IN A "
-             "ROW: x.repeat_interleave(n_rep, dim=1) (x.repeat tiles them instead).",
+        "ROW: x.repeat_interleave(n_rep, dim=1) (x.repeat tiles them instead).",
     )
 
 
@@ -380,21 +453,35 @@ def check_rope_frequencies(rope_frequencies: Callable) -> CheckResult:
         Case("head_dim 2, 1 position", (2, 1)),
         Case("head_dim 6, 7 positions", (6, 7)),
         Case("head_dim 64, 16 positions", (64, 16)),
-        Case("base 500000 (LLaMA 3), head_dim 16, 10 positions", (16, 10), {"base": 500000.0},
-             hint="use the `base` argument, not a hard-coded 10000."),
+        Case(
+            "base 500000 (LLaMA 3), head_dim 16, 10 positions",
+            (16, 10),
+            {"base": 500000.0},
+            hint="use the `base` argument, not a hard-coded 10000.",
+        ),
         Case("head_dim 4, 100 positions", (4, 100)),
     ]
     return run_check(
-        "rope_frequencies", rope_frequencies, reference_rope_frequencies, cases,
+        "rope_frequencies",
+        rope_frequencies,
+        reference_rope_frequencies,
+        cases,
         hint="theta_i = base ** (-2i / head_dim) for i = 0 .. head_dim/2 - 1; angles = "
-             "positions 0 .. max_seq-1 (outer) theta, (max_seq, head_dim/2); rotate-half layout: "
-             "emb = torch.cat((angles, angles), dim=-1); return emb.cos(), emb.sin() in float32.",
+        "positions 0 .. max_seq-1 (outer) theta, (max_seq, head_dim/2); rotate-half layout: "
+        "emb = torch.cat((angles, angles), dim=-1); return emb.cos(), emb.sin() in float32.",
         compare=_pair_compare(("cos", "sin"), atol=1e-4, rtol=1e-4),
     )
 
 
-def _rope_args(batch: int, heads: int, seq: int, head_dim: int, table: int | None = None,
-               dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple:
+def _rope_args(
+    batch: int,
+    heads: int,
+    seq: int,
+    head_dim: int,
+    table: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> tuple:
     """(x, cos, sin): x (batch, heads, seq, head_dim) and float32 tables of ``table`` rows."""
     cos, sin = positional.rope_frequencies(head_dim, table or seq)
     return _randn(batch, heads, seq, head_dim, dtype=dtype, seed=seed), cos, sin
@@ -406,16 +493,25 @@ def check_apply_rotary(apply_rotary: Callable) -> CheckResult:
         Case("one position (1, 1, 1, 2)", _rope_args(1, 1, 1, 2, seed=100)),
         Case("(2, 3, 7, 8), table of 7 positions", _rope_args(2, 3, 7, 8, seed=101)),
         Case("head_dim 6 (1, 2, 5, 6)", _rope_args(1, 2, 5, 6, seed=102)),
-        Case("table of 16 positions, seq 5", _rope_args(2, 2, 5, 8, table=16, seed=103),
-             hint="the table covers max_seq positions; x uses the first seq rows: cos[:seq]."),
+        Case(
+            "table of 16 positions, seq 5",
+            _rope_args(2, 2, 5, 8, table=16, seed=103),
+            hint="the table covers max_seq positions; x uses the first seq rows: cos[:seq].",
+        ),
         Case("(1, 4, 3, 64)", _rope_args(1, 4, 3, 64, seed=104)),
-        Case("float64 x with a float32 table", _rope_args(2, 1, 4, 8, dtype=torch.float64, seed=105),
-             hint="return x's dtype (float64 here)."),
+        Case(
+            "float64 x with a float32 table",
+            _rope_args(2, 1, 4, 8, dtype=torch.float64, seed=105),
+            hint="return x's dtype (float64 here).",
+        ),
     ]
     return run_check(
-        "apply_rotary", apply_rotary, reference_apply_rotary, cases,
+        "apply_rotary",
+        apply_rotary,
+        reference_apply_rotary,
+        cases,
         hint="x * cos + rotate_half(x) * sin, where rotate_half(x) = cat((-x2, x1), dim=-1) for "
-             "the two HALVES x1, x2 of the last dim (not the even/odd pairs).",
+        "the two HALVES x1, x2 of the last dim (not the even/odd pairs).",
     )
 
 
@@ -450,8 +546,15 @@ def decoder_parts(config: BlockConfig, seed: int = 0) -> DecoderParts:
     return parts.eval()
 
 
-def _decoder_args(batch: int, seq: int, src: int, seed: int, dtype: torch.dtype = torch.float32,
-                  src_lengths: tuple[int, ...] | None = None, **config: Any) -> tuple:
+def _decoder_args(
+    batch: int,
+    seq: int,
+    src: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    src_lengths: tuple[int, ...] | None = None,
+    **config: Any,
+) -> tuple:
     """(x, memory, parts[, memory_mask]) for one decoder-block case."""
     parts = decoder_parts(BlockConfig(norm_first=True, **config), seed=seed).to(dtype)
     d_model = config["d_model"]
@@ -464,34 +567,66 @@ def _decoder_args(batch: int, seq: int, src: int, seed: int, dtype: torch.dtype 
 
 def check_decoder_block(decoder_block: Callable) -> CheckResult:
     """Check ``decoder_block(x, memory, parts, memory_mask=None)`` against a pre-norm
-    :class:`llmlab.blocks.DecoderBlock` with the same weights."""
+    :class:`llmlab.nn.blocks.DecoderBlock` with the same weights."""
     small = {"d_model": 8, "n_heads": 2, "d_ff": 16}
-    mask_hint = ("the cross-attention reads the encoder output: parts['cross_attn'](h, "
-                 "context=memory, mask=memory_mask); the causal mask belongs to the "
-                 "self-attention only.")
+    mask_hint = (
+        "the cross-attention reads the encoder output: parts['cross_attn'](h, "
+        "context=memory, mask=memory_mask); the causal mask belongs to the "
+        "self-attention only."
+    )
     cases = [
-        Case("batch 1, one target token, 3 source tokens", _decoder_args(1, 1, 3, seed=110, **small)),
-        Case("(2, 7, 12) targets, 5 source tokens, 3 heads",
-             _decoder_args(2, 7, 5, seed=120, d_model=12, n_heads=3, d_ff=24, activation="gelu"),
-             hint="self-attention must be causal: pass causal_mask(seq) as its mask (the given "
-                  "parts['self_attn'] is a plain, non-causal attention)."),
-        Case("source padding: memory_mask from lengths [5, 2]",
-             _decoder_args(2, 4, 5, seed=130, src_lengths=(5, 2), **small), hint=mask_hint),
-        Case("a fully padded source: lengths [0, 3]",
-             _decoder_args(2, 3, 3, seed=140, src_lengths=(0, 3), **small), hint=mask_hint),
-        Case("LLaMA-style: RMSNorm, SwiGLU, no biases, 4 heads sharing 2 kv heads",
-             _decoder_args(2, 5, 6, seed=150, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24,
-                           activation="swiglu", norm="rms", bias=False)),
-        Case("d_model 20, 5 heads, seq 9, 4 source tokens",
-             _decoder_args(1, 9, 4, seed=160, d_model=20, n_heads=5, d_ff=36)),
-        Case("float64 weights and inputs",
-             _decoder_args(2, 4, 3, seed=170, dtype=torch.float64, **small)),
+        Case(
+            "batch 1, one target token, 3 source tokens", _decoder_args(1, 1, 3, seed=110, **small)
+        ),
+        Case(
+            "(2, 7, 12) targets, 5 source tokens, 3 heads",
+            _decoder_args(2, 7, 5, seed=120, d_model=12, n_heads=3, d_ff=24, activation="gelu"),
+            hint="self-attention must be causal: pass causal_mask(seq) as its mask (the given "
+            "parts['self_attn'] is a plain, non-causal attention).",
+        ),
+        Case(
+            "source padding: memory_mask from lengths [5, 2]",
+            _decoder_args(2, 4, 5, seed=130, src_lengths=(5, 2), **small),
+            hint=mask_hint,
+        ),
+        Case(
+            "a fully padded source: lengths [0, 3]",
+            _decoder_args(2, 3, 3, seed=140, src_lengths=(0, 3), **small),
+            hint=mask_hint,
+        ),
+        Case(
+            "LLaMA-style: RMSNorm, SwiGLU, no biases, 4 heads sharing 2 kv heads",
+            _decoder_args(
+                2,
+                5,
+                6,
+                seed=150,
+                d_model=16,
+                n_heads=4,
+                n_kv_heads=2,
+                d_ff=24,
+                activation="swiglu",
+                norm="rms",
+                bias=False,
+            ),
+        ),
+        Case(
+            "d_model 20, 5 heads, seq 9, 4 source tokens",
+            _decoder_args(1, 9, 4, seed=160, d_model=20, n_heads=5, d_ff=36),
+        ),
+        Case(
+            "float64 weights and inputs",
+            _decoder_args(2, 4, 3, seed=170, dtype=torch.float64, **small),
+        ),
     ]
     return run_check(
-        "decoder_block", decoder_block, reference_decoder_block, cases,
+        "decoder_block",
+        decoder_block,
+        reference_decoder_block,
+        cases,
         hint="pre-norm, each sub-layer with its own norm and a residual: "
-             "x = x + self_attn(self_attn_norm(x), mask=causal); "
-             "x = x + cross_attn(cross_attn_norm(x), context=memory, mask=memory_mask); "
-             "x = x + mlp(mlp_norm(x)).",
+        "x = x + self_attn(self_attn_norm(x), mask=causal); "
+        "x = x + cross_attn(cross_attn_norm(x), context=memory, mask=memory_mask); "
+        "x = x + mlp(mlp_norm(x)).",
         compare=_tolerance(1e-5, 1e-4),
     )

@@ -74,7 +74,8 @@ def quality_signals(text: str) -> dict[str, float]:
         "mean_word_len": sum(map(len, words)) / len(words) if words else 0.0,
         "symbol_ratio": sum(not c.isalnum() for c in non_space) / chars if chars else 0.0,
         "alpha_word_ratio": sum(any(c.isalpha() for c in w) for w in words) / len(words)
-        if words else 0.0,
+        if words
+        else 0.0,
         "digit_ratio": sum(c.isdigit() for c in text) / chars if chars else 0.0,
         "upper_ratio": sum(c.isupper() for c in non_space) / len(non_space) if non_space else 0.0,
         "duplicate_line_frac": repeated / len(lines) if lines else 0.0,

@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from llmlab.data.clean import normalize_text
-from llmlab.validate import check_positive_int
+from llmlab.validate import require_positive_int
 
 __all__ = [
     "exact_dedup",
@@ -75,7 +75,7 @@ def exact_dedup(documents: Sequence[str]) -> tuple[list[int], dict[int, int]]:
 
 def shingles(text: str, k: int = 5) -> set[str]:
     """The set of word k-grams of ``text`` (lower-cased words; a shorter text gives one shingle)."""
-    check_positive_int(k, "k")
+    require_positive_int(k, "k")
     words = _WORD.findall(text.lower())
     if len(words) < k:
         return {" ".join(words)} if words else set()
@@ -94,9 +94,7 @@ def ngram_overlap(text: str, reference: str, n: int = 8) -> float:
     return contamination([text], [reference], n)[0]
 
 
-def contamination(
-    documents: Iterable[str], reference: Iterable[str], n: int = 8
-) -> list[float]:
+def contamination(documents: Iterable[str], reference: Iterable[str], n: int = 8) -> list[float]:
     """For each of ``documents``, the share of its word n-grams found in *any* ``reference``
     document (0 for a document too short to have one).
 
@@ -130,7 +128,7 @@ def minhash_signatures(documents: Sequence[str], num_perm: int = 128, k: int = 5
     """
     import numpy as np
 
-    check_positive_int(num_perm, "num_perm")
+    require_positive_int(num_perm, "num_perm")
     rng = random.Random(seed)
     a = np.array([rng.randrange(1, 1 << 31) for _ in range(num_perm)], dtype=np.uint64)
     b = np.array([rng.randrange(0, 1 << 32) for _ in range(num_perm)], dtype=np.uint64)
@@ -179,7 +177,7 @@ class LSHIndex:
 
     def __init__(self, bands: int, rows: int):
         for value, name in ((bands, "bands"), (rows, "rows")):
-            check_positive_int(value, name)
+            require_positive_int(value, name)
         self.bands, self.rows = bands, rows
         self.buckets: list[dict[bytes, list[int]]] = [defaultdict(list) for _ in range(bands)]
 
@@ -295,4 +293,3 @@ def precision_recall(
     precision = hits / len(found) if found else 1.0
     recall = hits / len(truth) if truth else 1.0
     return precision, recall
-

@@ -14,7 +14,7 @@ as SmolLM2's 49,152 does), else uint32.
 
 :class:`RandomBatchSampler` makes batch ``i`` a pure function of ``(seed, i)``: a run that
 resumes from a checkpoint at step s sees exactly the batches an unbroken run would (see
-:func:`llmlab.train.train`).
+:func:`llmlab.training.train`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from llmlab.validate import check_positive_int
+from llmlab.validate import require_positive_int
 
 __all__ = ["write_token_file", "TokenFile", "RandomBatchSampler"]
 
@@ -43,7 +43,7 @@ def write_token_file(
     """
     import numpy as np
 
-    check_positive_int(vocab_size, "vocab_size")
+    require_positive_int(vocab_size, "vocab_size")
     if eos_id is not None and not 0 <= eos_id < vocab_size:
         raise ValueError(f"eos_id: expected None or an id in [0, {vocab_size}), got {eos_id!r}")
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
@@ -62,8 +62,13 @@ def write_token_file(
                 arr.astype(dtype).tofile(f)
                 n_tokens += arr.size
                 n_docs += 1
-        meta = {"dtype": np.dtype(dtype).name, "n_tokens": n_tokens, "n_documents": n_docs,
-                "eos_id": eos_id, "vocab_size": vocab_size}
+        meta = {
+            "dtype": np.dtype(dtype).name,
+            "n_tokens": n_tokens,
+            "n_documents": n_docs,
+            "eos_id": eos_id,
+            "vocab_size": vocab_size,
+        }
         meta_tmp = path.with_name(path.name + ".json.tmp")
         meta_tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, path)
@@ -98,21 +103,23 @@ class TokenFile:
         return len(self.tokens)
 
     def __repr__(self) -> str:
-        return (f"TokenFile({self.path.name!r}, {len(self):,} tokens, "
-                f"{self.meta['n_documents']:,} documents, {self.meta['dtype']})")
+        return (
+            f"TokenFile({self.path.name!r}, {len(self):,} tokens, "
+            f"{self.meta['n_documents']:,} documents, {self.meta['dtype']})"
+        )
 
 
 class RandomBatchSampler:
     """Batch ``i`` = ``batch_size`` random windows of ``seq_len + 1`` tokens, a function of (seed, i).
 
     ``sampler(i)`` returns ``(inputs, targets)``, int64 tensors of shape (batch_size, seq_len),
-    targets shifted by one: usable directly as :func:`llmlab.train.train`'s ``batch_fn``.
+    targets shifted by one: usable directly as :func:`llmlab.training.train`'s ``batch_fn``.
     ``tokens``: a :class:`TokenFile`, a numpy array or a 1-D tensor of ids.
     """
 
     def __init__(self, tokens, batch_size: int, seq_len: int, seed: int = 0):
         for value, name in ((batch_size, "batch_size"), (seq_len, "seq_len")):
-            check_positive_int(value, name)
+            require_positive_int(value, name)
         self.tokens = tokens.tokens if isinstance(tokens, TokenFile) else tokens
         if len(self.tokens) < seq_len + 1:
             raise ValueError(
@@ -136,8 +143,9 @@ class RandomBatchSampler:
         import numpy as np
         import torch
 
-        rows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64)
-                         for s in starts])
+        rows = np.stack(
+            [np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64) for s in starts]
+        )
         window = torch.from_numpy(rows)
         return window[:, :-1], window[:, 1:]
 

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 
 from llmlab import kernels
 from llmlab.kernels.launch import TritonKernel
-from llmlab.validate import check_positive_int
+from llmlab.validate import require_positive_int
 
 try:  # the reference path (laptops, CI without Triton) must import without Triton
     import triton.language as tl
@@ -508,7 +508,7 @@ def fused_linear_cross_entropy(
     if chunk_size is None:
         chunk_size = default_chunk_size(max(1, h2.shape[0]), h2.shape[1], weight.shape[0])
     else:
-        check_positive_int(chunk_size, "chunk_size")
+        require_positive_int(chunk_size, "chunk_size")
     if h2.shape[0] == 0:
         return reference(h, weight, targets, ignore_index, label_smoothing)
     mode = _mode(((h, "h"), (weight, "weight")))

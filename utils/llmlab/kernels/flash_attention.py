@@ -40,7 +40,7 @@ import torch
 
 from llmlab import kernels
 from llmlab.kernels.launch import TritonKernel
-from llmlab.validate import check_positive_int
+from llmlab.validate import require_positive_int
 
 try:  # the reference path (laptops, CI without Triton) must import without Triton
     import triton.language as tl
@@ -104,7 +104,7 @@ def tiled_reference(
     ``exp(m_old - m_new)``. Memory per step is one ``(block, block)`` score tile, never
     ``(seq_q, seq_k)``. Causal attention skips key blocks entirely right of the diagonal.
     """
-    check_positive_int(block_size, "block_size")
+    require_positive_int(block_size, "block_size")
     scale = _default_scale(q.shape[-1], scale)
     seq_q, seq_k = q.shape[-2], k.shape[-2]
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)

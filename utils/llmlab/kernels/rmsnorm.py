@@ -4,13 +4,13 @@
     >>> y = rms_norm(x, weight, eps=1e-6)     # x: (..., d_model), weight: (d_model,)
     >>> torch.testing.assert_close(y, reference(x, weight, eps=1e-6))
 
-What it computes is chapter 01's :class:`llmlab.norms.RMSNorm`, row by row::
+What it computes is chapter 01's :class:`llmlab.nn.norms.RMSNorm`, row by row::
 
     rstd = 1 / sqrt(mean(x^2) + eps)          one float per row
     y    = weight * (x * rstd)
 
 **Which rounding.** There are two conventions in the wild when x is float16 or bfloat16. We
-follow transformers' ``LlamaRMSNorm`` (and SmolLM2, and :class:`llmlab.norms.RMSNorm`): the
+follow transformers' ``LlamaRMSNorm`` (and SmolLM2, and :class:`llmlab.nn.norms.RMSNorm`): the
 statistics and ``n = x * rstd`` are computed in float32, ``n`` is *rounded to x's dtype*, and
 only then multiplied by the weight; the result has the promoted dtype of x and the weight
 (``torch.result_type``), exactly as ``weight * n.to(x.dtype)`` has in PyTorch.
@@ -86,7 +86,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch
     """RMSNorm in plain PyTorch, rounded as transformers' ``LlamaRMSNorm``.
 
     ``weight * (x32 * rsqrt(mean(x32^2) + eps)).to(x.dtype)`` with ``x32 = x.float()``: the
-    same arithmetic as :class:`llmlab.norms.RMSNorm`, as a function.
+    same arithmetic as :class:`llmlab.nn.norms.RMSNorm`, as a function.
     """
     x32 = x.float()
     n = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
@@ -335,7 +335,7 @@ def _mode(x: torch.Tensor, weight: torch.Tensor) -> str:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm of ``x`` (``(..., d_model)``) scaled by ``weight`` (``(d_model,)``); differentiable.
 
-    Equals :class:`llmlab.norms.RMSNorm` and transformers' ``LlamaRMSNorm`` (see the module
+    Equals :class:`llmlab.nn.norms.RMSNorm` and transformers' ``LlamaRMSNorm`` (see the module
     docstring for the rounding), in the dtype ``torch.result_type(x, weight)``.
 
     Runs the fused Triton kernel on CUDA tensors when Triton and a GPU are present, the same

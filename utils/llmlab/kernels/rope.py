@@ -6,7 +6,7 @@
     >>> q_rot, k_rot = rope_qk(q, k, cos, sin)            # both in one launch (GQA: fewer k heads)
     >>> torch.testing.assert_close(q_rot, reference(q, cos, sin))
 
-What it computes is chapter 01's :func:`llmlab.positional.apply_rotary`, in the rotate-half
+What it computes is chapter 01's :func:`llmlab.nn.positional.apply_rotary`, in the rotate-half
 layout of transformers' LLaMA (and SmolLM2): dim ``i`` is paired with dim ``i + head_dim/2``,
 and with ``x = (x1, x2)`` split into those halves and ``(c1, c2)``, ``(s1, s2)`` the halves of
 the cos and sin rows of the token's position::
@@ -42,9 +42,9 @@ gradient, and passing ones that require a gradient is an error.
 Shapes: ``x`` is ``(batch, heads, seq, head_dim)`` with an even ``head_dim``, any strides
 (a ``(batch, seq, heads, head_dim)`` tensor transposed to this layout is read in place, no
 copy); the result is contiguous. ``cos`` and ``sin`` are a table ``(max_seq, head_dim)``
-whose first ``seq`` rows are used (as from :func:`llmlab.positional.rope_frequencies`) or
+whose first ``seq`` rows are used (as from :func:`llmlab.nn.positional.rope_frequencies`) or
 per-sequence values ``(batch, seq, head_dim)`` or ``(1, seq, head_dim)`` (as from
-:class:`llmlab.positional.RotaryEmbedding`). Dtypes: float32, float16, bfloat16 on the GPU
+:class:`llmlab.nn.positional.RotaryEmbedding`). Dtypes: float32, float16, bfloat16 on the GPU
 with the math in float32 (one rounding, at the store); float32 in the interpreter.
 
 Grid: one program per token ``(batch, position)``; it rotates all heads of that token.
@@ -58,7 +58,7 @@ import torch
 
 from llmlab import kernels
 from llmlab.kernels.launch import TritonKernel
-from llmlab.positional import apply_rotary, rotate_half
+from llmlab.nn.positional import apply_rotary, rotate_half
 
 try:  # the reference path (laptops, CI without Triton) must import without Triton
     import triton.language as tl
@@ -76,7 +76,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in plain PyTorch: chapter 01's :func:`llmlab.positional.apply_rotary`.
+    """RoPE in plain PyTorch: chapter 01's :func:`llmlab.nn.positional.apply_rotary`.
 
     ``x * cos + rotate_half(x) * sin``, computed in x's dtype as transformers does (the kernel
     computes in float32, so in half precision it rounds once where this rounds five times).
@@ -328,7 +328,7 @@ def _check_tables(x: torch.Tensor, cos, sin) -> None:
         if t.requires_grad and torch.is_grad_enabled():
             raise ValueError(
                 f"{name}: the fused kernel treats cos and sin as constants, got a tensor that "
-                "requires grad (use llmlab.positional.apply_rotary to differentiate them)"
+                "requires grad (use llmlab.nn.positional.apply_rotary to differentiate them)"
             )
     if cos.shape != sin.shape:
         raise ValueError(
@@ -355,7 +355,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (q or k, ``(batch, heads, seq, head_dim)``) by its positions; differentiable.
 
     ``cos``, ``sin``: ``(max_seq, head_dim)`` tables (the first ``seq`` rows are used) or
-    ``(batch or 1, seq, head_dim)`` values. Equals :func:`llmlab.positional.apply_rotary`.
+    ``(batch or 1, seq, head_dim)`` values. Equals :func:`llmlab.nn.positional.apply_rotary`.
 
     Runs the fused Triton kernel on CUDA tensors when Triton and a GPU are present, the same
     kernel in Triton's CPU interpreter when ``TRITON_INTERPRET=1`` (float32 only), and
@@ -455,7 +455,7 @@ def benchmarks():
         return (2 * heads + 2) * tokens * p["head_dim"] * itemsize
 
     def setup(case, device):
-        from llmlab.positional import RotaryEmbedding
+        from llmlab.nn.positional import RotaryEmbedding
 
         p = case.params
         dtype = getattr(torch, p["dtype"])

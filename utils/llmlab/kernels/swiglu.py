@@ -5,7 +5,7 @@
     >>> out = ffn.down_proj(hidden)                           # = FeedForward(activation="swiglu")
     >>> torch.testing.assert_close(hidden, reference(gate, up))
 
-LLaMA's feed-forward (:class:`llmlab.ffn.FeedForward` with ``activation="swiglu"``) computes
+LLaMA's feed-forward (:class:`llmlab.nn.ffn.FeedForward` with ``activation="swiglu"``) computes
 ``down_proj(silu(gate_proj(x)) * up_proj(x))``. The three matrix products are compute bound;
 the elementwise gate between them is *memory bound*: a sigmoid, two multiplies, and three
 tensors of ``(tokens, d_ff)`` to move, the largest activations of the block (d_ff is about
@@ -65,7 +65,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` in plain PyTorch, in the inputs' dtype: LLaMA's (and
-    :class:`llmlab.ffn.FeedForward`'s) hidden activation. ``silu(g) = g * sigmoid(g)``."""
+    :class:`llmlab.nn.ffn.FeedForward`'s) hidden activation. ``silu(g) = g * sigmoid(g)``."""
     return F.silu(gate) * up
 
 
@@ -268,7 +268,7 @@ def _check(gate, up) -> None:
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for ``gate``, ``up`` of one shape ``(..., d_ff)``; differentiable.
 
-    A drop-in for the hidden activation of :class:`llmlab.ffn.FeedForward` (``swiglu``):
+    A drop-in for the hidden activation of :class:`llmlab.nn.ffn.FeedForward` (``swiglu``):
     ``ffn.down_proj(swiglu(ffn.gate_proj(x), ffn.up_proj(x)))``.
 
     Runs the fused Triton kernels on CUDA tensors when Triton and a GPU are present, the same

@@ -14,7 +14,6 @@ formula. Every causal LM (GPT, Llama, PaLM) takes ``model(input_ids, cache=None)
 """
 
 from llmlab.models.bert import Bert, BertOutput, bert_state_dict
-from llmlab.models.cache import KVCache
 from llmlab.models.causal_lm import CausalLM
 from llmlab.models.configs import BertConfig, GPTConfig, LlamaConfig, PaLMConfig, T5Config
 from llmlab.models.counting import (
@@ -33,6 +32,7 @@ from llmlab.models.llama import (
 )
 from llmlab.models.palm import PaLM
 from llmlab.models.t5 import T5, relative_position_bucket, t5_state_dict
+from llmlab.nn.cache import KVCache
 
 __all__ = [
     "KVCache",

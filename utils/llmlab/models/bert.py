@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.attention import padding_mask
-from llmlab.blocks import EncoderBlock
 from llmlab.models.causal_lm import _init_weights, check_input_ids
 from llmlab.models.configs import BertConfig
-from llmlab.norms import LayerNorm
-from llmlab.positional import LearnedPositionalEmbedding
+from llmlab.nn.attention import padding_mask
+from llmlab.nn.blocks import EncoderBlock
+from llmlab.nn.norms import LayerNorm
+from llmlab.nn.positional import LearnedPositionalEmbedding
 
 __all__ = ["Bert", "BertOutput", "bert_state_dict"]
 
@@ -71,9 +71,7 @@ class Bert(nn.Module):
         check_input_ids(input_ids, self.config.vocab_size)
         batch, seq = input_ids.shape
         if seq > self.config.max_seq:
-            raise ValueError(
-                f"input_ids: expected seq <= max_seq={self.config.max_seq}, got {seq}"
-            )
+            raise ValueError(f"input_ids: expected seq <= max_seq={self.config.max_seq}, got {seq}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         check_input_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")

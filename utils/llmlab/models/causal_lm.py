@@ -6,7 +6,7 @@
 The three families differ only in the choices inside: which norm, where positions enter
 (added to the embedding, or RoPE inside attention), which FFN, how many key/value heads,
 whether there are biases, and whether attention and FFN run one after the other or side by
-side. Each family's config turns those choices into a :class:`~llmlab.blocks.BlockConfig`
+side. Each family's config turns those choices into a :class:`~llmlab.nn.blocks.BlockConfig`
 and this class stacks the blocks.
 
 The KV cache. ``model(ids, cache=cache)`` treats ``ids`` as the positions that follow the
@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmlab.blocks import DecoderBlock
-from llmlab.models.cache import KVCache
-from llmlab.norms import make_norm
-from llmlab.positional import LearnedPositionalEmbedding, RotaryEmbedding
-from llmlab.validate import check_positive_int
+from llmlab.nn.blocks import DecoderBlock
+from llmlab.nn.cache import KVCache
+from llmlab.nn.norms import make_norm
+from llmlab.nn.positional import LearnedPositionalEmbedding, RotaryEmbedding
+from llmlab.validate import require_positive_int
 
 __all__ = ["CausalLM", "check_input_ids"]
 
@@ -90,7 +90,7 @@ class CausalLM(nn.Module):
     @checkpoint_every.setter
     def checkpoint_every(self, value: int | None) -> None:
         if value is not None:
-            check_positive_int(value, "checkpoint_every")
+            require_positive_int(value, "checkpoint_every")
         self._checkpoint_every = value
 
     def new_cache(self) -> KVCache:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmlab.blocks import BlockConfig
-from llmlab.validate import check_positive_int
+from llmlab.nn.blocks import BlockConfig
+from llmlab.validate import require_positive_int
 
 __all__ = ["GPTConfig", "LlamaConfig", "PaLMConfig", "BertConfig", "T5Config"]
 
@@ -31,7 +31,7 @@ def _check_sizes(config, names: tuple[str, ...], optional: tuple[str, ...] = ())
         value = getattr(config, name)
         if value is None and name in optional:
             continue
-        check_positive_int(value, name)
+        require_positive_int(value, name)
     if getattr(config, "n_kv_heads", None) and config.n_heads % config.n_kv_heads:
         raise ValueError(
             f"n_kv_heads: expected a divisor of n_heads={config.n_heads}, got {config.n_kv_heads}"

@@ -26,7 +26,7 @@ linear layer and the output head (even when tied), not the embedding lookups, no
 from __future__ import annotations
 
 from llmlab.models.configs import BertConfig, GPTConfig, LlamaConfig, PaLMConfig, T5Config
-from llmlab.validate import check_positive_int
+from llmlab.validate import require_positive_int
 
 __all__ = [
     "parameter_breakdown",
@@ -135,7 +135,7 @@ def flops_per_token(config, seq: int, backward: bool = True) -> int:
     ``backward`` (a training step) three times that. Attention is counted over the full
     seq x seq score matrix, as naive attention computes it (masking does not skip work).
     """
-    check_positive_int(seq, "seq")
+    require_positive_int(seq, "seq")
     forward = 2 * matmul_parameters(config) + 4 * config.n_layers * seq * (
         config.n_heads * _head_dim(config)
     )

@@ -21,11 +21,11 @@ import math
 import torch
 from torch import nn
 
-from llmlab.attention import combine_masks, padding_mask
-from llmlab.blocks import DecoderBlock, EncoderBlock
 from llmlab.models.causal_lm import _init_weights, check_input_ids
 from llmlab.models.configs import T5Config
-from llmlab.norms import RMSNorm
+from llmlab.nn.attention import combine_masks, padding_mask
+from llmlab.nn.blocks import DecoderBlock, EncoderBlock
+from llmlab.nn.norms import RMSNorm
 
 __all__ = ["T5", "relative_position_bucket", "t5_state_dict"]
 
@@ -58,7 +58,9 @@ def relative_position_bucket(
         distance = (-relative_position).clamp(min=0)  # looking back only
     exact = n // 2
     if max_distance <= exact:
-        raise ValueError(f"max_distance: expected > {exact} (the exact buckets), got {max_distance}")
+        raise ValueError(
+            f"max_distance: expected > {exact} (the exact buckets), got {max_distance}"
+        )
     # log-spaced buckets: exact + log(d / exact) / log(max_distance / exact) * (n - exact)
     scaled = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
     large = (exact + (scaled * (n - exact)).long()).clamp(max=n - 1)
@@ -145,7 +147,9 @@ class T5(nn.Module):
             x = layer(x, memory=memory, mask=bias, memory_mask=memory_mask)
         x = self.dropout(self.decoder_norm(x))
         if self.config.tie_embeddings:
-            x = x * self.config.d_model**-0.5  # the tied head would otherwise see a d-times larger scale
+            x = (
+                x * self.config.d_model**-0.5
+            )  # the tied head would otherwise see a d-times larger scale
         return self.lm_head(x)
 
     def forward(
@@ -154,7 +158,9 @@ class T5(nn.Module):
         decoder_input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)
+        return self.decode(
+            decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask
+        )
 
     @classmethod
     def from_hf(cls, hf_model) -> T5:

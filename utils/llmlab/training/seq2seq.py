@@ -1,7 +1,7 @@
 """A small encoder-decoder Transformer, a toy seq2seq task, and the loop that trains one on the other.
 
     >>> from llmlab import env
-    >>> from llmlab.seq2seq import ToyTask, Seq2SeqConfig, Seq2SeqTransformer, train_seq2seq, exact_match
+    >>> from llmlab.training.seq2seq import ToyTask, Seq2SeqConfig, Seq2SeqTransformer, train_seq2seq, exact_match
     >>> task = ToyTask("reverse")                  # "3 1 4 1 5" -> "5 1 4 1 3", lengths 1..16
     >>> env.seed_everything(0)
     >>> model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=task.vocab_size))   # 0.23 M params
@@ -16,8 +16,8 @@ reach 100% exact match on 1,000 held-out inputs (model seeds 0, 1, 2, 3); with s
 
 The model is the architecture of "Attention Is All You Need" at toy size: token embeddings
 (scaled by sqrt(d_model), shared by encoder, decoder and, with ``tie_embeddings``, the output
-head) plus sinusoidal or learned positions; N :class:`~llmlab.blocks.EncoderBlock`; N
-:class:`~llmlab.blocks.DecoderBlock` that attend to the encoder's output; a linear head.
+head) plus sinusoidal or learned positions; N :class:`~llmlab.nn.blocks.EncoderBlock`; N
+:class:`~llmlab.nn.blocks.DecoderBlock` that attend to the encoder's output; a linear head.
 
 The task splits every possible input into train (90%) and test (10%) by a hash of the input,
 so held-out inputs are never trained on, whatever the seeds. Training draws fresh random
@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.attention import padding_mask
-from llmlab.blocks import BlockConfig, DecoderBlock, EncoderBlock
-from llmlab.norms import make_norm
-from llmlab.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
+from llmlab.nn.attention import padding_mask
+from llmlab.nn.blocks import BlockConfig, DecoderBlock, EncoderBlock
+from llmlab.nn.norms import make_norm
+from llmlab.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
 from llmlab.progress import progress as progress_bar
-from llmlab.validate import check_int, check_positive_int
+from llmlab.validate import require_int, require_positive_int
 
 __all__ = [
     "Seq2SeqConfig",
@@ -82,9 +82,9 @@ class Seq2SeqConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_seq"):
-            check_positive_int(getattr(self, name), name)
+            require_positive_int(getattr(self, name), name)
         for name in ("n_encoder_layers", "n_decoder_layers"):
-            check_int(getattr(self, name), name, 0)
+            require_int(getattr(self, name), name, 0)
         if self.positional not in ("sinusoidal", "learned"):
             raise ValueError(
                 f"positional: expected 'sinusoidal' or 'learned', got {self.positional!r}"
@@ -226,7 +226,7 @@ def greedy_decode(
     """
     if not isinstance(model, Seq2SeqTransformer):
         raise TypeError(f"model: expected a Seq2SeqTransformer, got {type(model).__name__}")
-    check_positive_int(max_len, "max_len")
+    require_positive_int(max_len, "max_len")
     if max_len + 1 > model.config.max_seq:
         raise ValueError(
             f"max_len: expected <= max_seq - 1 = {model.config.max_seq - 1}, got {max_len}"
@@ -320,7 +320,7 @@ class ToyTask:
 
     def dataset(self, n: int, split: str = "test", seed: int = 0) -> Seq2SeqDataset:
         """``n`` distinct inputs from ``split`` (seeded), as a :class:`Seq2SeqDataset`."""
-        check_positive_int(n, "n")
+        require_positive_int(n, "n")
         rng = random.Random(seed)
         seen: set[tuple[int, ...]] = set()
         pairs = []
@@ -450,7 +450,7 @@ def train_seq2seq(
             f"model: expected vocab_size >= task.vocab_size={task.vocab_size}, got {model.config.vocab_size}"
         )
     for value, name in ((steps, "steps"), (batch_size, "batch_size")):
-        check_positive_int(value, name)
+        require_positive_int(value, name)
     warmup = max(1, steps // 10) if warmup is None else warmup
     rng = random.Random(seed)
     torch.manual_seed(seed)

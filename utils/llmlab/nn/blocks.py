@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from llmlab.attention import MultiHeadAttention
-from llmlab.ffn import ACTIVATIONS, FeedForward
-from llmlab.norms import NORMS, make_norm
-from llmlab.validate import check_positive_int
+from llmlab.nn.attention import MultiHeadAttention
+from llmlab.nn.ffn import ACTIVATIONS, FeedForward
+from llmlab.nn.norms import NORMS, make_norm
+from llmlab.validate import require_positive_int
 
 if TYPE_CHECKING:
-    from llmlab.models.cache import KVCache
+    from llmlab.nn.cache import KVCache
 
 __all__ = ["BlockConfig", "EncoderBlock", "DecoderBlock"]
 
@@ -60,7 +60,7 @@ class BlockConfig:
 
     def __post_init__(self):
         for name in ("d_model", "n_heads", "d_ff"):
-            check_positive_int(getattr(self, name), name)
+            require_positive_int(getattr(self, name), name)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:
@@ -132,7 +132,7 @@ class EncoderBlock(nn.Module):
         """x: (batch, seq, d_model) -> same shape.
 
         mask: bool (True = attend) or additive float, broadcastable to
-        (batch, heads, seq, seq), e.g. ``llmlab.attention.padding_mask(lengths)``. rope: (cos, sin)
+        (batch, heads, seq, seq), e.g. ``llmlab.nn.attention.padding_mask(lengths)``. rope: (cos, sin)
         for RoPE. With ``return_weights`` also returns ``{"self": (batch, heads, seq, seq)}``.
         """
         _check_x(x, self.config.d_model)
@@ -196,7 +196,7 @@ class DecoderBlock(nn.Module):
         ``padding_mask(src_lengths)``. rope: (cos, sin), applied in self-attention. With
         ``return_weights`` also returns ``{"self": ..., "cross": ...}`` attention weights.
         cache, layer_idx: a KV cache and this block's slot in it, for the self-attention
-        (x then holds only the new positions; see :class:`llmlab.attention.MultiHeadAttention`).
+        (x then holds only the new positions; see :class:`llmlab.nn.attention.MultiHeadAttention`).
         """
         _check_x(x, self.config.d_model)
         if self.has_cross_attention:
@@ -209,7 +209,11 @@ class DecoderBlock(nn.Module):
 
         def attend(h):
             out = self.self_attn(
-                h, mask=mask, rope=rope, return_weights=return_weights, cache=cache,
+                h,
+                mask=mask,
+                rope=rope,
+                return_weights=return_weights,
+                cache=cache,
                 layer_idx=layer_idx,
             )
             if return_weights:

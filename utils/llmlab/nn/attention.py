@@ -1,6 +1,6 @@
 """Attention, from the formula: softmax(Q K^T / sqrt(d_k)) V, its masks, and multi-head attention.
 
-    >>> from llmlab.attention import scaled_dot_product_attention, causal_mask, MultiHeadAttention
+    >>> from llmlab.nn.attention import scaled_dot_product_attention, causal_mask, MultiHeadAttention
     >>> out = scaled_dot_product_attention(q, k, v, mask=causal_mask(seq, seq))
     >>> attn = MultiHeadAttention(d_model=64, n_heads=4, n_kv_heads=2, is_causal=True)
     >>> y = attn(x)                              # x: (batch, seq, d_model)
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.positional import apply_rotary
-from llmlab.validate import check_dims, check_float, check_positive_int
+from llmlab.nn.positional import apply_rotary
+from llmlab.validate import require_dims, require_float, require_positive_int
 
 if TYPE_CHECKING:
-    from llmlab.models.cache import KVCache
+    from llmlab.nn.cache import KVCache
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -113,8 +113,8 @@ def causal_mask(
     (``torch``'s ``is_causal=True`` aligns top-left instead; both agree when seq_q == seq_k.)
     """
     seq_k = seq_q if seq_k is None else seq_k
-    check_positive_int(seq_q, "seq_q")
-    check_positive_int(seq_k, "seq_k")
+    require_positive_int(seq_q, "seq_q")
+    require_positive_int(seq_k, "seq_k")
     if seq_k < seq_q:
         raise ValueError(
             f"seq_k: expected >= seq_q={seq_q} (the keys include the queries' own positions), "
@@ -219,8 +219,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Grouped-query attention: each key/value head serves ``n_rep`` consecutive query heads
     (query head h uses kv head h // n_rep), the layout of LLaMA's ``repeat_kv``.
     """
-    check_dims(x, 4, "x", "(batch, kv_heads, seq, head_dim)")
-    check_positive_int(n_rep, "n_rep")
+    require_dims(x, 4, "x", "(batch, kv_heads, seq, head_dim)")
+    require_positive_int(n_rep, "n_rep")
     if n_rep == 1:
         return x
     batch, kv_heads, seq, head_dim = x.shape
@@ -256,10 +256,10 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
     ):
         super().__init__()
-        check_positive_int(d_model, "d_model")
-        check_positive_int(n_heads, "n_heads")
+        require_positive_int(d_model, "d_model")
+        require_positive_int(n_heads, "n_heads")
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        check_positive_int(n_kv_heads, "n_kv_heads")
+        require_positive_int(n_kv_heads, "n_kv_heads")
         if n_heads % n_kv_heads:
             raise ValueError(
                 f"n_kv_heads: expected a divisor of n_heads={n_heads}, got {n_kv_heads}"
@@ -270,7 +270,7 @@ class MultiHeadAttention(nn.Module):
                     f"n_heads: expected a divisor of d_model={d_model} (or pass head_dim), got {n_heads}"
                 )
             head_dim = d_model // n_heads
-        check_positive_int(head_dim, "head_dim")
+        require_positive_int(head_dim, "head_dim")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
         self.d_model = d_model
@@ -300,24 +300,24 @@ class MultiHeadAttention(nn.Module):
         context: (batch, seq_k, d_model) for cross-attention, None for self-attention.
         mask: bool (True = attend) or additive float, broadcastable to
         (batch, heads, seq_q, seq_k); combined with the causal mask when ``is_causal``.
-        rope: ``(cos, sin)`` from :class:`llmlab.positional.RotaryEmbedding` (each
+        rope: ``(cos, sin)`` from :class:`llmlab.nn.positional.RotaryEmbedding` (each
         (seq, head_dim) or (batch, seq, head_dim)), applied to q and k after the projections
         (self-attention only). With ``return_weights`` also returns the attention weights
         (batch, heads, seq_q, seq_k).
-        cache, layer_idx: a :class:`llmlab.models.cache.KVCache` and this layer's index in it
+        cache, layer_idx: a :class:`llmlab.nn.cache.KVCache` and this layer's index in it
         (self-attention only). This call's k and v (after RoPE, before GQA repetition) are
         appended to the cache and the queries attend to every cached key: x holds the *new*
         positions, ``rope`` must be computed at those positions, and the causal mask aligns
         the queries with the last keys.
         """
-        check_dims(x, 3, "x", "(batch, seq, d_model)")
-        check_float(x, "x")
+        require_dims(x, 3, "x", "(batch, seq, d_model)")
+        require_float(x, "x")
         if x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x: expected last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
             )
         if context is not None:
-            check_dims(context, 3, "context", "(batch, seq_k, d_model)")
+            require_dims(context, 3, "context", "(batch, seq_k, d_model)")
             if context.shape[0] != x.shape[0] or context.shape[-1] != self.d_model:
                 raise ValueError(
                     f"context: expected shape ({x.shape[0]}, seq_k, {self.d_model}), "
@@ -444,7 +444,7 @@ def naive_attention_memory(
     itemsize. FlashAttention never materialises ``scores``: only ``qkvo`` remains.
     """
     for value, name in ((seq, "seq"), (heads, "heads"), (head_dim, "head_dim"), (batch, "batch")):
-        check_positive_int(value, name)
+        require_positive_int(value, name)
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -460,10 +460,10 @@ def naive_attention_memory(
 
 
 def _check_qkv(q, k, v) -> None:
-    check_dims(q, 4, "q", "(batch, heads, seq_q, head_dim)")
-    check_dims(k, 4, "k", "(batch, heads, seq_k, head_dim)")
-    check_dims(v, 4, "v", "(batch, heads, seq_k, head_dim_v)")
-    check_float(q, "q")
+    require_dims(q, 4, "q", "(batch, heads, seq_q, head_dim)")
+    require_dims(k, 4, "k", "(batch, heads, seq_k, head_dim)")
+    require_dims(v, 4, "v", "(batch, heads, seq_k, head_dim_v)")
+    require_float(q, "q")
     for t, name in ((k, "k"), (v, "v")):
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: expected dtype {q.dtype} (the dtype of q), got {t.dtype}")

@@ -4,7 +4,7 @@ A causal LM gives, for every position, one score (a *logit*) per vocabulary entr
 the last position's logits into a probability distribution over the next token. Decoding is the
 rule that picks a token from it, appends it, and asks again:
 
-    >>> from llmlab.generation import generate, HFCausalLM
+    >>> from llmlab.inference.generation import generate, HFCausalLM
     >>> lm = HFCausalLM(hf_model)                          # or a model of llmlab.models
     >>> new_ids = generate(lm, prompt_ids, 40)             # greedy: always the argmax
     >>> new_ids = generate(lm, prompt_ids, 40, do_sample=True, temperature=0.8, top_p=0.9,
@@ -31,15 +31,15 @@ tokens when logits tie exactly; transformers' top-k does the same), and the resu
 depend on how a sort orders equal values.
 
 :func:`generate` runs the loop with a KV cache (``use_cache=True``: the prompt is processed
-once, then each step feeds one token; see :mod:`llmlab.models.cache`) or without one (each step
+once, then each step feeds one token; see :mod:`llmlab.nn.cache`) or without one (each step
 recomputes the whole prefix, to measure what the cache saves). :func:`beam_search` keeps the
 ``num_beams`` best partial texts by total log-probability and reorders the cache as beams
 split; it follows transformers' beam search rules, so both return the same tokens.
 
 The model interface is that of :mod:`llmlab.models`: ``model(input_ids, cache=None) -> logits
 (batch, seq, vocab)`` and ``model.new_cache()``. :class:`HFCausalLM` gives a transformers
-causal LM the same interface. The metrics :func:`distinct_n`, :func:`repetition_rate` and
-:func:`token_log_probs` measure what each strategy does to diversity, loops and likelihood.
+causal LM the same interface. :mod:`llmlab.evaluation` measures what each strategy does to
+diversity, loops and likelihood (``distinct_n``, ``repetition_rate``, ``token_log_probs``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmlab.validate import check_dims, check_float, check_int, check_positive_int
+from llmlab.validate import require_dims, require_float, require_int, require_positive_int
 
 __all__ = [
     "apply_temperature",
@@ -70,9 +70,6 @@ __all__ = [
     "HFCausalLM",
     "HFCache",
     "generate_text",
-    "distinct_n",
-    "repetition_rate",
-    "token_log_probs",
 ]
 
 NEG_INF = float("-inf")
@@ -84,22 +81,35 @@ NEG_INF = float("-inf")
 
 def _check_logits(logits: Any, name: str = "logits") -> None:
     if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor (..., vocab), got {type(logits).__name__}")
+        raise TypeError(
+            f"{name}: expected a torch.Tensor (..., vocab), got {type(logits).__name__}"
+        )
     if logits.dim() < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"{name}: expected shape (..., vocab) with vocab >= 1, got {tuple(logits.shape)}")
-    check_float(logits, name)
+        raise ValueError(
+            f"{name}: expected shape (..., vocab) with vocab >= 1, got {tuple(logits.shape)}"
+        )
+    require_float(logits, name)
 
 
 def _check_ids(ids: Any, name: str, batch: int | None = None) -> None:
-    check_dims(ids, 2, name, "(batch, seq)")
+    require_dims(ids, 2, name, "(batch, seq)")
     if ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name}: expected token ids of dtype int64, got {ids.dtype}")
     if batch is not None and ids.shape[0] != batch:
-        raise ValueError(f"{name}: expected batch {batch} (the logits' rows), got shape {tuple(ids.shape)}")
+        raise ValueError(
+            f"{name}: expected batch {batch} (the logits' rows), got shape {tuple(ids.shape)}"
+        )
 
 
-def _check_number(value: Any, name: str, low: float, high: float = math.inf, *,
-                  low_open: bool = True, high_open: bool = False) -> float:
+def _check_number(
+    value: Any,
+    name: str,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = True,
+    high_open: bool = False,
+) -> float:
     """``value`` must be a real number in the interval (low, high] (ends as flagged)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
@@ -117,7 +127,9 @@ def _eos_list(eos_token_id: int | Sequence[int] | None) -> list[int]:
         return []
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-        raise ValueError(f"eos_token_id: expected an int >= 0 or a list of them, got {eos_token_id!r}")
+        raise ValueError(
+            f"eos_token_id: expected an int >= 0 or a list of them, got {eos_token_id!r}"
+        )
     return ids
 
 
@@ -143,7 +155,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     exact tie can keep more than k tokens. ``k >= vocab`` keeps everything.
     """
     _check_logits(logits)
-    check_positive_int(k, "k")
+    require_positive_int(k, "k")
     if k >= logits.shape[-1]:
         return logits.clone()
     kth_largest = logits.topk(k, dim=-1).values[..., -1:]
@@ -197,8 +209,8 @@ def apply_repetition_penalty(
     when negative (either way it moves down for penalty > 1), however often it occurred.
     ``penalty = 1`` changes nothing; penalty < 1 rewards repetition.
     """
-    check_dims(logits, 2, "logits", "(batch, vocab)")
-    check_float(logits, "logits")
+    require_dims(logits, 2, "logits", "(batch, vocab)")
+    require_float(logits, "logits")
     _check_ids(input_ids, "input_ids", batch=logits.shape[0])
     penalty = _check_number(penalty, "penalty", 0.0)
     seen = logits.gather(-1, input_ids.long())
@@ -212,17 +224,17 @@ def no_repeat_ngram_filter(logits: torch.Tensor, input_ids: torch.Tensor, n: int
     logits: (batch, vocab); input_ids: (batch, seq). If the last n - 1 tokens of row b also
     occur earlier followed by token t, t gets ``-inf``: no n-gram can appear twice.
     """
-    check_dims(logits, 2, "logits", "(batch, vocab)")
-    check_float(logits, "logits")
+    require_dims(logits, 2, "logits", "(batch, vocab)")
+    require_float(logits, "logits")
     _check_ids(input_ids, "input_ids", batch=logits.shape[0])
-    check_positive_int(n, "n")
+    require_positive_int(n, "n")
     out = logits.clone()
     seq = input_ids.shape[1]
     if seq + 1 < n:
         return out
     for row, ids in enumerate(input_ids.tolist()):
-        prefix = ids[seq - n + 1:] if n > 1 else []
-        banned = {ids[i + n - 1] for i in range(seq - n + 1) if ids[i:i + n - 1] == prefix}
+        prefix = ids[seq - n + 1 :] if n > 1 else []
+        banned = {ids[i + n - 1] for i in range(seq - n + 1) if ids[i : i + n - 1] == prefix}
         if banned:
             out[row, sorted(banned)] = NEG_INF
     return out
@@ -269,8 +281,8 @@ def sample_from_logits(
     Uses ``generator`` (or torch's global RNG when None), exactly as transformers samples:
     ``torch.multinomial(softmax(logits), 1)``.
     """
-    check_dims(logits, 2, "logits", "(batch, vocab)")
-    check_float(logits, "logits")
+    require_dims(logits, 2, "logits", "(batch, vocab)")
+    require_float(logits, "logits")
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
@@ -283,8 +295,10 @@ def _as_generator(generator: torch.Generator | int | None, device: torch.device)
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, bool) or not isinstance(generator, int):
-        raise TypeError(f"generator: expected a torch.Generator, an int seed or None, "
-                        f"got {type(generator).__name__}")
+        raise TypeError(
+            f"generator: expected a torch.Generator, an int seed or None, "
+            f"got {type(generator).__name__}"
+        )
     return torch.Generator(device=device).manual_seed(generator)
 
 
@@ -295,8 +309,10 @@ def _sync(device: torch.device) -> None:
 
 def _check_prompt(input_ids: Any) -> None:
     if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
-        raise ValueError(f"input_ids: expected 2 dims (batch, seq), got shape "
-                         f"{tuple(input_ids.shape)}; add a batch dim with input_ids[None]")
+        raise ValueError(
+            f"input_ids: expected 2 dims (batch, seq), got shape "
+            f"{tuple(input_ids.shape)}; add a batch dim with input_ids[None]"
+        )
     _check_ids(input_ids, "input_ids")
     if input_ids.shape[1] < 1:
         raise ValueError("input_ids: expected at least one prompt token, got seq 0")
@@ -336,7 +352,7 @@ def generate(
     (model call and token choice); step 0 is the prefill, which processes the whole prompt.
     """
     _check_prompt(input_ids)
-    check_positive_int(max_new_tokens, "max_new_tokens")
+    require_positive_int(max_new_tokens, "max_new_tokens")
     if do_sample:
         _check_number(temperature, "temperature", 0.0)
     eos = _eos_list(eos_token_id)
@@ -345,9 +361,15 @@ def generate(
     device = input_ids.device
     generator = _as_generator(generator, device)
     eos_tensor = torch.tensor(eos, dtype=torch.long, device=device)
-    settings = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                    min_p=min_p, repetition_penalty=repetition_penalty,
-                    no_repeat_ngram_size=no_repeat_ngram_size)
+    settings = dict(
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
 
     ids = input_ids.long()
     cache = model.new_cache() if use_cache else None
@@ -372,7 +394,7 @@ def generate(
             unfinished &= ~torch.isin(next_ids, eos_tensor)
             if not unfinished.any():
                 break
-    return ids[:, input_ids.shape[1]:]
+    return ids[:, input_ids.shape[1] :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,8 +446,8 @@ def beam_search(
     returns for the same settings.
     """
     _check_prompt(input_ids)
-    check_positive_int(num_beams, "num_beams")
-    check_positive_int(max_new_tokens, "max_new_tokens")
+    require_positive_int(num_beams, "num_beams")
+    require_positive_int(max_new_tokens, "max_new_tokens")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
         raise TypeError(f"length_penalty: expected a number, got {type(length_penalty).__name__}")
     if early_stopping not in (True, False, "never"):
@@ -433,13 +455,22 @@ def beam_search(
     eos = _eos_list(eos_token_id)
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
-    rows = [_beam_search_one(model, input_ids[b:b + 1].long(), num_beams, max_new_tokens,
-                             float(length_penalty), early_stopping, eos)
-            for b in range(input_ids.shape[0])]
+    rows = [
+        _beam_search_one(
+            model,
+            input_ids[b : b + 1].long(),
+            num_beams,
+            max_new_tokens,
+            float(length_penalty),
+            early_stopping,
+            eos,
+        )
+        for b in range(input_ids.shape[0])
+    ]
     width = max(len(ids) for ids, _, _ in rows)
     new_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     for b, (ids, _, _) in enumerate(rows):
-        new_ids[b, :len(ids)] = ids
+        new_ids[b, : len(ids)] = ids
     return BeamSearchOutput(
         new_ids=new_ids.to(input_ids.device),
         lengths=torch.tensor([len(ids) for ids, _, _ in rows]),
@@ -448,9 +479,15 @@ def beam_search(
     )
 
 
-def _beam_search_one(model, prompt: torch.Tensor, num_beams: int, max_new_tokens: int,
-                     length_penalty: float, early_stopping: bool | str,
-                     eos: list[int]) -> tuple[torch.Tensor, float, float]:
+def _beam_search_one(
+    model,
+    prompt: torch.Tensor,
+    num_beams: int,
+    max_new_tokens: int,
+    length_penalty: float,
+    early_stopping: bool | str,
+    eos: list[int],
+) -> tuple[torch.Tensor, float, float]:
     """Beam search for one prompt (1, seq): (new ids, sum of log-probs, score) of the best."""
     device = prompt.device
     n_candidates = max(2, 1 + len(eos)) * num_beams
@@ -485,7 +522,7 @@ def _beam_search_one(model, prompt: torch.Tensor, num_beams: int, max_new_tokens
         may_finish[num_beams:] = False
         if not can_improve or (full and early_stopping is True):
             may_finish[:] = False
-        new_scores = top_totals / (n_new ** length_penalty) + (~may_finish).float() * -1e9
+        new_scores = top_totals / (n_new**length_penalty) + (~may_finish).float() * -1e9
         merged = torch.cat([done_scores, new_scores])
         best = merged.topk(num_beams).indices
         all_log_probs = torch.cat([done_log_probs, top_totals])
@@ -501,7 +538,7 @@ def _beam_search_one(model, prompt: torch.Tensor, num_beams: int, max_new_tokens
         hypothetical = n_new
         if early_stopping == "never" and length_penalty > 0.0:
             hypothetical = max_new_tokens
-        best_possible = beam_scores[0] / (hypothetical ** length_penalty)
+        best_possible = beam_scores[0] / (hypothetical**length_penalty)
         full = bool((done_scores > -1e9).all())
         worst_done = done_scores.min() if full else torch.tensor(-1e9, device=device)
         can_improve = can_improve and bool(best_possible > worst_done)
@@ -519,7 +556,7 @@ def _beam_search_one(model, prompt: torch.Tensor, num_beams: int, max_new_tokens
 
 
 class HFCache:
-    """A transformers ``DynamicCache`` with the interface of :class:`llmlab.models.cache.KVCache`
+    """A transformers ``DynamicCache`` with the interface of :class:`llmlab.nn.cache.KVCache`
     that decoding uses: ``length``, ``reorder(index)``, ``crop(length)``, ``nbytes()``."""
 
     def __init__(self) -> None:
@@ -538,7 +575,7 @@ class HFCache:
 
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on."""
-        check_int(length, "length", 0)
+        require_int(length, "length", 0)
         if length < self.length:
             self.past.crop(length - self.length)  # transformers takes minus the tokens to drop
 
@@ -565,7 +602,9 @@ class HFCausalLM:
 
     def __init__(self, hf_model: torch.nn.Module) -> None:
         if not callable(hf_model) or not hasattr(hf_model, "config"):
-            raise TypeError(f"hf_model: expected a transformers causal LM, got {type(hf_model).__name__}")
+            raise TypeError(
+                f"hf_model: expected a transformers causal LM, got {type(hf_model).__name__}"
+            )
         self.model = hf_model.eval()
         self.config = hf_model.config
 
@@ -584,7 +623,9 @@ class HFCausalLM:
         if cache is None:
             return self.model(input_ids=input_ids, use_cache=False).logits
         if not isinstance(cache, HFCache):
-            raise TypeError(f"cache: expected an HFCache from new_cache(), got {type(cache).__name__}")
+            raise TypeError(
+                f"cache: expected an HFCache from new_cache(), got {type(cache).__name__}"
+            )
         return self.model(input_ids=input_ids, past_key_values=cache.past, use_cache=True).logits
 
     def __repr__(self) -> str:
@@ -627,70 +668,3 @@ def _device_of(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return torch.device("cpu")
-
-
-# --------------------------------------------------------------------------------------------
-# Measuring a text: diversity, loops, likelihood
-
-
-def _as_sequences(ids: Any, name: str) -> list[list[int]]:
-    """One sequence (list/1-D tensor of ids) or several (list of them, or a 2-D tensor)."""
-    if isinstance(ids, torch.Tensor):
-        if ids.dim() not in (1, 2):
-            raise ValueError(f"{name}: expected 1 or 2 dims, got shape {tuple(ids.shape)}")
-        ids = ids.tolist()
-    if not isinstance(ids, (list, tuple)):
-        raise TypeError(f"{name}: expected token ids (list or tensor), got {type(ids).__name__}")
-    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        return [list(ids)]
-    if all(isinstance(s, (list, tuple)) for s in ids):
-        return [list(s) for s in ids]
-    raise TypeError(f"{name}: expected a list of ints or a list of lists of ints")
-
-
-def _ngrams(seq: list[int], n: int) -> list[tuple[int, ...]]:
-    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
-
-
-def distinct_n(ids: Any, n: int) -> float:
-    """Distinct-n (Li et al. 2016): unique n-grams / all n-grams, pooled over the sequences.
-
-    ids: one sequence of token ids or several (pooled: texts that repeat each other score low,
-    which is how distinct-n measures the diversity of a set of samples). 1.0 = no n-gram occurs
-    twice. NaN when there is no n-gram at all (every text shorter than n).
-    """
-    check_positive_int(n, "n")
-    grams = [g for seq in _as_sequences(ids, "ids") for g in _ngrams(seq, n)]
-    return len(set(grams)) / len(grams) if grams else math.nan
-
-
-def repetition_rate(ids: Any, n: int = 4) -> float:
-    """The share of a text's n-grams that repeat an earlier n-gram of the same text.
-
-    Welleck et al. (2019)'s seq-rep-n: 0.0 for a text without repeats, close to 1.0 for a text
-    stuck in a loop. Several sequences: the mean of their rates (each text is judged on its
-    own, unlike :func:`distinct_n`). NaN when no text has an n-gram.
-    """
-    check_positive_int(n, "n")
-    rates = []
-    for seq in _as_sequences(ids, "ids"):
-        grams = _ngrams(seq, n)
-        if grams:
-            rates.append(1.0 - len(set(grams)) / len(grams))
-    return sum(rates) / len(rates) if rates else math.nan
-
-
-@torch.no_grad()
-def token_log_probs(model: Callable, prompt_ids: torch.Tensor, new_ids: torch.Tensor) -> torch.Tensor:
-    """log p(new token t | prompt, earlier new tokens) for each new token: (batch, n_new) float32.
-
-    One forward pass over prompt + continuation (teacher forcing). The mean is a text's average
-    log-probability; ``exp(-mean)`` its perplexity under the model.
-    """
-    _check_prompt(prompt_ids)
-    _check_ids(new_ids, "new_ids", batch=prompt_ids.shape[0])
-    if new_ids.shape[1] == 0:
-        return torch.zeros(prompt_ids.shape[0], 0)
-    ids = torch.cat([prompt_ids.long(), new_ids.long()], dim=1)
-    logits = model(ids)[:, prompt_ids.shape[1] - 1:-1, :].float()
-    return logits.log_softmax(dim=-1).gather(-1, new_ids.long()[..., None]).squeeze(-1)

@@ -75,7 +75,9 @@ def find_notebooks(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += [p for p in sorted(path.rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts]
+            found += [
+                p for p in sorted(path.rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts
+            ]
         elif path.is_file():
             found.append(path)
         else:
@@ -102,24 +104,43 @@ def _artifact_name(notebook: Path) -> str:
 
 
 def grade_notebook(
-    notebook: Path, exercises: list[str], out_dir: Path, timeout: float, kernel_name: str = "python3"
+    notebook: Path,
+    exercises: list[str],
+    out_dir: Path,
+    timeout: float,
+    kernel_name: str = "python3",
 ) -> Grade:
     """Run ``notebook`` headless and grade it on ``exercises`` (the last result of each counts).
 
     The notebook runs in a process of its own, so ``timeout`` bounds the whole notebook: when
     it runs out, the process and its kernel are stopped and what the checks logged so far counts.
     """
-    from llmlab.notebooks import SUMMARY_PREFIX, _kernel_pythonpath
+    from llmlab.course.notebooks import SUMMARY_PREFIX, _kernel_pythonpath
 
     grade = Grade(student=str(notebook))
     executed = out_dir / "executed" / _artifact_name(notebook)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "checks.jsonl"
-        command = [sys.executable, "-m", "llmlab.notebooks", str(notebook), str(executed),
-                   "--timeout", f"{timeout:g}", "--kernel", kernel_name]
+        command = [
+            sys.executable,
+            "-m",
+            "llmlab.course.notebooks",
+            str(notebook),
+            str(executed),
+            "--timeout",
+            f"{timeout:g}",
+            "--kernel",
+            kernel_name,
+        ]
         env = {**os.environ, LOG_ENV_VAR: str(log), "PYTHONPATH": _kernel_pythonpath()}
-        run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        run = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             _, stderr = run.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -128,8 +149,11 @@ def grade_notebook(
             grade.note = f"timed out: the notebook ran longer than {timeout:g} s"
         else:
             if run.returncode != 0:
-                summaries = [line[len(SUMMARY_PREFIX):] for line in stderr.splitlines()
-                             if line.startswith(SUMMARY_PREFIX)]
+                summaries = [
+                    line[len(SUMMARY_PREFIX) :]
+                    for line in stderr.splitlines()
+                    if line.startswith(SUMMARY_PREFIX)
+                ]
                 grade.note = summaries[-1] if summaries else f"exit status {run.returncode}"
         latest = {record["exercise"]: record for record in read_log(log)}
     for exercise in exercises:
@@ -150,8 +174,12 @@ def markdown_table(grades: list[Grade], exercises: list[str]) -> str:
     """
     header = ["student", *exercises, "score", "notes"]
     rows = [
-        [grade.student, *(grade.status.get(e, "") for e in exercises),
-         f"{grade.score}/{grade.total}", grade.note]
+        [
+            grade.student,
+            *(grade.status.get(e, "") for e in exercises),
+            f"{grade.score}/{grade.total}",
+            grade.note,
+        ]
         for grade in grades
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -165,8 +193,15 @@ def write_csv(path: Path, grades: list[Grade], exercises: list[str]) -> None:
         writer = csv.writer(file)
         writer.writerow(["student", *exercises, "score", "total", "notes"])
         for grade in grades:
-            writer.writerow([grade.student, *(grade.status.get(e, "") for e in exercises),
-                             grade.score, grade.total, grade.note])
+            writer.writerow(
+                [
+                    grade.student,
+                    *(grade.status.get(e, "") for e in exercises),
+                    grade.score,
+                    grade.total,
+                    grade.note,
+                ]
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,14 +210,30 @@ def main(argv: list[str] | None = None) -> int:
     argv excludes the word ``grade``. Exits 0 once grading completed, whatever the scores;
     2 on a usage error (a path that does not exist, a lab without checks).
     """
-    parser = argparse.ArgumentParser(prog="python -m llmlab grade", description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="students' notebooks or folders of them")
-    parser.add_argument("--lab", type=Path, default=None,
-                        help="the lab or solution notebook whose check calls list the exercises")
-    parser.add_argument("--out", type=Path, default=Path("grades"),
-                        help="folder for grades.md, grades.csv and executed/ (default: ./grades)")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds any one cell may run before the notebook is stopped")
+    parser = argparse.ArgumentParser(
+        prog="python -m llmlab grade", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "paths", nargs="+", type=Path, help="students' notebooks or folders of them"
+    )
+    parser.add_argument(
+        "--lab",
+        type=Path,
+        default=None,
+        help="the lab or solution notebook whose check calls list the exercises",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("grades"),
+        help="folder for grades.md, grades.csv and executed/ (default: ./grades)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="seconds any one cell may run before the notebook is stopped",
+    )
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     args = parser.parse_args(argv)
 
@@ -195,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no .ipynb files found", file=sys.stderr)
         return 2
 
-    from llmlab.labs import default_root
+    from llmlab.course.labs import default_root
 
     root = default_root()
     grades, exercises = [], []

@@ -84,7 +84,9 @@ def _kernel_pythonpath() -> str:
     package_parent = str(Path(__file__).resolve().parents[1])
     current = os.environ.get("PYTHONPATH", "")
     entries = [entry for entry in current.split(os.pathsep) if entry]
-    site_dirs = {str(Path(d).resolve()) for d in site.getsitepackages() + [site.getusersitepackages()]}
+    site_dirs = {
+        str(Path(d).resolve()) for d in site.getsitepackages() + [site.getusersitepackages()]
+    }
     if package_parent in site_dirs or package_parent in entries:
         return current
     return os.pathsep.join([package_parent, *entries])
@@ -124,7 +126,8 @@ def _read_output(path: Path | None) -> NotebookNode | None:
 def _last_started_cell(nb: NotebookNode | None) -> tuple[int | None, str]:
     """The index and source of the last cell papermill started (the one that timed out)."""
     started = [
-        (index, cell.source) for index, cell in enumerate(nb.cells if nb is not None else [])
+        (index, cell.source)
+        for index, cell in enumerate(nb.cells if nb is not None else [])
         if cell.get("metadata", {}).get("papermill", {}).get("start_time")
     ]
     return started[-1] if started else (None, "")
@@ -159,7 +162,9 @@ def execute_notebook(
     try:
         nbformat.read(src, as_version=4)
     except Exception as exc:
-        raise NotebookError(f"invalid notebook: {type(exc).__name__}: {exc}"[:300], path=src) from exc
+        raise NotebookError(
+            f"invalid notebook: {type(exc).__name__}: {exc}"[:300], path=src
+        ) from exc
 
     with contextlib.ExitStack() as stack:
         artifact = dst is not None  # a temporary dst is gone once this function returns
@@ -172,26 +177,40 @@ def execute_notebook(
         try:
             with patched_environ(kernel_env):
                 return papermill.execute_notebook(
-                    str(src), str(dst), parameters=parameters or {}, kernel_name=kernel_name,
-                    cwd=str(cwd if cwd is not None else src.parent), progress_bar=False,
+                    str(src),
+                    str(dst),
+                    parameters=parameters or {},
+                    kernel_name=kernel_name,
+                    cwd=str(cwd if cwd is not None else src.parent),
+                    progress_bar=False,
                     execution_timeout=timeout,
                 )
         except PapermillExecutionError as exc:
             evalue = strip_ansi(exc.evalue)
             summary = f"{exc.ename} in {_cell_name(exc.cell_index, exc.exec_count)}" + (
-                f": {evalue}" if evalue else "")
+                f": {evalue}" if evalue else ""
+            )
             details = "\n".join([_source_excerpt(exc.source), _traceback_tail(exc.traceback)])
-            raise NotebookError(" ".join(summary.split())[:300], path=src, output_path=saved,
-                                cell_index=exc.cell_index, details=details) from None
+            raise NotebookError(
+                " ".join(summary.split())[:300],
+                path=src,
+                output_path=saved,
+                cell_index=exc.cell_index,
+                details=details,
+            ) from None
         except TimeoutError as exc:  # nbclient's CellTimeoutError
             index, source = _last_started_cell(_read_output(dst))
             raise NotebookError(
-                f"timed out: {_cell_name(index)} ran longer than {timeout:g} s", path=src,
-                output_path=saved, cell_index=index, details=_source_excerpt(source),
+                f"timed out: {_cell_name(index)} ran longer than {timeout:g} s",
+                path=src,
+                output_path=saved,
+                cell_index=index,
+                details=_source_excerpt(source),
             ) from exc
         except Exception as exc:  # the kernel died, could not start, ...
-            raise NotebookError(f"{type(exc).__name__}: {strip_ansi(str(exc))}"[:300], path=src,
-                                output_path=saved) from exc
+            raise NotebookError(
+                f"{type(exc).__name__}: {strip_ansi(str(exc))}"[:300], path=src, output_path=saved
+            ) from exc
 
 
 def cell_text(cell: NotebookNode) -> str:
@@ -219,7 +238,7 @@ SUMMARY_PREFIX = "NOTEBOOK-ERROR: "
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llmlab.notebooks SRC DST [--timeout S] [--kernel NAME]``.
+    """``python -m llmlab.course.notebooks SRC DST [--timeout S] [--kernel NAME]``.
 
     Executes one notebook (grading runs each submission this way, in its own process, so that
     a whole-notebook time limit can stop it). On failure the readable error goes to stderr,
@@ -228,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m llmlab.notebooks")
+    parser = argparse.ArgumentParser(prog="python -m llmlab.course.notebooks")
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per cell")

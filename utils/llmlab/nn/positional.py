@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from llmlab.validate import check_dims, check_positive_int
+from llmlab.validate import require_dims, require_positive_int
 
 __all__ = [
     "sinusoidal_encoding",
@@ -58,8 +58,8 @@ def sinusoidal_encoding(
     each pair of dimensions is a clock at its own frequency, from one turn per 2*pi positions
     (i = 0) to one per 2*pi*base positions, so PE[pos + k] is a fixed rotation of PE[pos].
     """
-    check_positive_int(seq, "seq")
-    check_positive_int(d_model, "d_model")
+    require_positive_int(seq, "seq")
+    require_positive_int(d_model, "d_model")
     if d_model % 2:
         raise ValueError(f"d_model: expected an even number (sin/cos pairs), got {d_model}")
     position = torch.arange(seq, device=device, dtype=torch.float32)[:, None]
@@ -97,8 +97,8 @@ class LearnedPositionalEmbedding(nn.Embedding):
     """
 
     def __init__(self, max_seq: int, d_model: int):
-        check_positive_int(max_seq, "max_seq")
-        check_positive_int(d_model, "d_model")
+        require_positive_int(max_seq, "max_seq")
+        require_positive_int(d_model, "d_model")
         super().__init__(max_seq, d_model)
         self.max_seq = max_seq
         self.d_model = d_model
@@ -118,7 +118,7 @@ def rope_inverse_frequencies(
     head_dim: int, base: float = 10000.0, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """theta_i = base^(-2i/head_dim) for i = 0 .. head_dim/2 - 1, float32 (head_dim / 2,)."""
-    check_positive_int(head_dim, "head_dim")
+    require_positive_int(head_dim, "head_dim")
     if head_dim % 2:
         raise ValueError(
             f"head_dim: expected an even number (dimensions rotate in pairs), got {head_dim}"
@@ -148,7 +148,7 @@ def rope_frequencies(
     Row m holds cos(m * theta_i) and sin(m * theta_i), with angle i repeated at dims i and
     i + head_dim/2 (the rotate-half layout; see the module docstring).
     """
-    check_positive_int(max_seq, "max_seq")
+    require_positive_int(max_seq, "max_seq")
     inv_freq = rope_inverse_frequencies(head_dim, base, device)
     return _rope_cos_sin(torch.arange(max_seq, device=device), inv_freq)
 
@@ -176,7 +176,7 @@ def apply_rotary(
     Afterwards (R_m q) . (R_n k) = q . R_(n-m) k: the score depends on the offset n - m only.
     Computed in x's dtype, as in transformers.
     """
-    check_dims(x, 4, "x", "(batch, heads, seq, head_dim)")
+    require_dims(x, 4, "x", "(batch, heads, seq, head_dim)")
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
     batch, _, seq, head_dim = x.shape
@@ -267,7 +267,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     for 8 heads 1/2, 1/4, ..., 1/256. Otherwise, as in the paper's code: the slopes of the
     closest smaller power of 2, then every other slope of the next power of 2.
     """
-    check_positive_int(n_heads, "n_heads")
+    require_positive_int(n_heads, "n_heads")
 
     def power_of_2(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -290,14 +290,14 @@ def alibi_bias(
 ) -> torch.Tensor:
     """Additive ALiBi bias (1, n_heads, seq_q, seq_k): -m_h * |distance between query and key|.
 
-    The queries are the last seq_q of the seq_k positions (as :func:`llmlab.attention.causal_mask`
+    The queries are the last seq_q of the seq_k positions (as :func:`llmlab.nn.attention.causal_mask`
     aligns them). With a causal mask this is the paper's bias m * [-(i-1), ..., -1, 0]; the
     symmetric |i - j| also serves bidirectional encoders. Pass it as the float ``mask`` of
-    attention, combined with the causal mask by ``llmlab.attention.combine_masks``.
+    attention, combined with the causal mask by ``llmlab.nn.attention.combine_masks``.
     """
     seq_k = seq_q if seq_k is None else seq_k
-    check_positive_int(seq_q, "seq_q")
-    check_positive_int(seq_k, "seq_k")
+    require_positive_int(seq_q, "seq_q")
+    require_positive_int(seq_k, "seq_k")
     q_pos = torch.arange(seq_k - seq_q, seq_k, device=device)[:, None]
     k_pos = torch.arange(seq_k, device=device)[None, :]
     distance = (q_pos - k_pos).abs().float()  # (seq_q, seq_k)

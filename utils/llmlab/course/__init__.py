@@ -16,7 +16,7 @@ BRANCH = "main"
 #: The source of each notebook's second code cell. On Colab it installs llmlab from the
 #: repository when it is not importable; locally and in CI it does nothing. It never
 #: reinstalls Colab's torch: llmlab's requirements are ranges that Colab already satisfies.
-COLAB_SETUP_CELL = f'''\
+COLAB_SETUP_CELL = f"""\
 # Colab set-up: installs llmlab when it is missing. Does nothing locally or in CI.
 import importlib.util
 import subprocess
@@ -24,7 +24,7 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("llmlab") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "llmlab @ git+https://github.com/{REPOSITORY}@{BRANCH}"], check=True)'''
+                    "llmlab @ git+https://github.com/{REPOSITORY}@{BRANCH}"], check=True)"""
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,24 @@ class Chapter:
 CHAPTERS = (
     Chapter(0, "start_here", "Start here", "the doctor, how labs and checks work, a first chat"),
     Chapter(1, "transformer", "Transformer", "attention, positions, blocks, FlashAttention"),
-    Chapter(2, "model_families", "Model families and tokenizers", "n-grams to LLaMA, BPE, decoding"),
-    Chapter(3, "pretraining", "Pretraining", "data pipeline, objectives, training loop, scaling laws"),
+    Chapter(
+        2, "model_families", "Model families and tokenizers", "n-grams to LLaMA, BPE, decoding"
+    ),
+    Chapter(
+        3, "pretraining", "Pretraining", "data pipeline, objectives, training loop, scaling laws"
+    ),
     Chapter(4, "post_training", "Post-training", "fine-tuning, LoRA, SFT, RLHF, DPO, GRPO"),
-    Chapter(5, "compression", "Compression and quantization", "distillation, pruning, INT8, GPTQ, AWQ"),
+    Chapter(
+        5, "compression", "Compression and quantization", "distillation, pruning, INT8, GPTQ, AWQ"
+    ),
     Chapter(6, "mixture_of_experts", "Mixture of Experts", "routing, balancing, grouped GEMM"),
     Chapter(7, "rag_and_agents", "RAG and agents", "embeddings, FAISS, BM25, ReAct, tools"),
-    Chapter(8, "distributed_and_inference", "Distributed training and inference", "DDP, ZeRO, TP, PP, KV cache, serving"),
+    Chapter(
+        8,
+        "distributed_and_inference",
+        "Distributed training and inference",
+        "DDP, ZeRO, TP, PP, KV cache, serving",
+    ),
     Chapter(9, "evaluation", "Evaluation", "perplexity, BLEU/ROUGE, pass@k, HELM-style report"),
 )
 

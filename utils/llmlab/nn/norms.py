@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.validate import check_positive_int
+from llmlab.validate import require_positive_int
 
 __all__ = ["LayerNorm", "RMSNorm", "make_norm", "NORMS"]
 
@@ -29,7 +29,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
-        check_positive_int(d_model, "d_model")
+        require_positive_int(d_model, "d_model")
         self.d_model = d_model
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
@@ -67,7 +67,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
-        check_positive_int(d_model, "d_model")
+        require_positive_int(d_model, "d_model")
         self.d_model = d_model
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))

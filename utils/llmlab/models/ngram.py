@@ -43,7 +43,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
-from llmlab.validate import check_int, check_positive_int
+from llmlab.validate import require_int, require_positive_int
 
 __all__ = [
     "BOS",
@@ -74,7 +74,7 @@ def word_tokenize(text: str, lower: bool = True) -> list[str]:
 
 def build_vocab(sequences: Iterable[Sequence[Hashable]], min_count: int = 2) -> set:
     """The tokens seen at least ``min_count`` times (others become ``UNK`` in ``apply_vocab``)."""
-    check_positive_int(min_count, "min_count")
+    require_positive_int(min_count, "min_count")
     counts = Counter(token for seq in sequences for token in seq)
     return {token for token, c in counts.items() if c >= min_count}
 
@@ -158,7 +158,7 @@ class NGramLM:
         if not (isinstance(k, (int, float)) and k > 0):
             raise ValueError(f"k: expected a number > 0, got {k!r}")
         if vocab_size is not None:
-            check_positive_int(vocab_size, "vocab_size")
+            require_positive_int(vocab_size, "vocab_size")
         self.n = n
         self.smoothing = smoothing
         self.k = float(k)
@@ -295,7 +295,9 @@ class NGramLM:
         """
         self._check_fitted()
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(tokens):
-            raise ValueError(f"start: expected an int in [0, len(tokens)={len(tokens)}], got {start!r}")
+            raise ValueError(
+                f"start: expected an int in [0, len(tokens)={len(tokens)}], got {start!r}"
+            )
         tokens = list(tokens)
         out = []
         for j in range(start, len(tokens)):
@@ -310,7 +312,7 @@ class NGramLM:
     def sample(self, length: int, context: Sequence[Hashable] = (), seed: int = 0) -> list:
         """Draw ``length`` tokens after ``context`` (default: start of text)."""
         self._check_fitted()
-        check_int(length, "length", 0)
+        require_int(length, "length", 0)
         rng = random.Random(seed)
         vocab = sorted(self.vocab, key=repr)  # a fixed order, so a seed gives one text
         out = list(context)
@@ -329,4 +331,4 @@ class NGramLM:
 
 
 def _check_n(n) -> None:
-    check_positive_int(n, "n")
+    require_positive_int(n, "n")

@@ -1,6 +1,6 @@
 """Byte-level BPE, the tokenizer of GPT-2, LLaMA 3 and SmolLM2, written from scratch.
 
-    >>> from llmlab.tokenizers import BPETokenizer, train_bpe
+    >>> from llmlab.tokenization import BPETokenizer, train_bpe
     >>> tok = train_bpe(text, vocab_size=4096, special_tokens=["<|endoftext|>"])
     >>> ids = tok.encode("héllo wörld<|endoftext|>")
     >>> tok.decode(ids)                                  # the same text, always
@@ -46,7 +46,7 @@ SmolLM2's own tokenizer. One known difference lies outside the text the course u
 scripts) are pre-tokenized as letters here and as "other" there. The pieces differ; the ids
 could too (chapter 02 found no such case in SmolLM2's vocabulary).
 
-``import llmlab.tokenizers`` loads only ``regex`` and the standard library; the ``tokenizers``
+``import llmlab.tokenization`` loads only ``regex`` and the standard library; the ``tokenizers``
 library is imported inside the functions that compare with it.
 """
 
@@ -66,7 +66,7 @@ from typing import Any
 
 import regex
 
-from llmlab.validate import check_int, check_positive_int
+from llmlab.validate import require_int, require_positive_int
 
 __all__ = [
     "GPT2_PATTERN",
@@ -89,9 +89,7 @@ __all__ = [
 #: English contractions; letters with an optional leading space; digits likewise; other
 #: symbols likewise; whitespace not followed by a non-space (so the last space of a run is left
 #: to start the next word); any remaining whitespace.
-GPT2_PATTERN = (
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-)
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 #: The ``format`` field of the JSON files written by :meth:`BPETokenizer.save`.
 FORMAT = "llmlab-bpe"
@@ -260,7 +258,9 @@ class BPETokenizer:
         cache_size: int = 100_000,
     ):
         if not isinstance(vocab, dict) or not vocab:
-            raise TypeError(f"vocab: expected a non-empty dict str -> int, got {type(vocab).__name__}")
+            raise TypeError(
+                f"vocab: expected a non-empty dict str -> int, got {type(vocab).__name__}"
+            )
         for token, i in vocab.items():
             if not isinstance(token, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
                 raise ValueError(f"vocab: expected str -> non-negative int, got {token!r}: {i!r}")
@@ -269,11 +269,16 @@ class BPETokenizer:
         special_tokens = dict(special_tokens or {})
         vocab_ids = set(vocab.values())
         for token, i in special_tokens.items():
-            if not isinstance(token, str) or not token or isinstance(i, bool) or not isinstance(i, int):
+            if (
+                not isinstance(token, str)
+                or not token
+                or isinstance(i, bool)
+                or not isinstance(i, int)
+            ):
                 raise ValueError(f"special_tokens: expected str -> int, got {token!r}: {i!r}")
             if i in vocab_ids and vocab.get(token) != i:
                 raise ValueError(f"special_tokens: id {i} of {token!r} is already a vocab token")
-        check_int(cache_size, "cache_size", 0)
+        require_int(cache_size, "cache_size", 0)
 
         self.vocab = dict(vocab)
         self.merges = [tuple(m) for m in merges]
@@ -298,7 +303,9 @@ class BPETokenizer:
                 if part not in self.vocab:
                     raise ValueError(f"merges[{rank}] = {merge!r}: {part!r} is not in vocab")
             self._ranks[self.vocab[left], self.vocab[right]] = (rank, self.vocab[left + right])
-        self._id_to_bytes: dict[int, bytes] = {i: _from_byte_chars(t) for t, i in self.vocab.items()}
+        self._id_to_bytes: dict[int, bytes] = {
+            i: _from_byte_chars(t) for t, i in self.vocab.items()
+        }
         self._id_to_bytes.update({i: t.encode("utf-8") for t, i in special_tokens.items()})
         self._cache: dict[str, tuple[int, ...]] = {}
         self._id_to_token: dict[int, str] | None = None
@@ -427,7 +434,7 @@ class BPETokenizer:
         chunk size plus the longest pre-token. Files opened in text mode translate "\\r\\n" to
         "\\n" unless opened with ``newline=""``.
         """
-        check_positive_int(chunk_size, "chunk_size")
+        require_positive_int(chunk_size, "chunk_size")
         if isinstance(source, (str, bytes)):
             raise TypeError(
                 "source: expected a file object or an iterable of chunks, got one "
@@ -555,7 +562,9 @@ class BPETokenizer:
             raise ValueError(f"source: a normalizer is not supported, got {data['normalizer']!r}")
         pre = data.get("pre_tokenizer") or {}
         if (pre.get("type"), pre.get("use_regex"), pre.get("add_prefix_space")) != (
-            "ByteLevel", True, False
+            "ByteLevel",
+            True,
+            False,
         ):
             raise ValueError(
                 "source: expected a ByteLevel pre-tokenizer with use_regex=True and "
@@ -683,7 +692,7 @@ def train_bpe(
             f"vocab_size: expected >= 256 + {len(specials)} special tokens = "
             f"{256 + len(specials)}, got {vocab_size}"
         )
-    check_int(min_frequency, "min_frequency", 0)
+    require_int(min_frequency, "min_frequency", 0)
 
     t0 = time.perf_counter()
     word_counts = count_pretokens(text_or_iterable, pattern, specials)
@@ -892,11 +901,58 @@ _SCRIPTS: dict[str, list[tuple[int, int]]] = {
     "thai": [(0x0E01, 0x0E3A)],
 }
 _EMOJI_SEQUENCES = [
-    "😀", "😂", "🤖", "🚀", "❤️", "👍🏻", "👍🏽", "👍🏿", "👩‍💻", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🇫🇷", "🇯🇵",
-    "🇧🇷", "1️⃣", "#️⃣", "🧑🏾‍🚀", "👁️‍🗨️", "🐍", "✨", "☕",
+    "😀",
+    "😂",
+    "🤖",
+    "🚀",
+    "❤️",
+    "👍🏻",
+    "👍🏽",
+    "👍🏿",
+    "👩‍💻",
+    "👨‍👩‍👧‍👦",
+    "🏳️‍🌈",
+    "🇫🇷",
+    "🇯🇵",
+    "🇧🇷",
+    "1️⃣",
+    "#️⃣",
+    "🧑🏾‍🚀",
+    "👁️‍🗨️",
+    "🐍",
+    "✨",
+    "☕",
 ]
-_WHITESPACE = [" ", "  ", "    ", "\t", "\t\t", "\n", "\n\n", "\n\n\n", "\r\n", " \n", "\u00a0", "\u3000"]
-_PUNCTUATION = [", ", ". ", "，", "。", "！", "？", "、", " - ", "...", ": ", "; ", "() ", "«»", "\"'"]
+_WHITESPACE = [
+    " ",
+    "  ",
+    "    ",
+    "\t",
+    "\t\t",
+    "\n",
+    "\n\n",
+    "\n\n\n",
+    "\r\n",
+    " \n",
+    "\u00a0",
+    "\u3000",
+]
+_PUNCTUATION = [
+    ", ",
+    ". ",
+    "，",
+    "。",
+    "！",
+    "？",
+    "、",
+    " - ",
+    "...",
+    ": ",
+    "; ",
+    "() ",
+    "«»",
+    "\"'",
+]
 
 
 def mixed_text(
@@ -914,7 +970,7 @@ def mixed_text(
     given special tokens. The same arguments give the same text on the same Python (the
     English and code come from its standard library).
     """
-    check_positive_int(n_bytes, "n_bytes")
+    require_positive_int(n_bytes, "n_bytes")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
     specials = _check_special_tokens(special_tokens)
@@ -945,8 +1001,13 @@ def mixed_text(
 
     def numbers() -> str:
         return " ".join(
-            rng.choice([str(rng.randint(0, 10**rng.randint(1, 12))), f"{rng.random() * 1e3:.4f}",
-                        f"{rng.randint(1, 31)}/{rng.randint(1, 12)}/{rng.randint(1900, 2100)}"])
+            rng.choice(
+                [
+                    str(rng.randint(0, 10 ** rng.randint(1, 12))),
+                    f"{rng.random() * 1e3:.4f}",
+                    f"{rng.randint(1, 31)}/{rng.randint(1, 12)}/{rng.randint(1900, 2100)}",
+                ]
+            )
             for _ in range(rng.randint(2, 12))
         )
 
@@ -965,7 +1026,7 @@ def mixed_text(
     parts: list[str] = []
     size = 0
     while size < n_bytes:
-        (_, make), = rng.choices(makers, weights=weights)
+        ((_, make),) = rng.choices(makers, weights=weights)
         block = make() + rng.choice(["", " ", "\n", "\n\n"])
         parts.append(block)
         size += len(block.encode("utf-8"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from llmlab.validate import check_int, check_positive_int
+from llmlab.validate import require_int, require_positive_int
 
 __all__ = ["KVCache"]
 
@@ -27,7 +27,7 @@ class KVCache:
     """Per-layer keys and values, grown along the sequence dim (dim 2) one call at a time."""
 
     def __init__(self, n_layers: int):
-        check_positive_int(n_layers, "n_layers")
+        require_positive_int(n_layers, "n_layers")
         self.n_layers = n_layers
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
@@ -64,7 +64,7 @@ class KVCache:
 
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on (e.g. to rewind to a shared prompt)."""
-        check_int(length, "length", 0)
+        require_int(length, "length", 0)
         for i in range(self.n_layers):
             if self.keys[i] is not None:
                 self.keys[i] = self.keys[i][:, :, :length]

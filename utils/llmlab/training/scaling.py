@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from llmlab.validate import check_int
+from llmlab.validate import require_int
 
 __all__ = [
     "KAPLAN_ALPHA_N",
@@ -117,7 +117,7 @@ def fit_power_law(
     ``alpha`` is positive when the loss falls with size.
     """
     n, loss = _as_points(N, L)
-    check_int(grid, "grid", 10)
+    require_int(grid, "grid", 10)
     log_n = np.log(n)
     if not fit_offset:
         a, alpha, _ = _fit_given_c(log_n, loss, 0.0)

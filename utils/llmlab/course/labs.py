@@ -54,8 +54,10 @@ def strip_solutions(source: str, where: str = "cell") -> str:
         marker = line.strip()
         if marker == BEGIN:
             if begin_line is not None:
-                raise ValueError(f"{where}, line {number}: {BEGIN!r} inside the block opened "
-                                 f"at line {begin_line}; add {END!r} first")
+                raise ValueError(
+                    f"{where}, line {number}: {BEGIN!r} inside the block opened "
+                    f"at line {begin_line}; add {END!r} first"
+                )
             begin_line, indent, hints = number, line[: len(line) - len(line.lstrip())], []
         elif marker == END:
             if begin_line is None:
@@ -140,10 +142,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m llmlab labs",
         description="Generate labs/ from solutions/ (answers replaced by stubs).",
     )
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 listing the labs that are out of date")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="the course checkout (default: the current folder or llmlab's)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing the labs that are out of date",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="the course checkout (default: the current folder or llmlab's)",
+    )
     args = parser.parse_args(argv)
     root = args.root or default_root()
     try:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from llmlab.validate import check_int
+from llmlab.validate import require_int
 
 __all__ = [
     "IGNORE_INDEX",
@@ -101,7 +101,9 @@ def _id_set(ids: Any, name: str, vocab_size: int | None = None) -> list[int]:
     try:
         values = sorted({int(i) for i in ids})
     except TypeError as exc:
-        raise TypeError(f"{name}: expected a collection of int ids, got {type(ids).__name__}") from exc
+        raise TypeError(
+            f"{name}: expected a collection of int ids, got {type(ids).__name__}"
+        ) from exc
     if vocab_size is not None and any(not 0 <= i < vocab_size for i in values):
         raise ValueError(f"{name}: expected ids in [0, vocab_size={vocab_size}), got {values}")
     return values
@@ -118,14 +120,14 @@ def pad_sequences(
 
     ``length`` defaults to the longest sequence; a longer sequence raises ValueError.
     """
-    check_int(pad_value, "pad_value", None)
+    require_int(pad_value, "pad_value", None)
     rows = [_as_ids(s, f"sequences[{i}]") for i, s in enumerate(sequences)]
     if not rows:
         raise ValueError("sequences: expected at least one sequence, got none")
     longest = max(len(r) for r in rows)
     if length is None:
         length = longest
-    check_int(length, "length", 0)
+    require_int(length, "length", 0)
     if longest > length:
         raise ValueError(f"length: {length} is shorter than the longest sequence ({longest})")
     out = torch.full((len(rows), length), pad_value, dtype=torch.int64)
@@ -145,7 +147,7 @@ def causal_lm_batch(
     targets, so padding is never scored. No randomness: the same documents, the same batch.
     """
     if max_len is not None:
-        check_int(max_len, "max_len", 1)
+        require_int(max_len, "max_len", 1)
     docs = [_as_ids(d, f"documents[{i}]") for i, d in enumerate(documents)]
     if not docs:
         raise ValueError("documents: expected at least one document, got none")
@@ -195,8 +197,8 @@ def mlm_mask(
         raise TypeError(f"input_ids: expected a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.is_complex():
         raise TypeError(f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}")
-    check_int(vocab_size, "vocab_size", 2)
-    check_int(mask_id, "mask_id", 0)
+    require_int(vocab_size, "vocab_size", 2)
+    require_int(mask_id, "mask_id", 0)
     if mask_id >= vocab_size:
         raise ValueError(f"mask_id: expected an id in [0, vocab_size={vocab_size}), got {mask_id}")
     specials = _id_set(special_ids, "special_ids", vocab_size)
@@ -204,9 +206,7 @@ def mlm_mask(
     mask_frac = _check_prob(mask_frac, "mask_frac")
     random_frac = _check_prob(random_frac, "random_frac")
     if mask_frac + random_frac > 1.0 + 1e-12:
-        raise ValueError(
-            f"mask_frac + random_frac: expected <= 1, got {mask_frac} + {random_frac}"
-        )
+        raise ValueError(f"mask_frac + random_frac: expected <= 1, got {mask_frac} + {random_frac}")
     _check_generator(generator)
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
         raise ValueError(
@@ -260,11 +260,15 @@ def nsp_pairs(
         raise TypeError(f"documents: expected a list of documents, got {type(documents).__name__}")
     docs = list(documents)
     if len(docs) < 2:
-        raise ValueError(f"documents: expected at least 2 documents (negatives come from "
-                         f"other documents), got {len(docs)}")
+        raise ValueError(
+            f"documents: expected at least 2 documents (negatives come from "
+            f"other documents), got {len(docs)}"
+        )
     for d, doc in enumerate(docs):
         if isinstance(doc, (str, bytes)) or not isinstance(doc, Sequence):
-            raise TypeError(f"documents[{d}]: expected a list of sentences, got {type(doc).__name__}")
+            raise TypeError(
+                f"documents[{d}]: expected a list of sentences, got {type(doc).__name__}"
+            )
         if len(doc) == 0:
             raise ValueError(f"documents[{d}]: expected at least one sentence, got none")
     sentences_a, sentences_b, labels = [], [], []
@@ -299,11 +303,13 @@ def bert_pair_batch(
     the end of the longer sentence. All three are (batch, seq) int64.
     """
     for name, value in (("cls_id", cls_id), ("sep_id", sep_id), ("pad_id", pad_id)):
-        check_int(value, name, 0)
-    check_int(max_len, "max_len", 5)
+        require_int(value, name, 0)
+    require_int(max_len, "max_len", 5)
     if len(sentences_a) != len(sentences_b):
-        raise ValueError(f"sentences_b: expected {len(sentences_a)} sentences (one per "
-                         f"sentence of sentences_a), got {len(sentences_b)}")
+        raise ValueError(
+            f"sentences_b: expected {len(sentences_a)} sentences (one per "
+            f"sentence of sentences_a), got {len(sentences_b)}"
+        )
     if len(sentences_a) == 0:
         raise ValueError("sentences_a: expected at least one pair, got none")
     rows, types = [], []
@@ -351,7 +357,7 @@ def span_corruption_mask(
     runs the same way. The text alternates kept run 0, noise span 0, kept run 1, ...: it
     always starts with kept tokens and ends with a noise span, and spans never touch.
     """
-    check_int(length, "length", 2)
+    require_int(length, "length", 2)
     noise_density = _check_prob(noise_density, "noise_density", low_open=True)
     if isinstance(mean_span, bool) or not isinstance(mean_span, (int, float)) or mean_span < 1:
         raise ValueError(f"mean_span: expected a number >= 1, got {mean_span!r}")
@@ -464,12 +470,13 @@ def span_corruption_batch(
     is teacher-forced: its input is the target shifted right behind ``start_id`` (T5 uses the
     pad id, the default); ``labels`` are the targets, :data:`IGNORE_INDEX` on padding.
     """
-    check_int(pad_id, "pad_id", 0)
-    start_id = pad_id if start_id is None else check_int(start_id, "start_id", 0)
+    require_int(pad_id, "pad_id", 0)
+    start_id = pad_id if start_id is None else require_int(start_id, "start_id", 0)
     if len(documents) == 0:
         raise ValueError("documents: expected at least one document, got none")
-    pairs = [span_corruption(d, sentinel_ids, noise_density, mean_span, generator)
-             for d in documents]
+    pairs = [
+        span_corruption(d, sentinel_ids, noise_density, mean_span, generator) for d in documents
+    ]
     inputs = pad_sequences([p[0] for p in pairs], pad_id)
     attention_mask = pad_sequences([[1] * len(p[0]) for p in pairs], 0)
     decoder_inputs = pad_sequences([[start_id, *p[1][:-1].tolist()] for p in pairs], pad_id)

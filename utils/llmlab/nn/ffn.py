@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.validate import check_positive_int
+from llmlab.validate import require_positive_int
 
 __all__ = ["FeedForward", "ACTIVATIONS"]
 
@@ -45,7 +45,7 @@ class FeedForward(nn.Module):
     ):
         super().__init__()
         for value, name in ((d_model, "d_model"), (d_ff, "d_ff")):
-            check_positive_int(value, name)
+            require_positive_int(value, name)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         if not 0.0 <= dropout < 1.0:
