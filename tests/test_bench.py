@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from llmlab import bench
+from llmlab import bench, kernels
 
 
 def _machine() -> bench.Machine:
@@ -18,7 +18,8 @@ def _machine() -> bench.Machine:
 
 
 def _sleepy_benchmark(fail: str | None = None) -> bench.Benchmark:
-    """Two providers with known speeds: triton sleeps 1 ms, eager 3 ms (plus one that fails)."""
+    """Two providers that sleep, triton 1 ms and eager 3 ms (plus one that fails): work that
+    takes measurable time without a GPU. Tests never assert which one was faster."""
 
     def setup(case, device):
         def sleeper(ms):
@@ -45,7 +46,7 @@ def _sleepy_benchmark(fail: str | None = None) -> bench.Benchmark:
 
 def test_registry_discovers_kernel_benchmarks():
     found = bench.registry()
-    assert {"softmax", "flash_attention"} <= set(found)
+    assert set(kernels.load_all()) <= set(found)  # every kernel has a spec in bench.specs
     for b in found.values():
         for scale in bench.SCALES:
             cases = b.cases(scale)
@@ -75,8 +76,11 @@ def test_run_records_speedups_errors_and_writes(tmp_path):
         _sleepy_benchmark(fail="compile"), _machine(), "cpu", scale="quick", log=lambda s: None
     )
     rows = {(e["x"], e["provider"]): e for e in record["results"]}
+    # The ratio of the two timings is recorded; its value depends on the machine's load, so
+    # only its definition is checked, never a speed.
     assert rows[(1, "triton")]["triton_speedup"] == 1.0
-    assert 1.5 < rows[(1, "eager")]["triton_speedup"] < 6  # eager sleeps three times longer
+    eager, triton = rows[(1, "eager")], rows[(1, "triton")]
+    assert eager["triton_speedup"] == pytest.approx(eager["ms"] / triton["ms"])
     assert rows[(2, "compile")]["error"].startswith("RuntimeError: no kernel")
     assert rows[(2, "triton")]["throughput"] == pytest.approx(
         2e6 / (rows[(2, "triton")]["ms"] * 1e-3) / 1e9

@@ -145,14 +145,6 @@ def test_kernel_accepts_strided_views(interpret):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
-def test_kernel_is_used_by_the_interpreter_backend(interpret, monkeypatch):
-    calls = []
-    forward = FA._forward
-    monkeypatch.setattr(FA, "_forward", lambda *a: calls.append(a[-1]) or forward(*a))
-    FA.flash_attention(*_qkv(1, 1, 5, 5, 16))
-    assert calls == [True]
-
-
 def test_default_scale_is_one_over_sqrt_head_dim(interpret):
     q, k, v = _qkv(1, 1, 9, 9, 32)
     torch.testing.assert_close(
@@ -166,27 +158,6 @@ def test_default_scale_is_one_over_sqrt_head_dim(interpret):
 # --------------------------------------------------------------------------------------------
 # Dispatch and validation
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(
-    torch.cuda.is_available(), reason="checks the fall-back of a machine without CUDA"
-)
-def test_without_cuda_or_interpreter_the_reference_runs(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert kernels.backend().name == "reference"
-
-    def no_kernel(*args, **kwargs):
-        raise AssertionError("the Triton kernel must not run here")
-
-    monkeypatch.setattr(FA, "_forward", no_kernel)
-    q, k, v = _qkv(1, 2, 7, 7, 64, dtype=torch.bfloat16)
-    torch.testing.assert_close(
-        FA.flash_attention(q, k, v, causal=True), FA.reference(q, k, v, causal=True)
-    )
-
-
-def test_registered():
-    assert "flash_attention" in kernels.registry()
 
 
 def _bad_inputs():
@@ -218,11 +189,6 @@ def test_rejects_bad_input(index):
     args, kwargs, error, words = _bad_inputs()[index]
     with pytest.raises(error, match=words):
         FA.flash_attention(*args, **kwargs)
-
-
-def test_interpreter_rejects_half_precision(interpret):
-    with pytest.raises(TypeError, match="float32 only"):
-        FA.flash_attention(*_qkv(1, 1, 4, 4, 16, dtype=torch.bfloat16))
 
 
 # --------------------------------------------------------------------------------------------

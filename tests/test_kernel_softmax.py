@@ -18,7 +18,6 @@ import pytest
 import torch
 from kernel_testing import requires_cuda
 
-from llmlab import kernels
 from llmlab.kernels import softmax as S
 
 
@@ -91,16 +90,6 @@ def test_non_contiguous_input(interpret):
     _grad_check(x)
 
 
-def test_kernel_is_used_by_the_interpreter_backend(interpret, monkeypatch):
-    calls = []
-    forward = S._forward
-    monkeypatch.setattr(
-        S, "_forward", lambda x, interpret: calls.append(interpret) or forward(x, interpret)
-    )
-    S.softmax(torch.randn(2, 5))
-    assert calls == [True]
-
-
 def test_triton_imported_before_the_variable_is_set():
     # The situation a notebook (or a pytest worker) creates: Triton imported first, the
     # interpreter asked for afterwards. A fresh process makes the import order certain.
@@ -133,25 +122,6 @@ def test_triton_imported_before_the_variable_is_set():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available(), reason="checks the fall-back of a machine without CUDA"
-)
-def test_without_cuda_or_interpreter_the_reference_runs(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert kernels.backend().name == "reference"
-
-    def no_kernel(*args, **kwargs):
-        raise AssertionError("the Triton kernel must not run here")
-
-    monkeypatch.setattr(S, "_forward", no_kernel)
-    x = torch.randn(3, 10, dtype=torch.bfloat16)  # any dtype works on the reference path
-    torch.testing.assert_close(S.softmax(x), S.reference(x))
-
-
-def test_registered():
-    assert "softmax" in kernels.registry()
-
-
 @pytest.mark.parametrize(
     "bad, error, words",
     [
@@ -164,11 +134,6 @@ def test_registered():
 def test_rejects_bad_input(bad, error, words):
     with pytest.raises(error, match=words):
         S.softmax(bad)
-
-
-def test_interpreter_rejects_half_precision(interpret):
-    with pytest.raises(TypeError, match="float32 only"):
-        S.softmax(torch.randn(2, 8, dtype=torch.float16))
 
 
 def test_empty_rows_pass_through(interpret):

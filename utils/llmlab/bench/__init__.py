@@ -22,9 +22,10 @@ compute-bound ones), the share of the measured peak, how many times faster ``tri
 each provider, and the peak GPU memory of one call (later chapters judge kernels on memory).
 Results go to ``benchmarks/results/<device-slug>/<name>.json`` with a plot ``<name>.png``.
 
-A benchmark lives next to its kernel: a kernel module defines ``benchmarks()`` returning
-:class:`Benchmark` objects, and this harness discovers it. :func:`register` adds one from
-anywhere else (a notebook, a lab).
+A kernel's benchmark (sizes, providers, the bytes or FLOPs of a call) lives in
+``llmlab.bench.specs.<kernel>``, whose ``benchmarks()`` returns :class:`Benchmark` objects; this
+harness discovers every module there. :func:`register` adds one from anywhere else (a
+notebook, a lab).
 """
 
 from __future__ import annotations
@@ -118,12 +119,12 @@ def register(benchmark: Benchmark) -> Benchmark:
 
 
 def registry() -> dict[str, Benchmark]:
-    """``{name: Benchmark}``: those of every ``llmlab.kernels`` module, plus registered ones."""
-    from llmlab import kernels
+    """``{name: Benchmark}``: those of every ``llmlab.bench.specs`` module, plus registered ones."""
+    from llmlab.bench import specs
 
     found: dict[str, Benchmark] = {}
-    for module in kernels.modules():
-        for benchmark in getattr(module, "benchmarks", lambda: [])():
+    for module in specs.modules():
+        for benchmark in module.benchmarks():
             found[benchmark.name] = benchmark
     found.update(_REGISTERED)
     return found
@@ -322,7 +323,7 @@ def run(
         "metric": benchmark.metric,
         "x_label": benchmark.x_label,
         "scale": scale,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "device": machine.as_dict(),
         "versions": _versions(),
         "timing": "triton.testing.do_bench, median"

@@ -1,16 +1,24 @@
 """GPU kernels in Triton, each beside the PyTorch reference it must equal.
 
-Every kernel module follows one shape (see STYLE.md): ``reference`` -> Triton kernel ->
-``torch.autograd.Function`` -> one public op that dispatches. Which path the op takes depends
-on :func:`backend`:
+Every kernel module reads top to bottom in the same order:
+
+1. ``reference`` (and often ``reference_backward``): the definition of correct, in PyTorch;
+2. the Triton kernels, plain functions wrapped in :class:`launch.TritonKernel`, and the
+   Python that launches them;
+3. a ``torch.autograd.Function`` whose forward and backward launch those kernels;
+4. the public op: it validates its arguments, asks :func:`_common.dispatch` for the path, and
+   calls the reference or the Function.
+
+Shared pieces (the Triton import, dtypes, shape helpers, dispatch) live in ``_common``; the
+benchmarks live in ``llmlab.bench.specs``. Which path an op takes depends on :func:`backend`:
 
 - ``native``: Triton is importable and a CUDA device is present: the Triton kernel runs.
 - ``interpreter``: ``TRITON_INTERPRET=1`` is set: the kernel runs in Triton's CPU interpreter
   (fp32 only, slow; used by the test suite to check kernels without a GPU).
 - ``reference``: otherwise: the PyTorch reference runs, so every notebook works on a laptop.
 
-Kernel modules announce themselves with :func:`register` so that ``python -m llmlab doctor``
-and the benchmark harness can list them.
+Kernel modules announce themselves with :func:`register`, under their module's name, so that
+``python -m llmlab doctor`` lists them and the shared contract test checks every one.
 """
 
 from __future__ import annotations

@@ -73,13 +73,16 @@ import torch
 import torch.nn.functional as F
 
 from llmlab import kernels
+from llmlab.kernels._common import (
+    as_rows,
+    dispatch,
+    interpreter_meta,
+    require_dtype,
+    require_tensor,
+    tl,
+)
 from llmlab.kernels.launch import TritonKernel
 from llmlab.validate import require_positive_int
-
-try:  # the reference path (laptops, CI without Triton) must import without Triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    tl = None
 
 kernels.register(
     "cross_entropy",
@@ -90,7 +93,6 @@ kernels.register(
 INTERPRETER_BLOCK = 256
 #: Smallest default chunk (rows): fewer rows would make the matmuls too thin to be fast.
 MIN_CHUNK = 256
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +263,6 @@ def _launch(
     label_smoothing: float,
     interpret: bool,
 ) -> None:
-    meta = {"BLOCK": INTERPRETER_BLOCK} if interpret else {}  # the GPU tunes BLOCK
     _kernel.launch(
         (logits.shape[0],),
         logits,
@@ -277,17 +278,17 @@ def _launch(
         interpret=interpret,
         WRITE_GRAD=write_grad,
         SMOOTHING=label_smoothing > 0,
-        **meta,
+        **interpreter_meta(interpret, BLOCK=INTERPRETER_BLOCK),
     )
 
 
-def _chunk_step(mode: str, ignore_index: int, label_smoothing: float):
-    """``step(logits, targets, loss_out, scale, write_grad)`` for one chunk, on ``mode``'s path."""
-    if mode == "reference":
+def _chunk_step(path: str, ignore_index: int, label_smoothing: float):
+    """``step(logits, targets, loss_out, scale, write_grad)`` for one chunk, on ``path``."""
+    if path == "reference":
         return lambda z, t, out, scale, grad: reference_chunk_step(
             z, t, out, scale, grad, ignore_index, label_smoothing
         )
-    interpret = mode == "kernel-interpret"
+    interpret = path == "interpreter"
     return lambda z, t, out, scale, grad: _launch(
         z, z, t, out, scale, grad, ignore_index, label_smoothing, interpret
     )
@@ -342,9 +343,9 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     the backward only scales them by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, ignore_index, label_smoothing, chunk_size, mode):
+    def forward(ctx, h, weight, targets, ignore_index, label_smoothing, chunk_size, path):
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        step = _chunk_step(mode, ignore_index, label_smoothing)
+        step = _chunk_step(path, ignore_index, label_smoothing)
         loss, dh, dw = _chunked_loss_and_grads(
             h, weight, targets, need_dh, need_dw, chunk_size, step, ignore_index
         )
@@ -410,17 +411,8 @@ class CrossEntropyFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_float(t, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _DTYPES:
-        names = ", ".join(str(d) for d in _DTYPES)
-        raise TypeError(f"{name}: expected dtype {names}, got {t.dtype}")
-
-
-def _check_targets(targets, rows_shape: tuple, vocab: int, ignore_index, device) -> None:
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+def _require_targets(targets, rows_shape: tuple, vocab: int, ignore_index, device) -> None:
+    require_tensor(targets, "targets")
     if targets.dtype != torch.int64:
         raise TypeError(f"targets: expected dtype torch.int64 (class indices), got {targets.dtype}")
     if tuple(targets.shape) != tuple(rows_shape):
@@ -443,27 +435,13 @@ def _check_targets(targets, rows_shape: tuple, vocab: int, ignore_index, device)
         )
 
 
-def _check_smoothing(label_smoothing) -> None:
+def _require_smoothing(label_smoothing) -> None:
     if (
         isinstance(label_smoothing, bool)
         or not isinstance(label_smoothing, (int, float))
         or not 0.0 <= label_smoothing <= 1.0
     ):
         raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
-
-
-def _mode(tensors: tuple[tuple[torch.Tensor, str], ...]) -> str:
-    """Where this call's chunk steps run: ``kernel-interpret``, ``kernel`` or ``reference``."""
-    mode = kernels.backend().name
-    first = tensors[0][0]
-    if mode == "interpreter":
-        for t, name in tensors:
-            if t.dtype != torch.float32:
-                raise TypeError(f"{name}: the Triton interpreter runs float32 only, got {t.dtype}")
-        return "kernel-interpret"
-    if mode == "native" and first.is_cuda:
-        return "kernel"
-    return "reference"
 
 
 def fused_linear_cross_entropy(
@@ -487,8 +465,9 @@ def fused_linear_cross_entropy(
     ``TRITON_INTERPRET=1`` (float32 only), and in PyTorch (:func:`reference_chunk_step`)
     otherwise: the chunking, hence the memory saving, is the same on every path.
     """
-    _check_float(h, "h")
-    _check_float(weight, "weight")
+    for t, name in ((h, "h"), (weight, "weight")):
+        require_tensor(t, name)
+        require_dtype(t, name)
     if h.dim() < 1 or h.shape[-1] < 1:
         raise ValueError(
             f"h: expected shape (..., d_model) with d_model >= 1, got {tuple(h.shape)}"
@@ -502,8 +481,8 @@ def fused_linear_cross_entropy(
         raise TypeError(f"weight: expected the dtype of h ({h.dtype}), got {weight.dtype}")
     if weight.device != h.device:
         raise ValueError(f"weight: expected the device of h ({h.device}), got {weight.device}")
-    _check_targets(targets, h.shape[:-1], weight.shape[0], ignore_index, h.device)
-    _check_smoothing(label_smoothing)
+    _require_targets(targets, h.shape[:-1], weight.shape[0], ignore_index, h.device)
+    _require_smoothing(label_smoothing)
     h2, t2 = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if chunk_size is None:
         chunk_size = default_chunk_size(max(1, h2.shape[0]), h2.shape[1], weight.shape[0])
@@ -511,16 +490,16 @@ def fused_linear_cross_entropy(
         require_positive_int(chunk_size, "chunk_size")
     if h2.shape[0] == 0:
         return reference(h, weight, targets, ignore_index, label_smoothing)
-    mode = _mode(((h, "h"), (weight, "weight")))
+    path = dispatch((h, "h"), (weight, "weight"))
     if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):
         # No gradient can be asked for (inference, evaluation): the loss alone, no dh or dW.
-        step = _chunk_step(mode, ignore_index, float(label_smoothing))
+        step = _chunk_step(path, ignore_index, float(label_smoothing))
         loss, _, _ = _chunked_loss_and_grads(
             h2, weight, t2, False, False, chunk_size, step, ignore_index
         )
         return loss
     return FusedLinearCrossEntropyFunction.apply(
-        h2, weight, t2, ignore_index, float(label_smoothing), chunk_size, mode
+        h2, weight, t2, ignore_index, float(label_smoothing), chunk_size, path
     )
 
 
@@ -537,101 +516,22 @@ def cross_entropy(
     reference does. Use :func:`fused_linear_cross_entropy` when the logits come from an LM
     head: it never makes them all.
     """
-    _check_float(logits, "logits")
+    require_tensor(logits, "logits")
+    require_dtype(logits, "logits")
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits: expected shape (..., V) with V >= 1, got {tuple(logits.shape)}")
-    _check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
-    _check_smoothing(label_smoothing)
-    mode = _mode(((logits, "logits"),))
-    if mode == "reference" or logits.numel() == 0:
+    _require_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
+    _require_smoothing(label_smoothing)
+    path = dispatch((logits, "logits"))
+    if path == "reference":
         return reference_logits(logits, targets, ignore_index, label_smoothing)
-    rows = logits.reshape(-1, logits.shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
     return CrossEntropyFunction.apply(
-        rows, targets.reshape(-1), ignore_index, float(label_smoothing), mode == "kernel-interpret"
+        as_rows(logits),
+        targets.reshape(-1),
+        ignore_index,
+        float(label_smoothing),
+        path == "interpreter",
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (python -m llmlab.bench cross_entropy)
-# --------------------------------------------------------------------------------------------
-
-
-def _torch_half_logits(h, weight, targets):
-    """Eager without the float32 upcast: F.cross_entropy straight on bf16/fp16 logits."""
-    return F.cross_entropy(h @ weight.T, targets)
-
-
-def benchmarks():
-    """The LM-head loss benchmark: time *and peak memory* of a forward + backward.
-
-    8192 tokens, d_model 4096 (LLaMA-3-8B's head), vocabularies of 32k-128k, bfloat16. The
-    providers: ``triton`` (:func:`fused_linear_cross_entropy`), ``eager`` (:func:`reference`:
-    full logits upcast to float32, as transformers), ``torch`` (F.cross_entropy on the bf16
-    logits, no upcast) and ``compile`` (torch.compile of the reference). TFLOP/s counts the
-    three matmuls every provider must do, ``6 * tokens * d_model * V``; the harness records
-    each provider's peak GPU memory next to its time (``peak_memory_mb`` in the JSON).
-    """
-    from llmlab.bench import Benchmark, Case
-
-    def cases(scale):
-        if scale == "cpu":
-            return [
-                Case(
-                    "float32, forward+backward",
-                    v,
-                    {"tokens": 8, "d_model": 16, "vocab": v, "dtype": "float32"},
-                )
-                for v in (64, 200)
-            ]
-        vocabs = (32768, 128256) if scale == "quick" else (32768, 49152, 65536, 128256)
-        return [
-            Case(
-                "bfloat16, forward+backward",
-                v,
-                {"tokens": 8192, "d_model": 4096, "vocab": v, "dtype": "bfloat16"},
-            )
-            for v in vocabs
-        ]
-
-    def work(case):
-        p = case.params
-        return 6 * p["tokens"] * p["d_model"] * p["vocab"]
-
-    def setup(case, device):
-        p = case.params
-        dtype = getattr(torch, p["dtype"])
-        h = torch.randn(p["tokens"], p["d_model"], device=device, dtype=dtype)
-        weight = torch.randn(p["vocab"], p["d_model"], device=device, dtype=dtype) * 0.02
-        targets = torch.randint(0, p["vocab"], (p["tokens"],), device=device)
-        ops = {  # provider -> a function making the op (torch.compile only when it is run)
-            "triton": lambda: fused_linear_cross_entropy,
-            "torch": lambda: _torch_half_logits,
-            "eager": lambda: reference,
-            "compile": lambda: torch.compile(reference),
-        }
-
-        def build(op):
-            hg, wg = h.detach().requires_grad_(), weight.detach().requires_grad_()
-            # The whole training-step share of the loss: forward, then both gradients.
-            return lambda: torch.autograd.grad(op(hg, wg, targets), (hg, wg))
-
-        return {name: (lambda make=make: build(make())) for name, make in ops.items()}
-
-    return [
-        Benchmark(
-            name="cross_entropy",
-            title="LM-head cross-entropy, forward + backward",
-            x_label="vocabulary size (classes)",
-            metric="TFLOP/s",
-            cases=cases,
-            setup=setup,
-            work=work,
-            description="8192 tokens, d_model 4096, bf16; TFLOP/s = 6 N d V / median time; "
-            "peak memory per provider in the JSON",
-        )
-    ]
 
 
 __all__ = [

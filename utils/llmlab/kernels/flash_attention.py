@@ -39,18 +39,20 @@ import math
 import torch
 
 from llmlab import kernels
+from llmlab.kernels._common import (
+    cdiv,
+    dispatch,
+    require_dtype,
+    require_tensor,
+    tl,
+    unit_last_stride,
+)
 from llmlab.kernels.launch import TritonKernel
 from llmlab.validate import require_positive_int
-
-try:  # the reference path (laptops, CI without Triton) must import without Triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    tl = None
 
 kernels.register("flash_attention", "FlashAttention-2 forward and backward, causal or not")
 
 HEAD_DIMS = (16, 32, 64, 128)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Block sizes used by the interpreter (the GPU autotunes them). Tests change them.
 INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 _LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is the GPU's native exponent
@@ -553,12 +555,6 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
-    # Kernels index head_dim with stride 1 (contiguous, vectorised loads); views such as
-    # x.transpose(1, 2) of a (batch, seq, heads, head_dim) tensor already qualify, no copy.
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _forward(q, k, v, causal: bool, scale: float, interpret: bool):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
@@ -566,7 +562,7 @@ def _forward(q, k, v, causal: bool, scale: float, interpret: bool):
     lse = torch.empty((batch, heads, seq_q), dtype=torch.float32, device=q.device)
 
     def grid(meta):
-        return (-(-seq_q // meta["BLOCK_M"]), batch * heads)
+        return (cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
     _fwd.launch(
         grid, q, k, v, o, lse,
@@ -582,14 +578,14 @@ def _forward(q, k, v, causal: bool, scale: float, interpret: bool):
 def _backward(q, k, v, o, lse, do, causal: bool, scale: float, interpret: bool):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
-    do = _unit_last_stride(do)
+    do = unit_last_stride(do)
     delta = torch.empty_like(lse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     precision = _precision(q.dtype)
     # A light, memory-bound pass: a fixed block of 64 rows over 8 warps (no tuning needed).
     block = INTERPRETER_BLOCKS["BLOCK_M"] if interpret else 64
     _bwd_delta.launch(
-        (-(-seq_q // block), batch * heads), o, do, delta,
+        (cdiv(seq_q, block), batch * heads), o, do, delta,
         *_strides(o), *_strides(do),
         heads, seq_q,
         interpret=interpret,
@@ -597,7 +593,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, scale: float, interpret: bool):
     )  # fmt: skip
 
     def grid_dkdv(meta):
-        return (-(-seq_k // meta["BLOCK_N"]), batch * heads)
+        return (cdiv(seq_k, meta["BLOCK_N"]), batch * heads)
 
     # The interpreter's blocks, ordered so that BLOCK_N % BLOCK_M == 0 (see the kernel).
     small, large = sorted(INTERPRETER_BLOCKS.values())
@@ -612,7 +608,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, scale: float, interpret: bool):
     )  # fmt: skip
 
     def grid_dq(meta):
-        return (-(-seq_q // meta["BLOCK_M"]), batch * heads)
+        return (cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
     _bwd_dq.launch(
         grid_dq, q, k, v, do, dq, lse, delta,
@@ -641,7 +637,7 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, scale: float, interpret: bool):
-        q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+        q, k, v = (unit_last_stride(t) for t in (q, k, v))
         o, lse = _forward(q, k, v, causal, scale, interpret)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.scale, ctx.interpret = causal, scale, interpret
@@ -661,15 +657,12 @@ class FlashAttentionFunction(torch.autograd.Function):
 
 def _check(q, k, v, causal, scale) -> float:
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        require_tensor(t, name)
         if t.dim() != 4:
             raise ValueError(
                 f"{name}: expected shape (batch, heads, seq, head_dim), got {tuple(t.shape)}"
             )
-        if t.dtype not in _DTYPES:
-            names = ", ".join(str(d) for d in _DTYPES)
-            raise TypeError(f"{name}: expected dtype {names}, got {t.dtype}")
+        require_dtype(t, name)
     batch, heads, seq_q, head_dim = q.shape
     if k.shape[:2] != (batch, heads) or k.shape[3] != head_dim:
         raise ValueError(
@@ -721,110 +714,10 @@ def flash_attention(
     :func:`reference` otherwise (see :func:`llmlab.kernels.backend`).
     """
     scale = _check(q, k, v, causal, scale)
-    mode = kernels.backend().name
-    if mode == "interpreter":
-        if q.dtype != torch.float32:
-            raise TypeError(f"q: the Triton interpreter runs float32 only, got {q.dtype}")
-        return FlashAttentionFunction.apply(q, k, v, causal, scale, True)
-    if mode == "native" and q.is_cuda:
-        return FlashAttentionFunction.apply(q, k, v, causal, scale, False)
-    return reference(q, k, v, causal=causal, scale=scale)
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (python -m llmlab.bench flash_attention)
-# --------------------------------------------------------------------------------------------
-
-
-def _sdpa_flash(q, k, v, causal=False):
-    """PyTorch's scaled_dot_product_attention, pinned to its FlashAttention backend on CUDA."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if not q.is_cuda:
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-
-def benchmarks():
-    """The attention benchmark: TFLOP/s against SDPA (flash backend), the reference, compile.
-
-    bfloat16, 16 heads and 16k tokens per batch (batch = 16384 // seq), seq 512..16k, head_dim
-    64 and 128, causal or not, forward and forward+backward. FLOPs count the matmuls of exact
-    attention: 4 * batch * heads * seq^2 * head_dim for the forward, halved when causal, and
-    2.5 times that for the backward (five matmuls to the forward's two).
-    """
-    from llmlab.bench import Benchmark, Case
-
-    def cases(scale):
-        if scale == "cpu":
-            p = {"batch": 1, "heads": 2, "head_dim": 16, "causal": False, "mode": "forward"}
-            return [
-                Case("float32, d=16, non-causal, forward", s, {**p, "seq": s, "dtype": "float32"})
-                for s in (32, 64)
-            ]
-        seqs = (1024, 4096) if scale == "quick" else (512, 1024, 2048, 4096, 8192, 16384)
-        return [
-            Case(
-                f"bf16, d={d}, {'causal' if causal else 'non-causal'}, {mode}",
-                seq,
-                {
-                    "batch": max(1, 16384 // seq),
-                    "heads": 16,
-                    "seq": seq,
-                    "head_dim": d,
-                    "causal": causal,
-                    "mode": mode,
-                    "dtype": "bfloat16",
-                },
-            )
-            for mode in ("forward", "forward+backward")
-            for d in (64, 128)
-            for causal in (False, True)
-            for seq in seqs
-        ]
-
-    def work(case):
-        p = case.params
-        flops = 4 * p["batch"] * p["heads"] * p["seq"] ** 2 * p["head_dim"]
-        flops *= 0.5 if p["causal"] else 1.0
-        return flops * (3.5 if p["mode"] == "forward+backward" else 1.0)
-
-    def setup(case, device):
-        p = case.params
-        shape = (p["batch"], p["heads"], p["seq"], p["head_dim"])
-        grad = p["mode"] == "forward+backward"
-        dtype = getattr(torch, p["dtype"])
-        q, k, v = (
-            torch.randn(shape, device=device, dtype=dtype, requires_grad=grad) for _ in range(3)
-        )
-        do = torch.randn(shape, device=device, dtype=dtype)
-        ops = {  # provider -> a function making the op (torch.compile only when it is run)
-            "triton": lambda: flash_attention,
-            "sdpa": lambda: _sdpa_flash,
-            "eager": lambda: reference,
-            "compile": lambda: torch.compile(reference),
-        }
-
-        def build(op):
-            if not grad:
-                return lambda: op(q, k, v, causal=p["causal"])
-            return lambda: torch.autograd.grad(op(q, k, v, causal=p["causal"]), (q, k, v), do)
-
-        return {name: (lambda make=make: build(make())) for name, make in ops.items()}
-
-    return [
-        Benchmark(
-            name="flash_attention",
-            title="FlashAttention-2",
-            x_label="sequence length (tokens)",
-            metric="TFLOP/s",
-            cases=cases,
-            setup=setup,
-            work=work,
-            description="16 heads, 16k tokens per batch; TFLOP/s = attention matmul FLOPs / median time",
-        )
-    ]
+    path = dispatch((q, "q"))
+    if path == "reference":
+        return reference(q, k, v, causal=causal, scale=scale)
+    return FlashAttentionFunction.apply(q, k, v, causal, scale, path == "interpreter")
 
 
 __all__ = [

@@ -38,6 +38,10 @@ def _triton_library_for(interpret: bool):
     if isinstance(standard.max, want):  # the usual case: nothing to swap
         yield
         return
+    # Why patch Triton's modules: without the swap, an interpreted kernel that calls tl.max
+    # fails with "Cannot call @triton.jit'd outside of the scope of a kernel" (tl.max is a
+    # JITFunction), and a GPU compile with interpreted helpers fails on an AssertionError in
+    # Triton's code generator (checked with Triton 3.7.1).
     swapped = []
     for name in _TRITON_LANGUAGE_MODULES:
         module = importlib.import_module(name)
@@ -77,6 +81,12 @@ def _undo_interpreter_patches():
         originals.setdefault((id(obj), name), (obj, name, getattr(obj, name, missing)))
         set_attr(scope, obj, name, value)
 
+    # Why patch _LangPatchScope: InterpretedFunction.__call__ (a @jit helper called from an
+    # interpreted kernel) patches triton.language.core through _patch_lang and drops the scope
+    # it gets back, so ~60 of its functions (program_id, arange, ...) stay NumPy lambdas. The
+    # next GPU compile in the process then fails with "Unsupported function referenced:
+    # <function _patch_attr.<locals>.<lambda>>" (Triton 3.7.1). Recording every set_attr lets
+    # us undo them all, whichever scope made them.
     _LangPatchScope.set_attr = recording_set_attr
     try:
         yield

@@ -57,12 +57,15 @@ import math
 import torch
 
 from llmlab import kernels
+from llmlab.kernels._common import (
+    as_rows,
+    dispatch,
+    next_power_of_2,
+    require_dtype,
+    require_tensor,
+    tl,
+)
 from llmlab.kernels.launch import TritonKernel
-
-try:  # the reference path (laptops, CI without Triton) must import without Triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    tl = None
 
 kernels.register("rmsnorm", "fused RMSNorm (LLaMA rounding), forward and backward")
 
@@ -74,7 +77,6 @@ MAX_COLS = 16384
 INTERPRETER_PROGRAMS = 3
 #: Backward programs per streaming multiprocessor on the GPU.
 PROGRAMS_PER_SM = 4
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,16 +198,6 @@ _bwd = TritonKernel(
 )
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """View ``t`` as (rows, n_cols) with unit stride along the columns (copies only if needed)."""
-    rows = t.reshape(-1, t.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
-
-
 def _backward_programs(n_rows: int, device: torch.device, interpret: bool) -> int:
     if interpret:
         return max(1, min(n_rows, INTERPRETER_PROGRAMS))
@@ -216,7 +208,7 @@ def _backward_programs(n_rows: int, device: torch.device, interpret: bool) -> in
 def _forward(
     x: torch.Tensor, weight: torch.Tensor, eps: float, interpret: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x2 = _as_rows(x)
+    x2 = as_rows(x)
     n_rows, n_cols = x2.shape
     y2 = torch.empty(x2.shape, dtype=torch.result_type(x, weight), device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
@@ -231,7 +223,7 @@ def _forward(
         n_cols,
         eps,
         interpret=interpret,
-        BLOCK=_next_power_of_2(n_cols),
+        BLOCK=next_power_of_2(n_cols),
     )
     return y2.view(x.shape), rstd
 
@@ -239,7 +231,7 @@ def _forward(
 def _backward(
     x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, interpret: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x2, dy2 = _as_rows(x), _as_rows(dy)
+    x2, dy2 = as_rows(x), as_rows(dy)
     n_rows, n_cols = x2.shape
     dx2 = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     programs = _backward_programs(n_rows, x.device, interpret)
@@ -259,7 +251,7 @@ def _backward(
         n_cols,
         math.ceil(n_rows / programs),
         interpret=interpret,
-        BLOCK=_next_power_of_2(n_cols),
+        BLOCK=next_power_of_2(n_cols),
     )
     return dx2.view(x.shape), partial.sum(0).to(weight.dtype)
 
@@ -294,11 +286,8 @@ class RMSNormFunction(torch.autograd.Function):
 
 def _check(x, weight, eps) -> None:
     for t, name in ((x, "x"), (weight, "weight")):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _DTYPES:
-            names = ", ".join(str(d) for d in _DTYPES)
-            raise TypeError(f"{name}: expected dtype {names}, got {t.dtype}")
+        require_tensor(t, name)
+        require_dtype(t, name)
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(
             f"x: expected shape (..., d_model) with d_model >= 1, got {tuple(x.shape)}"
@@ -314,24 +303,6 @@ def _check(x, weight, eps) -> None:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
 
 
-def _mode(x: torch.Tensor, weight: torch.Tensor) -> str:
-    """Where this call runs: ``kernel-interpret``, ``kernel`` or ``reference``."""
-    mode = kernels.backend().name
-    if x.numel() == 0 or mode == "reference" or (mode == "native" and not x.is_cuda):
-        return "reference"
-    if x.shape[-1] > MAX_COLS:
-        raise ValueError(
-            f"x: the kernel holds a row in registers, expected d_model <= {MAX_COLS}, "
-            f"got {x.shape[-1]}"
-        )
-    if mode == "interpreter":
-        for t, name in ((x, "x"), (weight, "weight")):
-            if t.dtype != torch.float32:
-                raise TypeError(f"{name}: the Triton interpreter runs float32 only, got {t.dtype}")
-        return "kernel-interpret"
-    return "kernel"
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm of ``x`` (``(..., d_model)``) scaled by ``weight`` (``(d_model,)``); differentiable.
 
@@ -343,96 +314,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     :func:`reference` otherwise (see :func:`llmlab.kernels.backend`).
     """
     _check(x, weight, eps)
-    mode = _mode(x, weight)
-    if mode == "reference":
+    path = dispatch((x, "x"), (weight, "weight"))
+    if path == "reference":
         return reference(x, weight, eps)
-    return RMSNormFunction.apply(x, weight, float(eps), mode == "kernel-interpret")
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (python -m llmlab.bench rmsnorm)
-# --------------------------------------------------------------------------------------------
-
-
-def _torch_rms_norm(x, weight, eps=1e-6):
-    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
-
-
-def benchmarks():
-    """The RMSNorm benchmark: GB/s against F.rms_norm, the reference and torch.compile.
-
-    16k tokens of d_model 1k-16k (SmolLM2-1.7B's 2048, LLaMA-3-8B's 4096 and -70B's 8192 among
-    them), weight in the activations' dtype as in a bf16 model; float16 and bfloat16, forward
-    and backward. GB/s counts the bytes a perfect kernel moves: forward reads x and writes y;
-    backward reads x and dy and writes dx (the weight, rstd and dweight are a row each). The
-    harness reports it as a share of the measured copy bandwidth, the ceiling of this kernel.
-    """
-    from llmlab.bench import Benchmark, Case
-
-    def cases(scale):
-        if scale == "cpu":
-            return [
-                Case(
-                    "float32, forward",
-                    d,
-                    {"rows": 8, "cols": d, "dtype": "float32", "direction": "forward"},
-                )
-                for d in (16, 100)
-            ]
-        cols = (1024, 4096, 16384) if scale == "quick" else (1024, 2048, 4096, 8192, 16384)
-        dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
-        return [
-            Case(
-                f"{dtype}, {direction}",
-                d,
-                {"rows": 16384, "cols": d, "dtype": dtype, "direction": direction},
-            )
-            for dtype in dtypes
-            for direction in ("forward", "backward")
-            for d in cols
-        ]
-
-    def work(case):
-        p = case.params
-        passes = 2 if p["direction"] == "forward" else 3
-        return passes * p["rows"] * p["cols"] * getattr(torch, p["dtype"]).itemsize
-
-    def setup(case, device):
-        p = case.params
-        dtype = getattr(torch, p["dtype"])
-        x = torch.randn(p["rows"], p["cols"], device=device, dtype=dtype)
-        weight = 1.0 + 0.1 * torch.randn(p["cols"], device=device, dtype=dtype)
-        ops = {  # provider -> a function making the op (torch.compile only when it is run)
-            "triton": lambda: rms_norm,
-            "torch": lambda: _torch_rms_norm,
-            "eager": lambda: reference,
-            "compile": lambda: torch.compile(reference),
-        }
-
-        def forward(op):
-            return lambda: op(x, weight)
-
-        def backward(op):
-            xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
-            y = op(xg, wg)
-            dy = torch.randn_like(y)
-            return lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True)
-
-        build = forward if p["direction"] == "forward" else backward
-        return {name: (lambda make=make: build(make())) for name, make in ops.items()}
-
-    return [
-        Benchmark(
-            name="rmsnorm",
-            title="RMSNorm",
-            x_label="d_model (columns per row)",
-            metric="GB/s",
-            cases=cases,
-            setup=setup,
-            work=work,
-            description="16384 rows; GB/s = ideal bytes moved / median time",
+    if x.shape[-1] > MAX_COLS:
+        raise ValueError(
+            f"x: the kernel holds a row in registers, expected d_model <= {MAX_COLS}, "
+            f"got {x.shape[-1]}"
         )
-    ]
+    return RMSNormFunction.apply(x, weight, float(eps), path == "interpreter")
 
 
 __all__ = [

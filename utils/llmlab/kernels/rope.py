@@ -57,17 +57,11 @@ from __future__ import annotations
 import torch
 
 from llmlab import kernels
+from llmlab.kernels._common import dispatch, next_power_of_2, require_dtype, require_tensor, tl
 from llmlab.kernels.launch import TritonKernel
 from llmlab.nn.positional import apply_rotary, rotate_half
 
-try:  # the reference path (laptops, CI without Triton) must import without Triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    tl = None
-
 kernels.register("rope", "fused rotary position embedding of q and k, forward and backward")
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,10 +203,6 @@ _kernel = TritonKernel(
 )
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 def _table_strides(t: torch.Tensor) -> tuple[int, int, int]:
     """(batch, seq, dim) strides of a cos/sin table; batch stride 0 when it is broadcast."""
     if t.dim() == 2:
@@ -250,9 +240,9 @@ def _launch(
         k_in.shape[1],
         interpret=interpret,
         HALF=head_dim // 2,
-        BLOCK_D=_next_power_of_2(head_dim // 2),
-        BLOCK_HQ=_next_power_of_2(n_q_heads),
-        BLOCK_HK=_next_power_of_2(k_in.shape[1]),
+        BLOCK_D=next_power_of_2(head_dim // 2),
+        BLOCK_HQ=next_power_of_2(n_q_heads),
+        BLOCK_HK=next_power_of_2(k_in.shape[1]),
         HAS_K=k is not None,
         BACKWARD=backward,
     )
@@ -292,28 +282,22 @@ class RopeFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_x(x, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+def _require_x(x, name: str) -> None:
+    require_tensor(x, name)
     if x.dim() != 4:
         raise ValueError(
             f"{name}: expected 4 dims (batch, heads, seq, head_dim), got shape {tuple(x.shape)}"
         )
-    if x.dtype not in _DTYPES:
-        names = ", ".join(str(d) for d in _DTYPES)
-        raise TypeError(f"{name}: expected dtype {names}, got {x.dtype}")
+    require_dtype(x, name)
     if x.shape[-1] % 2:
         raise ValueError(f"{name}: expected an even head_dim, got shape {tuple(x.shape)}")
 
 
-def _check_tables(x: torch.Tensor, cos, sin) -> None:
+def _require_tables(x: torch.Tensor, cos, sin) -> None:
     batch, _, seq, head_dim = x.shape
     for t, name in ((cos, "cos"), (sin, "sin")):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _DTYPES:
-            names = ", ".join(str(d) for d in _DTYPES)
-            raise TypeError(f"{name}: expected dtype {names}, got {t.dtype}")
+        require_tensor(t, name)
+        require_dtype(t, name)
         if t.dim() == 2:
             ok = t.shape[0] >= seq and t.shape[1] == head_dim
         else:
@@ -336,21 +320,6 @@ def _check_tables(x: torch.Tensor, cos, sin) -> None:
         )
 
 
-def _mode(x: torch.Tensor, tables: tuple[torch.Tensor, ...], name: str) -> str:
-    """Where ``x`` runs: ``kernel-interpret``, ``kernel`` or ``reference``."""
-    mode = kernels.backend().name
-    if x.numel() == 0:
-        return "reference"
-    if mode == "interpreter":
-        for t, n in ((x, name), *zip(tables, ("cos", "sin"), strict=True)):
-            if t.dtype != torch.float32:
-                raise TypeError(f"{n}: the Triton interpreter runs float32 only, got {t.dtype}")
-        return "kernel-interpret"
-    if mode == "native" and x.is_cuda:
-        return "kernel"
-    return "reference"
-
-
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (q or k, ``(batch, heads, seq, head_dim)``) by its positions; differentiable.
 
@@ -361,12 +330,12 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     kernel in Triton's CPU interpreter when ``TRITON_INTERPRET=1`` (float32 only), and
     :func:`reference` otherwise (see :func:`llmlab.kernels.backend`).
     """
-    _check_x(x, "x")
-    _check_tables(x, cos, sin)
-    mode = _mode(x, (cos, sin), "x")
-    if mode == "reference":
+    _require_x(x, "x")
+    _require_tables(x, cos, sin)
+    path = dispatch((x, "x"), (cos, "cos"), (sin, "sin"))
+    if path == "reference":
         return reference(x, cos, sin)
-    return RopeFunction.apply(x, None, cos, sin, mode == "kernel-interpret")
+    return RopeFunction.apply(x, None, cos, sin, path == "interpreter")
 
 
 def rope_qk(
@@ -378,8 +347,8 @@ def rope_qk(
     counts may differ (grouped-query attention). Each token's cos/sin row is read once for both.
     Dispatches like :func:`rope`.
     """
-    _check_x(q, "q")
-    _check_x(k, "k")
+    _require_x(q, "q")
+    _require_x(k, "k")
     batch, _, seq, head_dim = q.shape
     if k.shape[0] != batch or k.shape[2:] != (seq, head_dim):
         raise ValueError(
@@ -390,114 +359,11 @@ def rope_qk(
         raise TypeError(f"k: expected the dtype of q ({q.dtype}), got {k.dtype}")
     if k.device != q.device:
         raise ValueError(f"k: expected the device of q ({q.device}), got {k.device}")
-    _check_tables(q, cos, sin)
-    mode = _mode(q, (cos, sin), "q")
-    if mode == "reference" or k.numel() == 0:
+    _require_tables(q, cos, sin)
+    path = dispatch((q, "q"), (cos, "cos"), (sin, "sin"))
+    if path == "reference" or k.numel() == 0:
         return reference(q, cos, sin), reference(k, cos, sin)
-    return RopeFunction.apply(q, k, cos, sin, mode == "kernel-interpret")
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (python -m llmlab.bench rope)
-# --------------------------------------------------------------------------------------------
-
-
-def _eager_qk(q, k, cos, sin):
-    """The eager baseline: chapter 01's apply_rotary on q, then on k (as transformers does)."""
-    return reference(q, cos, sin), reference(k, cos, sin)
-
-
-def benchmarks():
-    """The RoPE benchmark: GB/s of rotating q and k against eager PyTorch and torch.compile.
-
-    LLaMA-3-8B's attention shapes (32 q heads, 8 kv heads, head_dim 128) with 16k tokens per
-    batch (batch = 16384 // seq), seq 1k-16k, cos/sin per sequence (batch, seq, head_dim) in
-    the inputs' dtype as transformers passes them; float16 and bfloat16, forward and backward.
-    GB/s counts the bytes a perfect kernel moves: read q, k, cos, sin and write the rotated q
-    and k (backward: the same sizes, gradients instead of activations).
-    """
-    from llmlab.bench import Benchmark, Case
-
-    def cases(scale):
-        if scale == "cpu":
-            p = {"q_heads": 4, "kv_heads": 2, "head_dim": 16, "dtype": "float32"}
-            return [
-                Case("float32, forward", s, {**p, "batch": 1, "seq": s, "direction": "forward"})
-                for s in (16, 64)
-            ]
-        seqs = (1024, 4096, 16384) if scale == "quick" else (1024, 2048, 4096, 8192, 16384)
-        dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
-        return [
-            Case(
-                f"{dtype}, {direction}",
-                seq,
-                {
-                    "batch": max(1, 16384 // seq),
-                    "seq": seq,
-                    "q_heads": 32,
-                    "kv_heads": 8,
-                    "head_dim": 128,
-                    "dtype": dtype,
-                    "direction": direction,
-                },
-            )
-            for dtype in dtypes
-            for direction in ("forward", "backward")
-            for seq in seqs
-        ]
-
-    def work(case):
-        p = case.params
-        tokens = p["batch"] * p["seq"]
-        heads = p["q_heads"] + p["kv_heads"]
-        itemsize = getattr(torch, p["dtype"]).itemsize
-        # in and out of q and k, plus one read of the cos and sin rows of every token
-        return (2 * heads + 2) * tokens * p["head_dim"] * itemsize
-
-    def setup(case, device):
-        from llmlab.nn.positional import RotaryEmbedding
-
-        p = case.params
-        dtype = getattr(torch, p["dtype"])
-        q = torch.randn(
-            p["batch"], p["q_heads"], p["seq"], p["head_dim"], device=device, dtype=dtype
-        )
-        k = torch.randn(
-            p["batch"], p["kv_heads"], p["seq"], p["head_dim"], device=device, dtype=dtype
-        )
-        positions = torch.arange(p["seq"], device=device).expand(p["batch"], -1)
-        cos, sin = RotaryEmbedding(p["head_dim"]).to(device)(positions, dtype=dtype)
-        ops = {  # provider -> a function making the op (torch.compile only when it is run)
-            "triton": lambda: rope_qk,
-            "eager": lambda: _eager_qk,
-            "compile": lambda: torch.compile(_eager_qk),
-        }
-
-        def forward(op):
-            return lambda: op(q, k, cos, sin)
-
-        def backward(op):
-            qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
-            outs = op(qg, kg, cos, sin)
-            grads = tuple(torch.randn_like(o) for o in outs)
-            return lambda: torch.autograd.grad(outs, (qg, kg), grads, retain_graph=True)
-
-        build = forward if p["direction"] == "forward" else backward
-        return {name: (lambda make=make: build(make())) for name, make in ops.items()}
-
-    return [
-        Benchmark(
-            name="rope",
-            title="Rotary position embedding of q and k",
-            x_label="sequence length (tokens)",
-            metric="GB/s",
-            cases=cases,
-            setup=setup,
-            work=work,
-            description="32 q + 8 kv heads of 128, 16k tokens per batch; "
-            "GB/s = ideal bytes moved / median time",
-        )
-    ]
+    return RopeFunction.apply(q, k, cos, sin, path == "interpreter")
 
 
 __all__ = [

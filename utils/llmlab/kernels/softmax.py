@@ -31,12 +31,16 @@ from __future__ import annotations
 import torch
 
 from llmlab import kernels
+from llmlab.kernels._common import (
+    as_rows,
+    dispatch,
+    interpreter_meta,
+    next_power_of_2,
+    require_dtype,
+    require_tensor,
+    tl,
+)
 from llmlab.kernels.launch import TritonKernel
-
-try:  # the reference path (laptops, CI without Triton) must import without Triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    tl = None
 
 kernels.register("softmax", "fused row-wise softmax, forward and backward")
 
@@ -45,7 +49,6 @@ kernels.register("softmax", "fused row-wise softmax, forward and backward")
 MAX_FUSED_COLS = 32768
 #: Chunk length (columns) of the looped kernels in the interpreter; the GPU autotunes it.
 INTERPRETER_CHUNK = 16
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,18 +195,8 @@ _bwd = TritonKernel(_softmax_bwd_kernel, autotune=(_warps_configs, ["BLOCK"], _p
 _bwd_looped = TritonKernel(_softmax_bwd_looped_kernel, autotune=(_looped_configs, ["n_cols"], None))
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """View ``t`` as (rows, n_cols) with unit stride along the columns (copies only if needed)."""
-    rows = t.reshape(-1, t.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
-
-
 def _forward(x: torch.Tensor, interpret: bool) -> torch.Tensor:
-    x2 = _as_rows(x)
+    x2 = as_rows(x)
     n_rows, n_cols = x2.shape
     y2 = torch.empty_like(x2)
     if n_cols <= MAX_FUSED_COLS:
@@ -215,10 +208,10 @@ def _forward(x: torch.Tensor, interpret: bool) -> torch.Tensor:
             y2.stride(0),
             n_cols,
             interpret=interpret,
-            BLOCK=_next_power_of_2(n_cols),
+            BLOCK=next_power_of_2(n_cols),
         )
     else:
-        meta = {"CHUNK": INTERPRETER_CHUNK} if interpret else {}  # the GPU tunes CHUNK
+        meta = interpreter_meta(interpret, CHUNK=INTERPRETER_CHUNK)
         _fwd_looped.launch(
             (n_rows,), x2, y2, x2.stride(0), y2.stride(0), n_cols, interpret=interpret, **meta
         )
@@ -226,14 +219,14 @@ def _forward(x: torch.Tensor, interpret: bool) -> torch.Tensor:
 
 
 def _backward(y: torch.Tensor, dy: torch.Tensor, interpret: bool) -> torch.Tensor:
-    y2, dy2 = _as_rows(y), _as_rows(dy)
+    y2, dy2 = as_rows(y), as_rows(dy)
     n_rows, n_cols = y2.shape
     dx2 = torch.empty_like(y2)
     args = (y2, dy2, dx2, y2.stride(0), dy2.stride(0), dx2.stride(0), n_cols)
     if n_cols <= MAX_FUSED_COLS // 2:  # the backward holds two rows (y, dy) in registers
-        _bwd.launch((n_rows,), *args, interpret=interpret, BLOCK=_next_power_of_2(n_cols))
+        _bwd.launch((n_rows,), *args, interpret=interpret, BLOCK=next_power_of_2(n_cols))
     else:
-        meta = {"CHUNK": INTERPRETER_CHUNK} if interpret else {}
+        meta = interpreter_meta(interpret, CHUNK=INTERPRETER_CHUNK)
         _bwd_looped.launch((n_rows,), *args, interpret=interpret, **meta)
     return dx2.view(y.shape)
 
@@ -265,17 +258,14 @@ class SoftmaxFunction(torch.autograd.Function):
 
 
 def _check(x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    require_tensor(x, "x")
     if x.dim() < 1:
         raise ValueError(
             f"x: expected at least 1 dimension (..., n_cols), got shape {tuple(x.shape)}"
         )
     if x.shape[-1] < 1:
         raise ValueError(f"x: expected at least one column, got shape {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
-        names = ", ".join(str(d) for d in _DTYPES)
-        raise TypeError(f"x: expected dtype {names}, got {x.dtype}")
+    require_dtype(x, "x")
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
@@ -286,93 +276,10 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     :func:`reference` otherwise (see :func:`llmlab.kernels.backend`).
     """
     _check(x)
-    mode = kernels.backend().name
-    if x.numel() == 0:
+    path = dispatch((x, "x"))
+    if path == "reference":
         return reference(x)
-    if mode == "interpreter":
-        if x.dtype != torch.float32:
-            raise TypeError(f"x: the Triton interpreter runs float32 only, got {x.dtype}")
-        return SoftmaxFunction.apply(x, True)
-    if mode == "native" and x.is_cuda:
-        return SoftmaxFunction.apply(x, False)
-    return reference(x)
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (python -m llmlab.bench softmax)
-# --------------------------------------------------------------------------------------------
-
-
-def benchmarks():
-    """The softmax benchmark: GB/s against torch.softmax, the reference and torch.compile.
-
-    4096 rows of 1k-32k columns in float16 and bfloat16, forward and backward. GB/s counts the
-    bytes a perfect kernel moves: forward reads x and writes y; backward reads y, dy, writes dx.
-    """
-    from llmlab.bench import Benchmark, Case
-
-    def cases(scale):
-        if scale == "cpu":
-            return [
-                Case(
-                    "float32, forward",
-                    n,
-                    {"rows": 8, "cols": n, "dtype": "float32", "direction": "forward"},
-                )
-                for n in (16, 100)
-            ]
-        cols = (1024, 4096, 16384) if scale == "quick" else (1024, 2048, 4096, 8192, 16384, 32768)
-        dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
-        return [
-            Case(
-                f"{dtype}, {direction}",
-                n,
-                {"rows": 4096, "cols": n, "dtype": dtype, "direction": direction},
-            )
-            for dtype in dtypes
-            for direction in ("forward", "backward")
-            for n in cols
-        ]
-
-    def work(case):
-        p = case.params
-        passes = 2 if p["direction"] == "forward" else 3
-        return passes * p["rows"] * p["cols"] * getattr(torch, p["dtype"]).itemsize
-
-    def setup(case, device):
-        p = case.params
-        x = torch.randn(p["rows"], p["cols"], device=device, dtype=getattr(torch, p["dtype"]))
-        ops = {  # provider -> a function making the op (torch.compile only when it is run)
-            "triton": lambda: softmax,
-            "torch": lambda: lambda t: torch.softmax(t, dim=-1),
-            "eager": lambda: reference,
-            "compile": lambda: torch.compile(reference),
-        }
-
-        def forward(op):
-            return lambda: op(x)
-
-        def backward(op):
-            xg = x.detach().requires_grad_()
-            y = op(xg)
-            dy = torch.randn_like(y)
-            return lambda: torch.autograd.grad(y, xg, dy, retain_graph=True)
-
-        build = forward if p["direction"] == "forward" else backward
-        return {name: (lambda make=make: build(make())) for name, make in ops.items()}
-
-    return [
-        Benchmark(
-            name="softmax",
-            title="Row-wise softmax",
-            x_label="columns per row",
-            metric="GB/s",
-            cases=cases,
-            setup=setup,
-            work=work,
-            description="4096 rows; GB/s = ideal bytes moved / median time",
-        )
-    ]
+    return SoftmaxFunction.apply(x, path == "interpreter")
 
 
 __all__ = [

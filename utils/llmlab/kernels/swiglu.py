@@ -44,18 +44,21 @@ import torch
 import torch.nn.functional as F
 
 from llmlab import kernels
+from llmlab.kernels._common import (
+    as_rows,
+    cdiv,
+    dispatch,
+    interpreter_meta,
+    require_dtype,
+    require_tensor,
+    tl,
+)
 from llmlab.kernels.launch import TritonKernel
-
-try:  # the reference path (laptops, CI without Triton) must import without Triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    tl = None
 
 kernels.register("swiglu", "fused SwiGLU gate silu(gate) * up, forward and backward")
 
 #: Columns per program in the interpreter (small: many programs, quick tests); the GPU tunes it.
 INTERPRETER_BLOCK = 64
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,24 +159,14 @@ _fwd = TritonKernel(_swiglu_fwd_kernel, autotune=(_configs, ["n_cols"], _prune_b
 _bwd = TritonKernel(_swiglu_bwd_kernel, autotune=(_configs, ["n_cols"], _prune_blocks))
 
 
-def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """View ``t`` as (rows, n_cols) with unit stride along the columns (copies only if needed)."""
-    rows = t.reshape(-1, t.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
-
-
 def _grid(n_rows: int, n_cols: int, interpret: bool):
     if interpret:
-        return (n_rows, -(-n_cols // INTERPRETER_BLOCK))
-    return lambda meta: (n_rows, -(-n_cols // meta["BLOCK"]))
-
-
-def _meta(interpret: bool) -> dict:
-    return {"BLOCK": INTERPRETER_BLOCK} if interpret else {}  # the GPU tunes BLOCK
+        return (n_rows, cdiv(n_cols, INTERPRETER_BLOCK))
+    return lambda meta: (n_rows, cdiv(n_cols, meta["BLOCK"]))
 
 
 def _forward(gate: torch.Tensor, up: torch.Tensor, interpret: bool) -> torch.Tensor:
-    g2, u2 = _as_rows(gate), _as_rows(up)
+    g2, u2 = as_rows(gate), as_rows(up)
     n_rows, n_cols = g2.shape
     h2 = torch.empty((n_rows, n_cols), dtype=gate.dtype, device=gate.device)
     _fwd.launch(
@@ -186,7 +179,7 @@ def _forward(gate: torch.Tensor, up: torch.Tensor, interpret: bool) -> torch.Ten
         h2.stride(0),
         n_cols,
         interpret=interpret,
-        **_meta(interpret),
+        **interpreter_meta(interpret, BLOCK=INTERPRETER_BLOCK),
     )
     return h2.view(gate.shape)
 
@@ -194,7 +187,7 @@ def _forward(gate: torch.Tensor, up: torch.Tensor, interpret: bool) -> torch.Ten
 def _backward(
     gate: torch.Tensor, up: torch.Tensor, dh: torch.Tensor, interpret: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    g2, u2, dh2 = _as_rows(gate), _as_rows(up), _as_rows(dh)
+    g2, u2, dh2 = as_rows(gate), as_rows(up), as_rows(dh)
     n_rows, n_cols = g2.shape
     dg2 = torch.empty((n_rows, n_cols), dtype=gate.dtype, device=gate.device)
     du2 = torch.empty_like(dg2)
@@ -212,7 +205,7 @@ def _backward(
         du2.stride(0),
         n_cols,
         interpret=interpret,
-        **_meta(interpret),
+        **interpreter_meta(interpret, BLOCK=INTERPRETER_BLOCK),
     )
     return dg2.view(gate.shape), du2.view(gate.shape)
 
@@ -246,15 +239,12 @@ class SwiGLUFunction(torch.autograd.Function):
 
 def _check(gate, up) -> None:
     for t, name in ((gate, "gate"), (up, "up")):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        require_tensor(t, name)
         if t.dim() < 1:
             raise ValueError(
                 f"{name}: expected at least 1 dimension (..., d_ff), got shape {tuple(t.shape)}"
             )
-        if t.dtype not in _DTYPES:
-            names = ", ".join(str(d) for d in _DTYPES)
-            raise TypeError(f"{name}: expected dtype {names}, got {t.dtype}")
+        require_dtype(t, name)
     if up.shape != gate.shape:
         raise ValueError(
             f"up: expected the shape of gate {tuple(gate.shape)}, got {tuple(up.shape)}"
@@ -276,95 +266,10 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     :func:`reference` otherwise (see :func:`llmlab.kernels.backend`).
     """
     _check(gate, up)
-    mode = kernels.backend().name
-    if gate.numel() == 0:
+    path = dispatch((gate, "gate"))
+    if path == "reference":
         return reference(gate, up)
-    if mode == "interpreter":
-        if gate.dtype != torch.float32:
-            raise TypeError(f"gate: the Triton interpreter runs float32 only, got {gate.dtype}")
-        return SwiGLUFunction.apply(gate, up, True)
-    if mode == "native" and gate.is_cuda:
-        return SwiGLUFunction.apply(gate, up, False)
-    return reference(gate, up)
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (python -m llmlab.bench swiglu)
-# --------------------------------------------------------------------------------------------
-
-
-def benchmarks():
-    """The SwiGLU benchmark: GB/s against eager ``F.silu(gate) * up`` and torch.compile.
-
-    8192 tokens, d_ff from SmolLM2-135M's 1536 to LLaMA-3-8B's 14336, float16 and bfloat16,
-    forward and backward. GB/s counts the bytes a perfect kernel moves: forward reads gate and
-    up and writes h (3 tensors); backward reads gate, up, dh and writes d_gate, d_up (5).
-    """
-    from llmlab.bench import Benchmark, Case
-
-    def cases(scale):
-        if scale == "cpu":
-            return [
-                Case(
-                    "float32, forward",
-                    n,
-                    {"rows": 8, "cols": n, "dtype": "float32", "direction": "forward"},
-                )
-                for n in (64, 256)
-            ]
-        cols = (1536, 8192) if scale == "quick" else (1536, 2048, 4096, 8192, 14336)
-        dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
-        return [
-            Case(
-                f"{dtype}, {direction}",
-                n,
-                {"rows": 8192, "cols": n, "dtype": dtype, "direction": direction},
-            )
-            for dtype in dtypes
-            for direction in ("forward", "backward")
-            for n in cols
-        ]
-
-    def work(case):
-        p = case.params
-        tensors = 3 if p["direction"] == "forward" else 5
-        return tensors * p["rows"] * p["cols"] * getattr(torch, p["dtype"]).itemsize
-
-    def setup(case, device):
-        p = case.params
-        dtype = getattr(torch, p["dtype"])
-        gate = torch.randn(p["rows"], p["cols"], device=device, dtype=dtype)
-        up = torch.randn_like(gate)
-        ops = {  # provider -> a function making the op (torch.compile only when it is run)
-            "triton": lambda: swiglu,
-            "eager": lambda: reference,
-            "compile": lambda: torch.compile(reference),
-        }
-
-        def forward(op):
-            return lambda: op(gate, up)
-
-        def backward(op):
-            g, u = gate.detach().requires_grad_(), up.detach().requires_grad_()
-            h = op(g, u)
-            dh = torch.randn_like(h)
-            return lambda: torch.autograd.grad(h, (g, u), dh, retain_graph=True)
-
-        build = forward if p["direction"] == "forward" else backward
-        return {name: (lambda make=make: build(make())) for name, make in ops.items()}
-
-    return [
-        Benchmark(
-            name="swiglu",
-            title="SwiGLU gate silu(gate) * up",
-            x_label="d_ff (columns per row)",
-            metric="GB/s",
-            cases=cases,
-            setup=setup,
-            work=work,
-            description="8192 tokens; GB/s = ideal bytes moved / median time",
-        )
-    ]
+    return SwiGLUFunction.apply(gate, up, path == "interpreter")
 
 
 __all__ = [

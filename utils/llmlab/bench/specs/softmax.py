@@ -1,0 +1,80 @@
+"""The softmax benchmark: GB/s against torch.softmax, the reference and torch.compile.
+
+4096 rows of 1k-32k columns in float16 and bfloat16, forward and backward. GB/s counts the
+bytes a perfect kernel moves: forward reads x and writes y; backward reads y, dy, writes dx.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmlab.bench import Benchmark, Case
+from llmlab.bench.specs import lazily
+from llmlab.kernels.softmax import reference, softmax
+
+
+def _cases(scale: str) -> list[Case]:
+    if scale == "cpu":
+        return [
+            Case(
+                "float32, forward",
+                n,
+                {"rows": 8, "cols": n, "dtype": "float32", "direction": "forward"},
+            )
+            for n in (16, 100)
+        ]
+    cols = (1024, 4096, 16384) if scale == "quick" else (1024, 2048, 4096, 8192, 16384, 32768)
+    dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
+    return [
+        Case(
+            f"{dtype}, {direction}",
+            n,
+            {"rows": 4096, "cols": n, "dtype": dtype, "direction": direction},
+        )
+        for dtype in dtypes
+        for direction in ("forward", "backward")
+        for n in cols
+    ]
+
+
+def _work(case: Case) -> float:
+    p = case.params
+    passes = 2 if p["direction"] == "forward" else 3
+    return passes * p["rows"] * p["cols"] * getattr(torch, p["dtype"]).itemsize
+
+
+def _setup(case: Case, device) -> dict:
+    p = case.params
+    x = torch.randn(p["rows"], p["cols"], device=device, dtype=getattr(torch, p["dtype"]))
+    ops = {
+        "triton": lambda: softmax,
+        "torch": lambda: lambda t: torch.softmax(t, dim=-1),
+        "eager": lambda: reference,
+        "compile": lambda: torch.compile(reference),
+    }
+
+    def forward(op):
+        return lambda: op(x)
+
+    def backward(op):
+        xg = x.detach().requires_grad_()
+        y = op(xg)
+        dy = torch.randn_like(y)
+        return lambda: torch.autograd.grad(y, xg, dy, retain_graph=True)
+
+    return lazily(ops, forward if p["direction"] == "forward" else backward)
+
+
+def benchmarks() -> list[Benchmark]:
+    return [
+        Benchmark(
+            name="softmax",
+            title="Row-wise softmax",
+            x_label="columns per row",
+            metric="GB/s",
+            cases=_cases,
+            setup=_setup,
+            work=_work,
+            description="4096 rows; GB/s = ideal bytes moved / median time",
+        )
+    ]

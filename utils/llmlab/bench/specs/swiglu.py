@@ -1,0 +1,81 @@
+"""The SwiGLU benchmark: GB/s against eager ``F.silu(gate) * up`` and torch.compile.
+
+8192 tokens, d_ff from SmolLM2-135M's 1536 to LLaMA-3-8B's 14336, float16 and bfloat16,
+forward and backward. GB/s counts the bytes a perfect kernel moves: forward reads gate and
+up and writes h (3 tensors); backward reads gate, up, dh and writes d_gate, d_up (5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmlab.bench import Benchmark, Case
+from llmlab.bench.specs import lazily
+from llmlab.kernels.swiglu import reference, swiglu
+
+
+def _cases(scale: str) -> list[Case]:
+    if scale == "cpu":
+        return [
+            Case(
+                "float32, forward",
+                n,
+                {"rows": 8, "cols": n, "dtype": "float32", "direction": "forward"},
+            )
+            for n in (64, 256)
+        ]
+    cols = (1536, 8192) if scale == "quick" else (1536, 2048, 4096, 8192, 14336)
+    dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
+    return [
+        Case(
+            f"{dtype}, {direction}",
+            n,
+            {"rows": 8192, "cols": n, "dtype": dtype, "direction": direction},
+        )
+        for dtype in dtypes
+        for direction in ("forward", "backward")
+        for n in cols
+    ]
+
+
+def _work(case: Case) -> float:
+    p = case.params
+    tensors = 3 if p["direction"] == "forward" else 5
+    return tensors * p["rows"] * p["cols"] * getattr(torch, p["dtype"]).itemsize
+
+
+def _setup(case: Case, device) -> dict:
+    p = case.params
+    gate = torch.randn(p["rows"], p["cols"], device=device, dtype=getattr(torch, p["dtype"]))
+    up = torch.randn_like(gate)
+    ops = {
+        "triton": lambda: swiglu,
+        "eager": lambda: reference,
+        "compile": lambda: torch.compile(reference),
+    }
+
+    def forward(op):
+        return lambda: op(gate, up)
+
+    def backward(op):
+        g, u = gate.detach().requires_grad_(), up.detach().requires_grad_()
+        h = op(g, u)
+        dh = torch.randn_like(h)
+        return lambda: torch.autograd.grad(h, (g, u), dh, retain_graph=True)
+
+    return lazily(ops, forward if p["direction"] == "forward" else backward)
+
+
+def benchmarks() -> list[Benchmark]:
+    return [
+        Benchmark(
+            name="swiglu",
+            title="SwiGLU gate silu(gate) * up",
+            x_label="d_ff (columns per row)",
+            metric="GB/s",
+            cases=_cases,
+            setup=_setup,
+            work=_work,
+            description="8192 tokens; GB/s = ideal bytes moved / median time",
+        )
+    ]
