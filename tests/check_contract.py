@@ -1,9 +1,9 @@
-"""What every check in llmlab.checks promises, tested once for every chapter's check module.
+"""What every check in llmlab.checks promises, tested once for every lab's check module.
 
-A chapter's test file subclasses :class:`CheckContract` (its name must start with ``Test``)::
+A test file subclasses :class:`CheckContract` (its name must start with ``Test``)::
 
     class TestContract(CheckContract):
-        MODULE = transformer                     # the llmlab.checks module
+        MODULES = (attention_masks, rope)        # the llmlab.checks modules it covers
         CHECKS = {"check_x": (check_x, reference_x), ...}
         GARBAGE = {"returns a list": lambda *a, **k: [0.1, 0.9], ...}  # + BASE_GARBAGE
         MIN_CASES = 6
@@ -11,7 +11,7 @@ A chapter's test file subclasses :class:`CheckContract` (its name must start wit
 and gets, for every check: the reference passes (and is handed back), a NotImplementedError
 stub reports "not implemented", garbage fails without raising, and the global seed stays put.
 
-The chapter's file also defines, at module level, ``CORRECT_VARIANTS`` (``[(check name, another
+The test file also defines, at module level, ``CORRECT_VARIANTS`` (``[(check name, another
 correct answer)]``: each must pass) and ``MUTANTS`` (``[(check name, plausible wrong answer,
 the case that must expose it, words the message must contain)]``: each must fail on exactly
 that case, with a hint, and hand back the reference). Every check needs at least one of each.
@@ -37,7 +37,7 @@ BASE_GARBAGE = {
 
 
 class CheckContract:
-    MODULE = None
+    MODULES: tuple = ()
     CHECKS: dict = {}
     GARBAGE: dict = {}
     MIN_CASES = 5
@@ -57,7 +57,8 @@ class CheckContract:
     def test_every_check_of_the_module_is_tested(self):
         defined = {
             name
-            for name, _ in inspect.getmembers(self.MODULE, inspect.isfunction)
+            for module in self.MODULES
+            for name, _ in inspect.getmembers(module, inspect.isfunction)
             if name.startswith("check_")
         }
         assert defined == set(self.CHECKS)

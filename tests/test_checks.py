@@ -1,4 +1,5 @@
-"""The check machinery (llmlab.checks) and every check of the warm-up lab.
+"""The check machinery (llmlab.checks) and every check of the warm-up lab
+(llmlab.checks.start_here.warmup).
 
 For every check: the reference passes, plausible wrong answers (mutants) fail on the case that
 exposes them, a NotImplementedError stub reports "not implemented", and garbage never raises.
@@ -17,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import llmlab.checks as checks
 from llmlab.checks import Case, compare_tensors, evaluate, run_check
-from llmlab.checks import start_here as sh
+from llmlab.checks.start_here import warmup as sh
 
 CHECKS = {
     "check_stable_softmax": (sh.check_stable_softmax, sh.reference_softmax),
@@ -48,7 +49,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = sh
+    MODULES = (sh,)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 5
@@ -409,7 +410,7 @@ def test_in_a_notebook_the_message_appears_once(tmp_path):
     nb = new_notebook(
         cells=[
             new_code_cell(
-                "from llmlab.checks.start_here import check_stable_softmax, reference_softmax\n"
+                "from llmlab.checks.start_here.warmup import check_stable_softmax, reference_softmax\n"
                 "check_stable_softmax(reference_softmax)"
             )
         ]

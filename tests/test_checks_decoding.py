@@ -1,4 +1,4 @@
-"""The checks of chapter 02's decoding lab (llmlab.checks.decoding).
+"""The checks of chapter 02's decoding lab (llmlab.checks.model_families.top_p).
 
 For every check: the reference passes, other correct answers pass too, plausible wrong answers
 (mutants) fail on the case that exposes them, a NotImplementedError stub reports "not
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from check_contract import CheckContract
 
-from llmlab.checks import decoding as dc
+from llmlab.checks.model_families import top_p as dc
 
 CHECKS = {
     "check_apply_temperature": (dc.check_apply_temperature, dc.reference_apply_temperature),
@@ -35,7 +35,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = dc
+    MODULES = (dc,)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 6
@@ -329,14 +329,12 @@ def test_a_check_names_the_generator_by_its_seed():
 def test_top_p_cases_avoid_float_boundaries():
     # Every case's nucleus is the same whether the masses are summed in float32 or float64,
     # so an answer that sums in another order or precision is not failed by rounding.
-    from llmlab.checks import decoding
-
     captured = []
-    decoding.check_top_p_filter(
-        lambda logits, p: captured.append((logits, p)) or decoding.reference_top_p_filter(logits, p)
+    dc.check_top_p_filter(
+        lambda logits, p: captured.append((logits, p)) or dc.reference_top_p_filter(logits, p)
     )
     for logits, p in captured:
         assert torch.equal(
             top_p_by_cutoff(logits.double(), p).isinf(),
-            decoding.reference_top_p_filter(logits, p).isinf(),
+            dc.reference_top_p_filter(logits, p).isinf(),
         )

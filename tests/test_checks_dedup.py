@@ -1,4 +1,4 @@
-"""The checks of chapter 03's MinHash lab (llmlab.checks.dedup).
+"""The checks of chapter 03's MinHash lab (llmlab.checks.pretraining.minhash).
 
 For every check (through CheckContract): the reference passes, other correct answers
 (CORRECT_VARIANTS) pass too, plausible wrong answers (MUTANTS) fail on the named case that
@@ -16,7 +16,7 @@ import numpy as np
 from check_contract import CheckContract
 
 from llmlab import data
-from llmlab.checks import dedup as dd
+from llmlab.checks.pretraining import minhash as dd
 
 CHECKS = {
     "check_shingle": (dd.check_shingle, dd.reference_shingle),
@@ -42,7 +42,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = dd
+    MODULES = (dd,)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 7

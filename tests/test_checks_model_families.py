@@ -1,4 +1,4 @@
-"""The checks of chapter 02's LLaMA-block lab (llmlab.checks.model_families).
+"""The checks of chapter 02's LLaMA-block lab (llmlab.checks.model_families.llama_block).
 
 For every check: the reference passes, other correct answers pass too, plausible wrong answers
 (mutants) fail on the case that exposes them, a NotImplementedError stub reports "not
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from check_contract import CheckContract
 
-from llmlab.checks import model_families as mf
+from llmlab.checks.model_families import llama_block as mf
 from llmlab.models import LlamaConfig
 from llmlab.models.causal_lm import CausalLM
 
@@ -38,7 +38,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = mf
+    MODULES = (mf,)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 5

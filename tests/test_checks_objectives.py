@@ -1,4 +1,4 @@
-"""The check of chapter 03's MLM masking-collator lab (llmlab.checks.objectives).
+"""The check of chapter 03's MLM masking-collator lab (llmlab.checks.pretraining.mlm_collator).
 
 The reference passes and equals llmlab.training.objectives.mlm_mask; other correct answers pass; each
 plausible wrong answer (mutant) fails on the case that exposes it, with a message that names
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from check_contract import CheckContract
 
-from llmlab.checks import objectives as co
+from llmlab.checks.pretraining import mlm_collator as co
 from llmlab.training import objectives
 
 CHECKS = {"check_mlm_mask": (co.check_mlm_mask, co.reference_mlm_mask)}
@@ -29,7 +29,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = co
+    MODULES = (co,)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 7
@@ -219,7 +219,7 @@ def segmentation_loop(n, k, generator):
 
 
 def segmentation_library(n, k, generator):
-    return objectives._random_segmentation(n, k, generator)
+    return objectives.random_segmentation(n, k, generator)
 
 
 def segmentation_zero_lengths(n, k, generator):  # cut points may repeat: empty spans
@@ -280,6 +280,6 @@ MUTANTS += [
 def test_span_mask_uses_the_same_segmentation():
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     for n, k in ((30, 10), (170, 10), (5, 1), (9, 1)):
-        assert co.reference_random_segmentation(n, k, g1) == objectives._random_segmentation(
+        assert co.reference_random_segmentation(n, k, g1) == objectives.random_segmentation(
             n, k, g2
         )

@@ -1,4 +1,4 @@
-"""The checks of chapter 03's power-law lab (llmlab.checks.scaling).
+"""The checks of chapter 03's power-law lab (llmlab.checks.pretraining.power_law).
 
 For every check: the reference passes, other correct answers pass too (a log10 fit, a plain
 grid search over c, torch instead of numpy), plausible wrong answers (mutants) fail on the case
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from check_contract import CheckContract
 
-from llmlab.checks import scaling as sc
+from llmlab.checks.pretraining import power_law as sc
 
 CHECKS = {
     "check_fit_pure_power_law": (sc.check_fit_pure_power_law, sc.reference_fit_pure_power_law),
@@ -37,7 +37,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = sc
+    MODULES = (sc,)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 6

@@ -1,4 +1,4 @@
-"""The checks of chapter 02's BPE lab (llmlab.checks.tokenization).
+"""The checks of chapter 02's BPE lab (llmlab.checks.model_families.bpe).
 
 For every check: the reference passes, other correct answers pass too, plausible wrong answers
 (mutants) fail on the case that exposes them, a NotImplementedError stub reports "not
@@ -11,7 +11,7 @@ from collections import Counter
 
 from check_contract import CheckContract
 
-from llmlab.checks import tokenization as tk
+from llmlab.checks.model_families import bpe as tk
 from llmlab.tokenization import pretokenize
 
 CHECKS = {
@@ -39,7 +39,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = tk
+    MODULES = (tk,)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 8

@@ -1,4 +1,5 @@
-"""The checks of chapter 03's training labs (llmlab.checks.training).
+"""The checks of chapter 03's training labs (llmlab.checks.pretraining: schedule_and_adamw,
+training_step).
 
 For every check: the reference passes, other correct answers pass too (torch's own optimizer
 and clipping, llmlab.training's pieces), plausible wrong answers (mutants) fail on the case that
@@ -15,13 +16,14 @@ import torch
 from check_contract import CheckContract
 
 from llmlab import training as tr
-from llmlab.checks import training as tc
+from llmlab.checks.pretraining import schedule_and_adamw as sa
+from llmlab.checks.pretraining import training_step as ts
 
 CHECKS = {
-    "check_warmup_cosine": (tc.check_warmup_cosine, tc.reference_warmup_cosine),
-    "check_adamw_step": (tc.check_adamw_step, tc.reference_adamw_step),
-    "check_orthogonalize": (tc.check_orthogonalize, tc.reference_orthogonalize),
-    "check_train_step": (tc.check_train_step, tc.reference_train_step),
+    "check_warmup_cosine": (sa.check_warmup_cosine, sa.reference_warmup_cosine),
+    "check_adamw_step": (sa.check_adamw_step, sa.reference_adamw_step),
+    "check_orthogonalize": (sa.check_orthogonalize, sa.reference_orthogonalize),
+    "check_train_step": (ts.check_train_step, ts.reference_train_step),
 }
 
 
@@ -35,7 +37,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = tc
+    MODULES = (sa, ts)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 6
@@ -58,7 +60,7 @@ def schedule_warmup_from_zero(step, total_steps, warmup_frac=0.1, min_ratio=0.0)
     warmup = round(warmup_frac * total_steps)
     if step < warmup:
         return step / warmup
-    return tc.reference_warmup_cosine(step, total_steps, warmup_frac, min_ratio)
+    return sa.reference_warmup_cosine(step, total_steps, warmup_frac, min_ratio)
 
 
 def schedule_misses_min(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
@@ -78,11 +80,11 @@ def schedule_decays_over_all_steps(step, total_steps, warmup_frac=0.1, min_ratio
 
 
 def schedule_ignores_min_ratio(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
-    return tc.reference_warmup_cosine(step, total_steps, warmup_frac, 0.0)
+    return sa.reference_warmup_cosine(step, total_steps, warmup_frac, 0.0)
 
 
 def schedule_no_warmup(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
-    return tc.reference_warmup_cosine(step, total_steps, 0.0, min_ratio)
+    return sa.reference_warmup_cosine(step, total_steps, 0.0, min_ratio)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ def adamw_returns_new_tensors(
 ):
     # Computes the right values but never writes them into params.
     copies = [p.clone() for p in params]
-    tc.reference_adamw_step(copies, grads, state, lr, betas, eps, weight_decay)
+    sa.reference_adamw_step(copies, grads, state, lr, betas, eps, weight_decay)
     return copies
 
 
@@ -268,7 +270,7 @@ step_steps_per_micro_batch = make_step(step="per_micro")
 
 
 def step_returns_last_loss(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
-    tc.reference_train_step(model, micro_batches, optimizer, loss_fn, clip_norm)
+    ts.reference_train_step(model, micro_batches, optimizer, loss_fn, clip_norm)
     with torch.no_grad():
         return loss_fn(model, micro_batches[-1]).item()
 
@@ -279,7 +281,7 @@ def step_returns_last_loss(model, micro_batches, optimizer, loss_fn, clip_norm=1
 
 def make_ns(
     normalize="frobenius",
-    coefficients=tc.NS_COEFFICIENTS,
+    coefficients=tr.NS_COEFFICIENTS,
     right=False,
     transpose=True,
     transpose_back=True,
@@ -408,15 +410,15 @@ MUTANTS = [
 def test_the_references_equal_llmlab_train():
     # The lab's references and the package the chapter uses are the same maths.
     for total, frac, low in ((100, 0.1, 0.0), (37, 0.2, 0.3), (5, 0.0, 0.1)):
-        ours = [tc.reference_warmup_cosine(s, total, frac, low) for s in range(total)]
+        ours = [sa.reference_warmup_cosine(s, total, frac, low) for s in range(total)]
         assert ours == pytest.approx([tr.warmup_cosine(s, total, frac, low) for s in range(total)])
     for shape in ((5, 9), (9, 5)):
-        g = tc.MatrixCase(shape, spread=30.0).matrix()
-        torch.testing.assert_close(tc.reference_orthogonalize(g), tr.orthogonalize(g))
-    case = tc.AdamWCase(((3, 4), (4,)), 100, 1e-2, weight_decay=0.1, schedule=True)
+        g = sa.MatrixCase(shape, spread=30.0).matrix()
+        torch.testing.assert_close(sa.reference_orthogonalize(g), tr.orthogonalize(g))
+    case = sa.AdamWCase(((3, 4), (4,)), 100, 1e-2, weight_decay=0.1, schedule=True)
     torch.testing.assert_close(
-        tc._adamw_trajectory(tc.reference_adamw_step, case),
-        tc._adamw_trajectory(adamw_torch, case),
+        sa._adamw_trajectory(sa.reference_adamw_step, case),
+        sa._adamw_trajectory(adamw_torch, case),
         atol=1e-6,
         rtol=1e-5,
     )

@@ -1,4 +1,5 @@
-"""The checks of chapter 01's labs (llmlab.checks.transformer).
+"""The checks of chapter 01's labs (llmlab.checks.transformer: attention_masks,
+multi_head_attention, rope, decoder_block).
 
 For every check: the reference passes, other correct answers pass too, plausible wrong answers
 (mutants) fail on the case that exposes them, a NotImplementedError stub reports "not
@@ -13,26 +14,29 @@ import torch
 import torch.nn.functional as F
 from check_contract import CheckContract
 
-from llmlab.checks import transformer as tr
+from llmlab.checks.transformer import attention_masks as am
+from llmlab.checks.transformer import decoder_block as db
+from llmlab.checks.transformer import multi_head_attention as mha
+from llmlab.checks.transformer import rope
 from llmlab.nn import attention, positional
 
 CHECKS = {
     "check_scaled_dot_product_attention": (
-        tr.check_scaled_dot_product_attention,
-        tr.reference_scaled_dot_product_attention,
+        am.check_scaled_dot_product_attention,
+        am.reference_scaled_dot_product_attention,
     ),
-    "check_causal_mask": (tr.check_causal_mask, tr.reference_causal_mask),
-    "check_padding_mask": (tr.check_padding_mask, tr.reference_padding_mask),
-    "check_split_heads": (tr.check_split_heads, tr.reference_split_heads),
-    "check_merge_heads": (tr.check_merge_heads, tr.reference_merge_heads),
+    "check_causal_mask": (am.check_causal_mask, am.reference_causal_mask),
+    "check_padding_mask": (am.check_padding_mask, am.reference_padding_mask),
+    "check_split_heads": (mha.check_split_heads, mha.reference_split_heads),
+    "check_merge_heads": (mha.check_merge_heads, mha.reference_merge_heads),
     "check_multi_head_attention": (
-        tr.check_multi_head_attention,
-        tr.reference_multi_head_attention,
+        mha.check_multi_head_attention,
+        mha.reference_multi_head_attention,
     ),
-    "check_repeat_kv": (tr.check_repeat_kv, tr.reference_repeat_kv),
-    "check_rope_frequencies": (tr.check_rope_frequencies, tr.reference_rope_frequencies),
-    "check_apply_rotary": (tr.check_apply_rotary, tr.reference_apply_rotary),
-    "check_decoder_block": (tr.check_decoder_block, tr.reference_decoder_block),
+    "check_repeat_kv": (mha.check_repeat_kv, mha.reference_repeat_kv),
+    "check_rope_frequencies": (rope.check_rope_frequencies, rope.reference_rope_frequencies),
+    "check_apply_rotary": (rope.check_apply_rotary, rope.reference_apply_rotary),
+    "check_decoder_block": (db.check_decoder_block, db.reference_decoder_block),
 }
 
 
@@ -54,7 +58,7 @@ GARBAGE = {
 
 
 class TestContract(CheckContract):
-    MODULE = tr
+    MODULES = (am, mha, rope, db)
     CHECKS = CHECKS
     GARBAGE = GARBAGE
     MIN_CASES = 6
@@ -135,7 +139,7 @@ def sdpa_naive_exp(q, k, v, mask=None):
 
 
 def sdpa_float32(q, k, v, mask=None):
-    return tr.reference_scaled_dot_product_attention(q.float(), k.float(), v.float(), mask)
+    return am.reference_scaled_dot_product_attention(q.float(), k.float(), v.float(), mask)
 
 
 def causal_arange(seq_q, seq_k=None):
@@ -160,7 +164,7 @@ def causal_top_left(seq_q, seq_k=None):
 
 
 def causal_float(seq_q, seq_k=None):
-    return tr.reference_causal_mask(seq_q, seq_k).float()
+    return am.reference_causal_mask(seq_q, seq_k).float()
 
 
 def causal_square_only(seq_q, seq_k=None):
@@ -239,9 +243,9 @@ def _mha(
     w_o,
     n_heads,
     mask,
-    split=tr.reference_split_heads,
-    merge=tr.reference_merge_heads,
-    attend=tr.reference_scaled_dot_product_attention,
+    split=mha.reference_split_heads,
+    merge=mha.reference_merge_heads,
+    attend=am.reference_scaled_dot_product_attention,
     linear=F.linear,
 ):
     q, k, v = (split(linear(x, w), n_heads) for w in (w_q, w_k, w_v))
@@ -276,8 +280,8 @@ def mha_weights_not_transposed(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
 
 
 def mha_no_output_projection(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    q, k, v = (tr.reference_split_heads(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
-    return tr.reference_merge_heads(attention.scaled_dot_product_attention(q, k, v, mask))
+    q, k, v = (mha.reference_split_heads(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
+    return mha.reference_merge_heads(attention.scaled_dot_product_attention(q, k, v, mask))
 
 
 def mha_ignores_mask(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
@@ -393,7 +397,7 @@ def rotary_whole_table(x, cos, sin):
 
 
 def rotary_float32(x, cos, sin):
-    return tr.reference_apply_rotary(x.float(), cos, sin)
+    return rope.reference_apply_rotary(x.float(), cos, sin)
 
 
 # --------------------------------------------------------------------------------------------
@@ -765,21 +769,21 @@ MUTANTS = [
 
 
 def test_case_hints_point_at_the_mistake():
-    empty = tr.check_scaled_dot_product_attention(sdpa_nan_on_empty_rows).message
+    empty = am.check_scaled_dot_product_attention(sdpa_nan_on_empty_rows).message
     assert "0/0 = NaN" in empty
-    cache = tr.check_causal_mask(causal_top_left).message
+    cache = am.check_causal_mask(causal_top_left).message
     assert "LAST seq_q" in cache
-    width = tr.check_multi_head_attention(mha_head_dim_from_d_model).message
+    width = mha.check_multi_head_attention(mha_head_dim_from_d_model).message
     assert "w_q.shape[0] // n_heads" in width
-    causal = tr.check_decoder_block(block_not_causal).message
+    causal = db.check_decoder_block(block_not_causal).message
     assert "causal_mask(seq)" in causal
 
 
 def test_decoder_parts_are_not_causal_and_match_the_block_names():
     from llmlab.nn.blocks import BlockConfig, DecoderBlock
 
-    parts = tr.decoder_parts(BlockConfig(d_model=8, n_heads=2, d_ff=16, norm_first=True))
-    assert tuple(parts) == tr.DECODER_PARTS
+    parts = db.decoder_parts(BlockConfig(d_model=8, n_heads=2, d_ff=16, norm_first=True))
+    assert tuple(parts) == db.DECODER_PARTS
     assert not parts["self_attn"].is_causal
     block = DecoderBlock(BlockConfig(d_model=8, n_heads=2, d_ff=16, norm_first=True))
     assert set(block.state_dict()) == set(parts.state_dict())

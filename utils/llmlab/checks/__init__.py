@@ -17,11 +17,21 @@ Every result is recorded twice:
   when it is set: ``{"exercise", "passed", "message", "n_cases", "failed_case", "time"}``.
   ``llmlab.course.grading`` reads that file to grade notebooks run headless.
 
-Writing a check for a new chapter takes a reference and a list of :class:`Case`::
+Every check is one call of :func:`run_check` with a reference and a list of :class:`Case`::
 
     def check_rms_norm(rms_norm) -> CheckResult:
         cases = [Case("(3, 7)", (randn(3, 7),)), Case("large values", (1e4 * randn(2, 5),))]
         return run_check("rms_norm", rms_norm, reference_rms_norm, cases, hint="...")
+
+A function that only shows a bug over many calls (an optimizer step, a schedule) gets a
+``run=`` driver that calls it the way a lab would and returns what to compare; a case whose
+answer is known exactly (the law a fit must recover) gets ``expect=`` instead of the
+reference's output.
+
+Layout: one module per lab, grouped by chapter, named after the solution notebook without its
+number: ``llmlab.checks.transformer.attention_masks`` holds the checks of
+``solutions/01_transformer/01_attention_masks.ipynb``. Random inputs come from
+:mod:`llmlab.checks._inputs`.
 
 Convention: ``check_NAME`` records the exercise ``NAME`` (``llmlab.course.grading`` finds the
 exercises of a lab from the ``check_NAME(`` calls in its cells).
@@ -321,7 +331,7 @@ def _check_case(
     case: Case,
     student_fn: Callable,
     reference_fn: Callable,
-    compare: Callable[[Any, torch.Tensor], str | None],
+    compare: Callable[[Any, Any], str | None],
 ) -> str | None:
     """Run one case; None when the student's function passes, else what went wrong (words)."""
     args, kwargs = _copy(case.args), _copy(case.kwargs)
@@ -347,6 +357,29 @@ def _check_case(
         return f"could not compare your output ({describe(received)}): {error}"
 
 
+def compare_with(
+    atol: float, rtol: float, dtypes: Sequence[torch.dtype] | None = None
+) -> Callable[[Any, torch.Tensor], str | None]:
+    """:func:`compare_tensors` with this tolerance, for expected tensors of ``dtypes`` (all
+    when None); other dtypes keep their default from :data:`TOLERANCES`."""
+
+    def compare(received: Any, expected: torch.Tensor) -> str | None:
+        if dtypes is None or expected.dtype in dtypes:
+            return compare_tensors(received, expected, atol=atol, rtol=rtol)
+        return compare_tensors(received, expected)
+
+    return compare
+
+
+def _driven(run: Callable[..., Any], fn: Callable) -> Callable[..., Any]:
+    """``fn`` as a case sees it: ``run(fn, *args, **kwargs)``."""
+
+    def driven(*args: Any, **kwargs: Any) -> Any:
+        return run(fn, *args, **kwargs)
+
+    return driven
+
+
 def evaluate(
     exercise: str,
     student_fn: Any,
@@ -354,12 +387,22 @@ def evaluate(
     cases: Sequence[Case],
     *,
     hint: str = "",
-    compare: Callable[[Any, torch.Tensor], str | None] = compare_tensors,
+    compare: Callable[[Any, Any], str | None] = compare_tensors,
+    run: Callable[..., Any] | None = None,
+    expect: Callable[..., Any] | None = None,
+    arg_names: Sequence[str] | None = None,
 ) -> CheckResult:
     """Run ``student_fn`` on every case, stopping at the first failure. Records nothing.
 
+    A case calls ``fn(*args, **kwargs)``, or ``run(fn, *args, **kwargs)`` when ``run`` is given
+    (a driver that calls ``fn`` over many steps and returns what to compare). The expected
+    value is the reference's, or ``expect(*args, **kwargs)`` when given. ``arg_names`` name
+    the case's arguments in a failure message (default: the reference's parameters).
+
     The message is one line: ``✅ NAME: passed all N cases.`` or ``❌ NAME: case 'CASE'
     (INPUTS): WHAT WENT WRONG. Hint: ... The rest of the lab uses the reference.``
+    Either way the result's ``.fn`` is a plain function for the lab: the student's on a pass,
+    ``reference_fn`` otherwise (never a driver).
     """
     if not cases:
         raise ValueError(f"check {exercise!r} has no cases: a check that cannot fail is a defect")
@@ -377,15 +420,18 @@ def evaluate(
 
     if not callable(student_fn):
         return failed(f"expected a function, received {describe(student_fn)}.", None)
+    student = student_fn if run is None else _driven(run, student_fn)
+    reference = expect or (reference_fn if run is None else _driven(run, reference_fn))
+    names = list(arg_names) if arg_names is not None else _parameter_names(reference_fn)
     for case in cases:
         try:
-            problem = _check_case(case, student_fn, reference_fn, compare)
+            problem = _check_case(case, student, reference, compare)
         except NotImplementedError:
             return failed(f"{NOT_IMPLEMENTED}.", case.name)
         if problem is not None:
             case_hint = case.hint or hint
             hint_text = f" Hint: {case_hint}" if case_hint else ""
-            inputs = describe_inputs(case.args, case.kwargs, _parameter_names(reference_fn))
+            inputs = describe_inputs(case.args, case.kwargs, names)
             return failed(f"case {case.name!r} ({inputs}): {problem}.{hint_text}", case.name)
     message = f"✅ {exercise}: passed all {len(cases)} cases."
     return CheckResult(exercise, True, message, len(cases), fn=student_fn)
@@ -398,10 +444,26 @@ def run_check(
     cases: Sequence[Case],
     *,
     hint: str = "",
-    compare: Callable[[Any, torch.Tensor], str | None] = compare_tensors,
+    compare: Callable[[Any, Any], str | None] = compare_tensors,
+    run: Callable[..., Any] | None = None,
+    expect: Callable[..., Any] | None = None,
+    arg_names: Sequence[str] | None = None,
 ) -> CheckResult:
-    """:func:`evaluate`, then record the result (registry and log) and print its message."""
-    result = evaluate(exercise, student_fn, reference_fn, cases, hint=hint, compare=compare)
+    """:func:`evaluate`, then record the result (registry and log) and print its message.
+
+    Every ``check_NAME`` of the labs is one call of this function.
+    """
+    result = evaluate(
+        exercise,
+        student_fn,
+        reference_fn,
+        cases,
+        hint=hint,
+        compare=compare,
+        run=run,
+        expect=expect,
+        arg_names=arg_names,
+    )
     record(result)
     print(result.message)
     return result

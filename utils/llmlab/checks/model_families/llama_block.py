@@ -1,4 +1,7 @@
-"""Checks of chapter 02's model-family lab: one LLaMA decoder layer in plain torch.
+"""Checks of chapter 02's LLaMA-block lab (``solutions/02_model_families/02_llama_block.ipynb``):
+one LLaMA decoder layer in plain torch.
+
+    lab 02_llama_block: rms_norm, swiglu_mlp, llama_attention, llama_block
 
 Each ``check_NAME(fn)`` compares ``fn`` with ``reference_NAME`` on named cases, prints one line
 and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the lab keeps using::
@@ -6,10 +9,12 @@ and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the lab keeps usi
     rms_norm = check_rms_norm(rms_norm).fn
 
 Weights follow ``nn.Linear``'s layout (out_features, in_features), as in SmolLM2's checkpoint,
-so ``x @ w.T`` applies one. RoPE uses the rotate-half layout of transformers' LLaMA. Inputs
-come from private generators, so a check never moves the notebook's seed.
+so ``x @ w.T`` applies one. RoPE uses the rotate-half layout of transformers' LLaMA.
 
-    lab 02_llama_block: rms_norm, swiglu_mlp, llama_attention, llama_block
+The references are written out as functions of raw weight tensors, the lab's convention;
+:mod:`llmlab.nn` holds the same layers as modules that own their weights. The attention reuses
+:mod:`llmlab.nn.attention` and :mod:`llmlab.nn.positional` for masks, RoPE and kv heads.
+Inputs come from :mod:`llmlab.checks._inputs`, so a check never moves the notebook's seed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.checks import Case, CheckResult, compare_tensors, run_check
+from llmlab.checks._inputs import randn
 from llmlab.nn import attention, positional
 
 #: The weights of one LLaMA layer, named as in a transformers checkpoint (``model.layers.i.``
@@ -114,17 +120,12 @@ def reference_llama_block(
 # Inputs
 
 
-def _randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    """Standard-normal values of ``shape`` from a private generator (global seed untouched)."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
 def _weight(out: int, inp: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return _randn(out, inp, dtype=dtype, seed=seed) / inp**0.5  # keeps activations ~unit size
+    return randn(out, inp, dtype=dtype, seed=seed) / inp**0.5  # keeps activations ~unit size
 
 
 def _norm_weight(d: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return 1.0 + 0.5 * _randn(d, dtype=dtype, seed=seed)  # away from 1: forgetting it shows
+    return 1.0 + 0.5 * randn(d, dtype=dtype, seed=seed)  # away from 1: forgetting it shows
 
 
 def _tolerance(received: Any, expected: torch.Tensor) -> str | None:
@@ -172,7 +173,7 @@ def check_rms_norm(rms_norm: Callable) -> CheckResult:
 
     def args(*shape: int, seed: int, gain: float = 1.0, shift: float = 0.0,
              dtype: torch.dtype = torch.float32) -> tuple:  # fmt: skip
-        x = gain * _randn(*shape, dtype=dtype, seed=seed) + shift
+        x = gain * randn(*shape, dtype=dtype, seed=seed) + shift
         return x, _norm_weight(shape[-1], seed + 1, dtype)
 
     cases = [
@@ -208,7 +209,7 @@ def check_swiglu_mlp(swiglu_mlp: Callable) -> CheckResult:
 
     def args(batch: int, seq: int, d: int, d_ff: int, seed: int,
              dtype: torch.dtype = torch.float32) -> tuple:  # fmt: skip
-        return (_randn(batch, seq, d, dtype=dtype, seed=seed),
+        return (randn(batch, seq, d, dtype=dtype, seed=seed),
                 _weight(d_ff, d, seed + 1, dtype), _weight(d_ff, d, seed + 2, dtype),
                 _weight(d, d_ff, seed + 3, dtype))  # fmt: skip
 
@@ -240,7 +241,7 @@ def _attention_args(batch: int, seq: int, d: int, n_heads: int, n_kv_heads: int,
     head_dim = head_dim or d // n_heads
     w = layer_weights(d, 8, n_heads, n_kv_heads, head_dim, seed=seed, dtype=dtype)
     cos, sin = _rope(seq, head_dim, base)
-    return (_randn(batch, seq, d, dtype=dtype, seed=seed + 50), w["self_attn.q_proj.weight"],
+    return (randn(batch, seq, d, dtype=dtype, seed=seed + 50), w["self_attn.q_proj.weight"],
             w["self_attn.k_proj.weight"], w["self_attn.v_proj.weight"],
             w["self_attn.o_proj.weight"], cos, sin, n_heads, n_kv_heads)  # fmt: skip
 
@@ -295,7 +296,7 @@ def _block_args(batch: int, seq: int, d: int, d_ff: int, n_heads: int, n_kv_head
                 dtype: torch.dtype = torch.float32) -> tuple:  # fmt: skip
     head_dim = head_dim or d // n_heads
     cos, sin = _rope(seq, head_dim)
-    return ((_randn(batch, seq, d, dtype=dtype, seed=seed + 60),
+    return ((randn(batch, seq, d, dtype=dtype, seed=seed + 60),
              layer_weights(d, d_ff, n_heads, n_kv_heads, head_dim, seed=seed, dtype=dtype),
              cos, sin, n_heads, n_kv_heads), {"eps": eps})  # fmt: skip
 

@@ -1,4 +1,7 @@
-"""Checks of chapter 02's decoding lab: temperature, top-k, top-p (nucleus) and sampling.
+"""Checks of chapter 02's decoding lab (``solutions/02_model_families/03_top_p.ipynb``):
+temperature, top-k, top-p (nucleus) and sampling.
+
+    lab 03_top_p: apply_temperature, top_k_filter, top_p_filter, sample
 
 Each ``check_NAME(fn)`` compares ``fn`` with ``reference_NAME`` on named cases (p = 1, a tiny p,
 the token that crosses p, ties, rows with different distributions, ``-inf`` already present
@@ -7,11 +10,10 @@ keeps using::
 
     top_p_filter = check_top_p_filter(top_p_filter).fn
 
-The references are :mod:`llmlab.inference.generation`'s processors (tested equal to transformers'
-warpers). Removed tokens get the logit ``-inf``; a token tied with the last kept one is kept.
-Inputs come from private generators, so a check never moves the notebook's seed.
-
-    lab 03_top_p: apply_temperature, top_k_filter, top_p_filter, sample
+The references are :mod:`llmlab.inference.generation`'s processors (tested equal to
+transformers' warpers). Removed tokens get the logit ``-inf``; a token tied with the last kept
+one is kept. Inputs come from :mod:`llmlab.checks._inputs`, so a check never moves the
+notebook's seed.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from collections.abc import Callable
 import torch
 
 from llmlab.checks import Case, CheckResult, run_check
+from llmlab.checks._inputs import SeededGenerator, randn
 from llmlab.inference import generation
-
-NEG_INF = float("-inf")
+from llmlab.inference.generation import NEG_INF
 
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns
@@ -58,44 +60,9 @@ def reference_sample(logits: torch.Tensor, generator: torch.Generator) -> torch.
 # Inputs
 
 
-def _randn(
-    *shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 1.0
-) -> torch.Tensor:
-    """Normal values of ``shape`` from a private generator (the global seed is untouched)."""
-    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
 def _log(*probs: float) -> torch.Tensor:
     """One row of logits whose softmax is ``probs``."""
     return torch.tensor([probs]).log()
-
-
-class SeededGenerator(torch.Generator):
-    """A CPU ``torch.Generator`` seeded with ``seed`` that a check message can name.
-
-    Each call of a check's case gets a deep copy in the same state, so the student's function
-    and the reference draw the same random numbers.
-    """
-
-    def __new__(cls, seed: int):
-        return super().__new__(cls)
-
-    def __init__(self, seed: int):
-        super().__init__()
-        self.seed_value = seed
-        self.manual_seed(seed)
-
-    def __deepcopy__(self, memo) -> SeededGenerator:
-        twin = SeededGenerator(self.seed_value)
-        twin.set_state(self.get_state())
-        return twin
-
-    def __repr__(self) -> str:
-        return f"Generator(seed={self.seed_value})"
-
-
-def _generator(seed: int) -> torch.Generator:
-    return SeededGenerator(seed)
 
 
 def _with_minus_inf(logits: torch.Tensor, every: int = 3) -> torch.Tensor:
@@ -106,9 +73,9 @@ def _with_minus_inf(logits: torch.Tensor, every: int = 3) -> torch.Tensor:
 
 def _peaked_and_flat(vocab: int = 12, seed: int = 0) -> torch.Tensor:
     """Row 0 is confident (one token ~ 90%), row 1 is nearly uniform."""
-    peaked = _randn(1, vocab, seed=seed)
+    peaked = randn(1, vocab, seed=seed)
     peaked[0, 3] = 6.0
-    return torch.cat([peaked, 0.1 * _randn(1, vocab, seed=seed + 1)])
+    return torch.cat([peaked, 0.1 * randn(1, vocab, seed=seed + 1)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,18 +85,18 @@ def _peaked_and_flat(vocab: int = 12, seed: int = 0) -> torch.Tensor:
 def check_apply_temperature(apply_temperature: Callable) -> CheckResult:
     """Check ``apply_temperature(logits, temperature)``."""
     cases = [
-        Case("T = 1 changes nothing", (_randn(2, 10, seed=1), 1.0)),
+        Case("T = 1 changes nothing", (randn(2, 10, seed=1), 1.0)),
         Case(
             "T = 0.5 sharpens: (2, 10)",
-            (_randn(2, 10, seed=2), 0.5),
+            (randn(2, 10, seed=2), 0.5),
             hint="divide the logits by T (T < 1 makes them larger, the distribution sharper).",
         ),
-        Case("T = 2 flattens: (3, 7)", (_randn(3, 7, seed=3), 2.0)),
-        Case("T = 0.1 on a vocabulary of 1000", (_randn(2, 1000, seed=4), 0.1)),
-        Case("-inf logits stay -inf", (_with_minus_inf(_randn(2, 9, seed=5)), 0.7)),
+        Case("T = 2 flattens: (3, 7)", (randn(3, 7, seed=3), 2.0)),
+        Case("T = 0.1 on a vocabulary of 1000", (randn(2, 1000, seed=4), 0.1)),
+        Case("-inf logits stay -inf", (_with_minus_inf(randn(2, 9, seed=5)), 0.7)),
         Case(
             "float64 logits",
-            (_randn(2, 5, dtype=torch.float64, seed=6), 1.5),
+            (randn(2, 5, dtype=torch.float64, seed=6), 1.5),
             hint="keep the logits' dtype.",
         ),
     ]
@@ -149,21 +116,21 @@ def check_top_k_filter(top_k_filter: Callable) -> CheckResult:
         "then logits.masked_fill(logits < kth, float('-inf')); tied values all stay."
     )
     cases = [
-        Case("k = 1 keeps the argmax", (_randn(3, 10, seed=10), 1)),
+        Case("k = 1 keeps the argmax", (randn(3, 10, seed=10), 1)),
         Case(
             "k = 3 on (2, 10)",
-            (_randn(2, 10, seed=11), 3),
+            (randn(2, 10, seed=11), 3),
             hint="removed tokens get -inf (probability 0), not 0: a logit of 0 is still likely.",
         ),
-        Case("k = 5 on a vocabulary of 1000", (_randn(4, 1000, seed=12), 5)),
-        Case("k = vocab keeps every token", (_randn(2, 6, seed=13), 6)),
+        Case("k = 5 on a vocabulary of 1000", (randn(4, 1000, seed=12), 5)),
+        Case("k = vocab keeps every token", (randn(2, 6, seed=13), 6)),
         Case(
             "ties at the k-th value: [3, 2, 2, 2, 1], k = 2",
             (torch.tensor([[3.0, 2.0, 2.0, 2.0, 1.0]]), 2),
             hint=tie_hint,
         ),
-        Case("-inf already present", (_with_minus_inf(_randn(2, 12, seed=14)), 4)),
-        Case("float64 logits", (_randn(2, 8, dtype=torch.float64, seed=15), 3)),
+        Case("-inf already present", (_with_minus_inf(randn(2, 12, seed=14)), 4)),
+        Case("float64 logits", (randn(2, 8, dtype=torch.float64, seed=15), 3)),
     ]
     return run_check(
         "top_k_filter",
@@ -195,13 +162,13 @@ def check_top_p_filter(top_p_filter: Callable) -> CheckResult:
         ),
         Case(
             "p = 0.8 on logits in random order (4, 12)",
-            (_randn(4, 12, seed=22, scale=2.0), 0.8),
+            (randn(4, 12, seed=22, scale=2.0), 0.8),
             hint=order_hint,
         ),
-        Case("p = 1 keeps every token", (_randn(2, 10, seed=20), 1.0)),
+        Case("p = 1 keeps every token", (randn(2, 10, seed=20), 1.0)),
         Case(
             "a tiny p (1e-4) keeps exactly the argmax",
-            (_randn(3, 10, seed=21, scale=2.0), 1e-4),
+            (randn(3, 10, seed=21, scale=2.0), 1e-4),
             hint="the most likely token is always kept: the mass before it is 0 < p.",
         ),
         Case(
@@ -217,12 +184,12 @@ def check_top_p_filter(top_p_filter: Callable) -> CheckResult:
         ),
         Case(
             "-inf already present, p = 0.9",
-            (_with_minus_inf(_randn(2, 15, seed=24, scale=2.0)), 0.9),
+            (_with_minus_inf(randn(2, 15, seed=24, scale=2.0)), 0.9),
         ),
-        Case("p = 0.95 on a vocabulary of 1000", (_randn(2, 1000, seed=25, scale=3.0), 0.95)),
+        Case("p = 0.95 on a vocabulary of 1000", (randn(2, 1000, seed=25, scale=3.0), 0.95)),
         Case(
             "float64 logits",
-            (_randn(2, 9, dtype=torch.float64, seed=26, scale=2.0), 0.6),
+            (randn(2, 9, dtype=torch.float64, seed=26, scale=2.0), 0.6),
             hint="keep the logits' dtype.",
         ),
     ]
@@ -239,27 +206,27 @@ def check_top_p_filter(top_p_filter: Callable) -> CheckResult:
 def check_sample(sample: Callable) -> CheckResult:
     """Check ``sample(logits, generator)``: (batch,) int64 draws from softmax(logits)."""
     cases = [
-        Case("one row of 5 logits", (_randn(1, 5, seed=30), _generator(1))),
+        Case("one row of 5 logits", (randn(1, 5, seed=30), SeededGenerator(1))),
         Case(
             "4 rows with different distributions",
-            (_randn(4, 10, seed=31, scale=2.0), _generator(2)),
+            (randn(4, 10, seed=31, scale=2.0), SeededGenerator(2)),
             hint="softmax over the vocabulary (dim=-1), one draw per row.",
         ),
         Case(
             "a peaked row always gives its argmax",
-            (torch.tensor([[0.0, 30.0, 0.0]]), _generator(3)),
+            (torch.tensor([[0.0, 30.0, 0.0]]), SeededGenerator(3)),
         ),
         Case(
             "-inf tokens are never drawn",
-            (_with_minus_inf(_randn(3, 9, seed=32), every=2), _generator(4)),
+            (_with_minus_inf(randn(3, 9, seed=32), every=2), SeededGenerator(4)),
         ),
         Case(
             "1000 rows, vocabulary 50",
-            (_randn(1000, 50, seed=33), _generator(5)),
+            (randn(1000, 50, seed=33), SeededGenerator(5)),
             hint="torch.multinomial(probs, num_samples=1, generator=generator), then .squeeze(-1) "
             "for shape (batch,).",
         ),
-        Case("float64 logits", (_randn(2, 6, dtype=torch.float64, seed=34), _generator(6))),
+        Case("float64 logits", (randn(2, 6, dtype=torch.float64, seed=34), SeededGenerator(6))),
     ]
     return run_check(
         "sample",

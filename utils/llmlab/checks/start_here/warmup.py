@@ -1,11 +1,13 @@
-"""Checks of chapter 00's warm-up lab: softmax, log-softmax, cross-entropy, temperature.
+"""Checks of chapter 00's warm-up lab (``solutions/00_start_here/01_warmup.ipynb``): softmax,
+log-softmax, cross-entropy, temperature.
 
 Each ``check_NAME(fn)`` compares ``fn`` with ``reference_NAME`` on named cases, prints one line
 and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the lab keeps using::
 
     softmax = check_stable_softmax(softmax).fn
 
-Inputs come from a private generator seeded here, so a check never moves the notebook's seed.
+The references are PyTorch's own functions, except ``apply_temperature`` (see its docstring).
+Inputs come from :mod:`llmlab.checks._inputs`, so a check never moves the notebook's seed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.checks import Case, CheckResult, compare_tensors, run_check
+from llmlab.checks._inputs import randn, token_ids
 
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns (built on PyTorch's own implementations)
@@ -43,7 +46,11 @@ def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torc
 
 
 def reference_apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``logits / temperature``; raises ValueError unless temperature is a finite number > 0."""
+    """``logits / temperature``; raises ValueError unless temperature is a finite number > 0.
+
+    Written out rather than :func:`llmlab.inference.generation.apply_temperature`: the warm-up
+    also rejects an infinite temperature, which the library accepts (T -> inf is uniform).
+    """
     if not (
         isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
     ):
@@ -55,22 +62,16 @@ def reference_apply_temperature(logits: torch.Tensor, temperature: float) -> tor
 # Inputs
 
 
-def _randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    """Standard-normal values of ``shape`` from a private generator (global seed untouched)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=generator, dtype=dtype)
-
-
 def _masked(seed: int = 0) -> torch.Tensor:
     """(3, 6) logits with some entries -inf, as a causal mask makes them; every row keeps one."""
-    x = _randn(3, 6, seed=seed)
+    x = randn(3, 6, seed=seed)
     mask = torch.ones(3, 6, dtype=torch.bool).triu(diagonal=1)
     return x.masked_fill(mask, float("-inf"))
 
 
 def _different_scales() -> torch.Tensor:
     """(2, 5): one row around +1000, one around 0. A max over the whole tensor breaks row 2."""
-    x = _randn(2, 5, seed=3)
+    x = randn(2, 5, seed=3)
     x[0] += 1000.0
     return x
 
@@ -78,30 +79,30 @@ def _different_scales() -> torch.Tensor:
 def _logit_cases() -> list[Case]:
     """Inputs shared by softmax and log-softmax: odd shapes, a non-last dim, huge values."""
     return [
-        Case("1-D vector of 5", (_randn(5, seed=1),)),
-        Case("(3, 7) rows", (_randn(3, 7, seed=2),)),
-        Case("(2, 3, 5) along the last dim", (_randn(2, 3, 5, seed=4),)),
+        Case("1-D vector of 5", (randn(5, seed=1),)),
+        Case("(3, 7) rows", (randn(3, 7, seed=2),)),
+        Case("(2, 3, 5) along the last dim", (randn(2, 3, 5, seed=4),)),
         Case(
             "(2, 3, 5) along dim=1",
-            (_randn(2, 3, 5, seed=5),),
+            (randn(2, 3, 5, seed=5),),
             {"dim": 1},
             hint="reduce along `dim`, not always the last axis; keepdim=True keeps shapes "
             "broadcastable.",
         ),
         Case(
             "(4, 3) along dim=0",
-            (_randn(4, 3, seed=6),),
+            (randn(4, 3, seed=6),),
             {"dim": 0},
             hint="reduce along `dim`, not always the last axis.",
         ),
         Case(
             "large logits (around 1000)",
-            (1000.0 + 10 * _randn(2, 5, seed=7),),
+            (1000.0 + 10 * randn(2, 5, seed=7),),
             hint="exp(1000) overflows to inf; subtract the max along `dim` before exp.",
         ),
         Case(
             "very negative logits (around -1000)",
-            (-1000.0 + 10 * _randn(2, 5, seed=8),),
+            (-1000.0 + 10 * randn(2, 5, seed=8),),
             hint="exp(-1000) underflows to 0; subtract the max along `dim` before exp.",
         ),
         Case(
@@ -116,7 +117,7 @@ def _logit_cases() -> list[Case]:
         ),
         Case(
             "float64 input",
-            (_randn(3, 4, dtype=torch.float64, seed=10),),
+            (randn(3, 4, dtype=torch.float64, seed=10),),
             hint="keep the input's dtype: do not convert to float32.",
         ),
     ]
@@ -162,26 +163,20 @@ def check_log_softmax(log_softmax: Callable) -> CheckResult:
     )
 
 
-def _targets(*shape: int, vocab: int, seed: int) -> torch.Tensor:
-    """Random int64 token ids in [0, vocab) of ``shape``."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, shape, generator=generator)
-
-
 def check_cross_entropy(cross_entropy: Callable) -> CheckResult:
     """Check ``cross_entropy(logits, targets)`` against :func:`reference_cross_entropy`."""
-    large = 1000.0 * _randn(4, 10, seed=13)
+    large = 1000.0 * randn(4, 10, seed=13)
     large_targets = large.argmin(dim=-1)  # the least likely token: its probability underflows
     cases = [
         Case(
             "(4, 10) logits",
-            (_randn(4, 10, seed=11), _targets(4, vocab=10, seed=12)),
+            (randn(4, 10, seed=11), token_ids(4, vocab=10, seed=12)),
             hint="average over the examples (mean, not sum).",
         ),
-        Case("one example (1, 5)", (_randn(1, 5, seed=14), _targets(1, vocab=5, seed=15))),
+        Case("one example (1, 5)", (randn(1, 5, seed=14), token_ids(1, vocab=5, seed=15))),
         Case(
             "(2, 3, 7) logits, (2, 3) targets",
-            (_randn(2, 3, 7, seed=16), _targets(2, 3, vocab=7, seed=17)),
+            (randn(2, 3, 7, seed=16), token_ids(2, 3, vocab=7, seed=17)),
             hint="flatten to (N, vocab) and (N,) first; the mean is over all positions.",
         ),
         Case(
@@ -191,7 +186,7 @@ def check_cross_entropy(cross_entropy: Callable) -> CheckResult:
         ),
         Case(
             "float64 logits",
-            (_randn(3, 6, dtype=torch.float64, seed=18), _targets(3, vocab=6, seed=19)),
+            (randn(3, 6, dtype=torch.float64, seed=18), token_ids(3, vocab=6, seed=19)),
         ),
     ]
     return run_check(
@@ -208,30 +203,30 @@ def check_apply_temperature(apply_temperature: Callable) -> CheckResult:
     """Check ``apply_temperature(logits, temperature)``, bad temperatures included."""
     validate = "check the temperature first: raise ValueError unless it is a finite number > 0."
     cases = [
-        Case("temperature 1 leaves logits unchanged", (_randn(5, seed=20), 1.0)),
+        Case("temperature 1 leaves logits unchanged", (randn(5, seed=20), 1.0)),
         Case(
             "temperature 0.5 sharpens",
-            (_randn(3, 7, seed=21), 0.5),
+            (randn(3, 7, seed=21), 0.5),
             hint="divide the logits by the temperature.",
         ),
         Case(
             "temperature 2 flattens (2, 3, 5)",
-            (_randn(2, 3, 5, seed=22), 2.0),
+            (randn(2, 3, 5, seed=22), 2.0),
             hint="divide the logits by the temperature.",
         ),
-        Case("integer temperature 3", (_randn(4, seed=23), 3)),
+        Case("integer temperature 3", (randn(4, seed=23), 3)),
         Case(
-            "temperature 0 is rejected", (_randn(5, seed=24), 0.0), raises=ValueError, hint=validate
+            "temperature 0 is rejected", (randn(5, seed=24), 0.0), raises=ValueError, hint=validate
         ),
         Case(
             "negative temperature is rejected",
-            (_randn(5, seed=25), -1.0),
+            (randn(5, seed=25), -1.0),
             raises=ValueError,
             hint=validate,
         ),
         Case(
             "infinite temperature is rejected",
-            (_randn(5, seed=26), float("inf")),
+            (randn(5, seed=26), float("inf")),
             raises=ValueError,
             hint=validate,
         ),

@@ -1,4 +1,5 @@
-"""Checks of chapter 02's BPE lab: pair counts, one merge, the training loop, encode, decode.
+"""Checks of chapter 02's BPE lab (``solutions/02_model_families/01_bpe.ipynb``): pair counts,
+one merge, the training loop, encode, decode.
 
 The lab's BPE is the plain textbook version: tokens are ids, the 256 byte values are ids 0-255,
 and merge ``i`` (a pair of ids) creates id ``256 + i``. Text is pre-tokenized with GPT-2's
@@ -6,6 +7,10 @@ pattern (:func:`llmlab.tokenization.pretokenize`) and merges never cross a piece
 the most frequent pair; a tie goes to the smallest pair ``(left, right)``.
 
     lab 01_bpe: get_pair_counts, merge_pair, train_bpe, encode, decode
+
+The references are written out: :class:`llmlab.tokenization.BPETokenizer` numbers its ids
+differently (special tokens first, the bytes in GPT-2's :func:`~llmlab.tokenization.byte_order`,
+tokens stored as strings of byte characters), so its merges are not the lab's ``256 + i`` ids.
 
 Each ``check_NAME(fn)`` compares ``fn`` with ``reference_NAME`` on named cases (empty input,
 ties, "aaaa" where merges must not overlap, multi-byte UTF-8 split over tokens ...), prints one

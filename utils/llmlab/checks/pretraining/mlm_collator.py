@@ -1,4 +1,5 @@
-"""Checks of chapter 03's MLM masking-collator lab (and T5's span sampler).
+"""Checks of chapter 03's MLM masking-collator lab (and T5's span sampler),
+``solutions/03_pretraining/04_mlm_collator.ipynb``.
 
     lab 04_mlm_collator: mlm_mask, random_segmentation
 
@@ -28,6 +29,10 @@ The mlm_mask check first tests what must hold whatever the draws (special tokens
 at selected positions, no special random token, the 15% and 80/10/10 rates within 5 binomial
 standard deviations on the large cases) and explains the first violation in words; only then
 does it compare with the reference exactly, which also catches draws made in another order.
+
+Both references delegate to :mod:`llmlab.training.objectives`. The library also never selects
+``mask_id`` when it is missing from ``special_ids``; the lab always lists it there, so the
+two agree on every case.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from llmlab.checks import Case, CheckResult, describe, evaluate, record
+from llmlab.checks import Case, CheckResult, _inputs, describe, run_check
+from llmlab.training import objectives
+from llmlab.training.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 MASK_FRAC, RANDOM_FRAC = 0.8, 0.1
 #: Rates are only tested where at least this many positions are eligible (else too noisy).
 MIN_FOR_RATES = 2000
@@ -55,19 +61,7 @@ def reference_mlm_mask(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 masking with the draws in the documented order; (inputs, labels)."""
-    specials = torch.tensor(sorted(set(special_ids)), dtype=torch.int64)
-    shape = input_ids.shape
-    select = torch.rand(shape, generator=generator) < mlm_prob
-    select = select & ~torch.isin(input_ids, specials)
-    u = torch.rand(shape, generator=generator)
-    ordinary = torch.tensor([i for i in range(vocab_size) if i not in set(special_ids)])
-    random_tokens = ordinary[torch.randint(len(ordinary), shape, generator=generator)]
-    inputs = torch.where(select & (u < MASK_FRAC), mask_id, input_ids)
-    inputs = torch.where(
-        select & (u >= MASK_FRAC) & (u < MASK_FRAC + RANDOM_FRAC), random_tokens, inputs
-    )
-    labels = torch.where(select, input_ids, IGNORE_INDEX)
-    return inputs, labels
+    return objectives.mlm_mask(input_ids, vocab_size, mask_id, special_ids, mlm_prob, generator)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +78,7 @@ def _ids(
     cls: int | None = None,
     sep: int | None = None,
 ) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = _inputs.generator(seed)
     ordinary = torch.tensor([i for i in range(vocab_size) if i not in set(specials)])
     ids = ordinary[torch.randint(len(ordinary), (rows, seq), generator=g)]
     if cls is not None:
@@ -143,7 +137,12 @@ def _cases() -> list[Case]:
 def _run(fn: Callable, input_ids, vocab_size, mask_id, special_ids, mlm_prob, seed) -> dict:
     original = input_ids.clone()
     out = fn(
-        input_ids, vocab_size, mask_id, special_ids, mlm_prob, torch.Generator().manual_seed(seed)
+        input_ids,
+        vocab_size,
+        mask_id,
+        special_ids,
+        mlm_prob,
+        _inputs.generator(seed),
     )
     return {
         "out": out,
@@ -242,32 +241,19 @@ def _problem(received: dict, expected: dict) -> str | None:
 
 def check_mlm_mask(mlm_mask: Callable) -> CheckResult:
     """Check ``mlm_mask(input_ids, vocab_size, mask_id, special_ids, mlm_prob, generator)``."""
-    if callable(mlm_mask):
-
-        def student(*args):
-            return _run(mlm_mask, *args)
-    else:
-        student = mlm_mask  # evaluate() reports "expected a function"
-
-    def reference(input_ids, vocab_size, mask_id, special_ids, mlm_prob, seed):
-        # named parameters: a failure message describes the case's inputs with these names
-        return _run(reference_mlm_mask, input_ids, vocab_size, mask_id, special_ids, mlm_prob, seed)
-
-    result = evaluate(
+    return run_check(
         "mlm_mask",
-        student,
-        reference,
+        mlm_mask,
+        reference_mlm_mask,
         _cases(),
         hint="select with torch.rand(shape) < mlm_prob and never a special id; split the "
         "selected positions with a second torch.rand(shape): < 0.8 [MASK], < 0.9 random "
         "ordinary token, else unchanged; labels = original id where selected, else -100. "
         "Build new tensors (torch.where or .clone()), never write into input_ids.",
+        run=_run,
         compare=_problem,
+        arg_names=("input_ids", "vocab_size", "mask_id", "special_ids", "mlm_prob", "seed"),
     )
-    result.fn = mlm_mask if result.passed else reference_mlm_mask
-    record(result)
-    print(result.message)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,14 +263,16 @@ def check_mlm_mask(mlm_mask: Callable) -> CheckResult:
 def reference_random_segmentation(
     n: int, k: int, generator: torch.Generator | None = None
 ) -> list[int]:
-    """``k`` positive ints summing to ``n``: the gaps between k - 1 distinct random cut points."""
-    cuts = sorted((torch.randperm(n - 1, generator=generator)[: k - 1] + 1).tolist())
-    edges = [0, *cuts, n]
-    return [b - a for a, b in zip(edges, edges[1:], strict=False)]
+    """``k`` positive ints summing to ``n``: the gaps between k - 1 distinct random cut points.
+
+    The library keeps this sampler private: :func:`llmlab.training.objectives.span_corruption_mask`
+    draws its noise and kept runs through it.
+    """
+    return objectives.random_segmentation(n, k, generator)
 
 
 def _run_segmentation(fn: Callable, n: int, k: int, seed: int, repeats: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
+    g = _inputs.generator(seed)
     return {"out": [fn(n, k, g) for _ in range(repeats)], "n": n, "k": k}
 
 
@@ -330,26 +318,14 @@ def check_random_segmentation(random_segmentation: Callable) -> CheckResult:
         Case("n=170 kept tokens into k=10 runs, 20 calls", (170, 10, 5, 20)),
         Case("n=1000 into k=300, 3 calls", (1000, 300, 6, 3)),
     ]
-    if callable(random_segmentation):
-
-        def student(n, k, seed, repeats):
-            return _run_segmentation(random_segmentation, n, k, seed, repeats)
-    else:
-        student = random_segmentation
-
-    def reference(n, k, seed, repeats):
-        return _run_segmentation(reference_random_segmentation, n, k, seed, repeats)
-
-    result = evaluate(
+    return run_check(
         "random_segmentation",
-        student,
-        reference,
+        random_segmentation,
+        reference_random_segmentation,
         cases,
         hint="cuts = sorted((torch.randperm(n - 1, generator=generator)[: k - 1] + 1).tolist()); "
         "edges = [0, *cuts, n]; return the k differences of consecutive edges as ints.",
+        run=_run_segmentation,
         compare=_segmentation_problem,
+        arg_names=("n", "k", "seed", "repeats"),
     )
-    result.fn = random_segmentation if result.passed else reference_random_segmentation
-    record(result)
-    print(result.message)
-    return result

@@ -1,4 +1,5 @@
-"""Checks of chapter 03's power-law lab: fitting L(N) = a N^-alpha + c, and Chinchilla's split.
+"""Checks of chapter 03's power-law lab (``solutions/03_pretraining/05_power_law.ipynb``): fitting
+L(N) = a N^-alpha + c, and Chinchilla's split.
 
 - ``fit_pure_power_law(N, L) -> (a, alpha)``: the least-squares line through
   ``(log N, log L)``; ``alpha`` is minus its slope (positive when the loss falls with size) and
@@ -20,11 +21,13 @@ whose ``.fn`` the lab keeps using::
     fit_power_law = check_fit_power_law(fit_power_law).fn
 
     lab 05_power_law: fit_pure_power_law, fit_power_law, chinchilla_split
+
+The references delegate to :mod:`llmlab.training.scaling`; they are what the lab falls back on.
+A case is judged against the true law (``expect=``), not against the reference's own fit.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from llmlab.checks import Case, CheckResult, describe, evaluate, record
+from llmlab.checks import Case, CheckResult, describe, run_check
 from llmlab.training import scaling
 
 # --------------------------------------------------------------------------------------------
@@ -119,9 +122,7 @@ def _as_floats(received: Any, n: int) -> tuple[list[float] | None, str | None]:
 def _compare(received: Any, expected: Any) -> str | None:
     """``expected`` = (true values, Tolerance); every value within its relative tolerance."""
     want, tol = expected
-    got, problem = _as_floats(
-        received["out"] if isinstance(received, dict) else received, len(want)
-    )
+    got, problem = _as_floats(received, len(want))
     if problem:
         return problem
     for name, g, w, rtol in zip(tol.names, got, want, tol.rtol, strict=True):
@@ -133,41 +134,6 @@ def _compare(received: Any, expected: Any) -> str | None:
                 f"(tolerance {rtol * 100:g}% of the expected value)"
             )
     return None
-
-
-def _checked(
-    exercise: str,
-    student_fn: Any,
-    reference_fn: Callable,
-    run: Callable[[Callable, Any], Any],
-    expect: Callable[[Any], Any],
-    cases: list[Case],
-    hint: str,
-    names: tuple[str, ...],
-) -> CheckResult:
-    """Compare ``run(student_fn, *args)`` with ``expect(*args)``; record and print the result.
-
-    ``names``: what the case arguments are called in the failure message.
-    """
-    if callable(student_fn):
-
-        def student(*args):
-            return {"out": run(student_fn, *args)}
-    else:
-        student = student_fn
-
-    def reference(*args):
-        return expect(*args)
-
-    reference.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
-    )
-
-    result = evaluate(exercise, student, reference, cases, hint=hint, compare=_compare)
-    result.fn = student_fn if result.passed else reference_fn
-    record(result)
-    print(result.message)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,15 +178,16 @@ def check_fit_pure_power_law(fit_pure_power_law: Callable) -> CheckResult:
         ),
         Case("only 3 points, a=0.5, alpha=1.0", (LawCase(0.5, 1.0, 0.0, 1, 100, 3),)),
     ]
-    return _checked(
+    return run_check(
         "fit_pure_power_law",
         fit_pure_power_law,
         reference_fit_pure_power_law,
-        _run_fit,
-        lambda case: ((case.a, case.alpha), tol),
         cases,
         hint="slope, b = np.polyfit(np.log(N), np.log(L), 1); return np.exp(b), -slope.",
-        names=("law",),
+        run=_run_fit,
+        expect=lambda case: ((case.a, case.alpha), tol),
+        compare=_compare,
+        arg_names=("law",),
     )
 
 
@@ -267,16 +234,17 @@ def check_fit_power_law(fit_power_law: Callable) -> CheckResult:
     def expect(case: LawCase):
         return (case.a, case.alpha, case.c), loose if case.noise else tight
 
-    return _checked(
+    return run_check(
         "fit_power_law",
         fit_power_law,
         reference_fit_power_law,
-        _run_fit,
-        expect,
         cases,
         hint="grid over c in [0, min(L)); for each c: a, alpha = fit_pure_power_law(N, L - c) "
         "and the error sum((log(a N^-alpha + c) - log L)^2); return the best (a, alpha, c).",
-        names=("law",),
+        run=_run_fit,
+        expect=expect,
+        compare=_compare,
+        arg_names=("law",),
     )
 
 
@@ -316,13 +284,14 @@ def check_chinchilla_split(chinchilla_split: Callable) -> CheckResult:
     def expect(compute: float, tokens_per_param: float | None):
         return reference_chinchilla_split(compute, tokens_per_param or 20.0), tol
 
-    return _checked(
+    return run_check(
         "chinchilla_split",
         chinchilla_split,
         reference_chinchilla_split,
-        _run_split,
-        expect,
         cases,
         hint="C = 6 N D and D = r N give N = sqrt(C / (6 r)) and D = r N.",
-        names=("compute", "tokens_per_param"),
+        run=_run_split,
+        expect=expect,
+        compare=_compare,
+        arg_names=("compute", "tokens_per_param"),
     )

@@ -1,19 +1,16 @@
-"""Checks of chapter 03's training labs: the schedule, AdamW, Muon's orthogonalization and one
-training step.
+"""Checks of chapter 03's schedule-and-AdamW lab (``solutions/03_pretraining/02_schedule_and_adamw.ipynb``).
+
+    lab 02_schedule_and_adamw: warmup_cosine, adamw_step, orthogonalize
 
 Each ``check_NAME(fn)`` runs ``fn`` the way a training loop would (every step of a schedule,
-an optimizer over many steps, a training step repeated), compares the whole trajectory with a
-reference, prints one line and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the
-lab keeps using::
+an optimizer over many steps), compares the whole trajectory with a reference, prints one line
+and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the lab keeps using::
 
     warmup_cosine = check_warmup_cosine(warmup_cosine).fn
 
 A training bug rarely shows in one step: a missing bias correction fades after a few dozen
-updates, a loss not divided by the number of micro-batches hides behind clipping. So every
-case runs many steps and the cases are chosen so that each usual slip changes the trajectory.
-
-    lab 02_schedule_and_adamw: warmup_cosine, adamw_step, orthogonalize
-    lab 03_training_step: train_step
+updates. So every case runs many steps and the cases are chosen so that each usual slip
+changes the trajectory.
 
 Conventions (the same as :mod:`llmlab.training`):
 
@@ -25,27 +22,26 @@ Conventions (the same as :mod:`llmlab.training`):
   list of tensors, in place; ``state`` is a dict the function fills on its first call.
 - ``orthogonalize(g, steps)``: Muon's quintic Newton-Schulz iteration on a 2-D tensor:
   ``X = g / ||g||_F``, then ``steps`` times ``A = X X^T; X = a X + (b A + c A A) X`` with
-  ``(a, b, c) = NS_COEFFICIENTS``, on the short side of ``g`` (a tall ``g`` is transposed and
-  the result transposed back); the result has ``g``'s shape and dtype.
-- ``train_step(model, micro_batches, optimizer, loss_fn, clip_norm)``: one optimizer step on
-  the mean loss of the micro-batches, gradients clipped to a global norm; returns that loss.
+  ``(a, b, c) = llmlab.training.optim.NS_COEFFICIENTS``, on the short side of ``g`` (a tall
+  ``g`` is transposed and the result transposed back); the result has ``g``'s shape and dtype.
 
-Inputs come from private generators, so a check never moves the notebook's seed.
+``warmup_cosine`` and ``orthogonalize`` delegate to :mod:`llmlab.training.schedule` and
+:mod:`llmlab.training.optim`; ``adamw_step`` is written out (see its docstring). Inputs come
+from :mod:`llmlab.checks._inputs`, so a check never moves the notebook's seed.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from llmlab.checks import Case, CheckResult, compare_tensors, evaluate, record
+from llmlab.checks import Case, CheckResult, compare_with, run_check
+from llmlab.checks._inputs import generator
+from llmlab.training import optim, schedule
 
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer does
@@ -55,12 +51,7 @@ def reference_warmup_cosine(
     step: int, total_steps: int, warmup_frac: float = 0.1, min_ratio: float = 0.0
 ) -> float:
     """Linear warmup from 1/warmup to 1, then cosine from 1 to ``min_ratio`` at the last step."""
-    warmup = round(warmup_frac * total_steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    decay_steps = max(1, total_steps - 1 - warmup)
-    progress = min(1.0, (step - warmup) / decay_steps)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return schedule.warmup_cosine(step, total_steps, warmup_frac, min_ratio)
 
 
 @torch.no_grad()
@@ -76,6 +67,10 @@ def reference_adamw_step(
     """One AdamW step on every tensor of ``params`` (in place), as ``torch.optim.AdamW``.
 
     state: ``{"step": t, "m": [...], "v": [...]}``, filled with zeros on the first call.
+
+    Written out rather than :class:`llmlab.training.optim.AdamW`: the lab's update is a plain
+    function over lists of tensors that keeps its moments in the caller's ``state`` dict,
+    while the library's is a ``torch.optim.Optimizer`` that reads ``.grad`` and owns its state.
     """
     beta1, beta2 = betas
     if not state:
@@ -93,90 +88,10 @@ def reference_adamw_step(
         p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
 
 
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic, as torch.optim.Muon
-
-
 @torch.no_grad()
 def reference_orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Muon's Newton-Schulz iteration: about U V^T for g = U S V^T, g's shape and dtype."""
-    a, b, c = NS_COEFFICIENTS
-    tall = g.shape[0] > g.shape[1]
-    x = g.T if tall else g
-    x = x / x.norm().clamp(min=1e-7)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if tall else x
-
-
-def reference_train_step(
-    model: nn.Module,
-    micro_batches: list,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-    clip_norm: float | None = 1.0,
-) -> float:
-    """One optimizer step on the mean loss of ``micro_batches``; returns that mean loss.
-
-    Gradients of each micro-batch's loss / n add up in ``.grad`` (the gradient of the mean);
-    the global norm of all gradients is clipped once, after the last backward; one step.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    n = len(micro_batches)
-    total = 0.0
-    for batch in micro_batches:
-        loss = loss_fn(model, batch) / n
-        loss.backward()
-        total += loss.item()
-    if clip_norm is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    optimizer.step()
-    return total
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _checked(
-    exercise: str,
-    student_fn: Any,
-    reference_fn: Callable,
-    run: Callable[[Callable, Any], torch.Tensor],
-    cases: list[Case],
-    hint: str,
-    compare: Callable[[Any, torch.Tensor], str | None],
-    arg_names: tuple[str, ...],
-) -> CheckResult:
-    """Run ``run(fn, *case.args)`` for the student and the reference; record and print.
-
-    ``run`` drives the function over many steps and returns what to compare (a trajectory).
-    The result's ``.fn`` is the student's function itself, or the reference on failure.
-    ``arg_names`` name the case's arguments in the failure message.
-    """
-    if callable(student_fn):
-
-        def student(*args):
-            return run(student_fn, *args)
-    else:
-        student = student_fn  # evaluate() reports "expected a function"
-
-    def reference(*args):
-        return run(reference_fn, *args)
-
-    reference.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names]
-    )
-
-    result = evaluate(exercise, student, reference, cases, hint=hint, compare=compare)
-    result.fn = student_fn if result.passed else reference_fn
-    record(result)
-    print(result.message)
-    return result
+    return optim.orthogonalize(g, steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,13 +101,6 @@ def _checked(
 def _schedule(fn: Callable, total_steps: int, warmup_frac: float, min_ratio: float) -> torch.Tensor:
     values = [fn(step, total_steps, warmup_frac, min_ratio) for step in range(total_steps)]
     return torch.tensor([float(v) for v in values], dtype=torch.float64)
-
-
-def _close(atol: float, rtol: float) -> Callable[[Any, torch.Tensor], str | None]:
-    def compare(received: Any, expected: torch.Tensor) -> str | None:
-        return compare_tensors(received, expected, atol=atol, rtol=rtol)
-
-    return compare
 
 
 def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
@@ -224,16 +132,16 @@ def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
         Case("long warmup: 40 steps, 50% warmup, down to 0", (40, 0.5, 0.0)),
         Case("1000 steps, 10% warmup, down to 0.1", (1000, 0.1, 0.1)),
     ]
-    return _checked(
+    return run_check(
         "warmup_cosine",
         warmup_cosine,
         reference_warmup_cosine,
-        _schedule,
         cases,
         hint="warmup = round(warmup_frac * total_steps); for step < warmup return "
         "(step + 1) / warmup; after it, decay over the REMAINING steps only, reaching "
         "min_ratio at step total_steps - 1.",
-        compare=_close(1e-6, 1e-6),
+        run=_schedule,
+        compare=compare_with(1e-6, 1e-6),
         arg_names=("total_steps", "warmup_frac", "min_ratio"),
     )
 
@@ -270,11 +178,11 @@ class AdamWCase:
 
 
 def _adamw_trajectory(fn: Callable, case: AdamWCase) -> torch.Tensor:
-    g = _generator(case.seed)
+    g = generator(case.seed)
     params = [torch.randn(s, generator=g, dtype=case.dtype) for s in case.shapes]
     targets = [torch.randn(s, generator=g, dtype=case.dtype) for s in case.shapes]
     scales = [torch.rand(s, generator=g, dtype=case.dtype) * 2 + 0.1 for s in case.shapes]
-    noise = _generator(case.seed + 1)
+    noise = generator(case.seed + 1)
     state: dict = {}
     trajectory = []
     for step in range(case.steps):
@@ -336,17 +244,17 @@ def check_adamw_step(adamw_step: Callable) -> CheckResult:
         ),
         Case("float64, 20 steps", (AdamWCase(((6,),), 20, 0.05, dtype=torch.float64, seed=8),)),
     ]
-    return _checked(
+    return run_check(
         "adamw_step",
         adamw_step,
         reference_adamw_step,
-        _adamw_trajectory,
         cases,
         hint="state['step'] += 1 first (t starts at 1); p *= 1 - lr * weight_decay; "
         "m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g**2; "
         "p -= lr * m_hat / (sqrt(v_hat) + eps) with the bias-corrected m_hat, v_hat. "
         "Update the tensors in place.",
-        compare=_close(1e-5, 1e-4),
+        run=_adamw_trajectory,
+        compare=compare_with(1e-5, 1e-4),
         arg_names=("run",),
     )
 
@@ -373,7 +281,7 @@ class MatrixCase:
         )
 
     def matrix(self) -> torch.Tensor:
-        g = _generator(self.seed)
+        g = generator(self.seed)
         k = min(self.shape)
         u, _ = torch.linalg.qr(torch.randn(self.shape[0], k, generator=g, dtype=torch.float64))
         v, _ = torch.linalg.qr(torch.randn(self.shape[1], k, generator=g, dtype=torch.float64))
@@ -428,148 +336,14 @@ def check_orthogonalize(orthogonalize: Callable) -> CheckResult:
         ),
         Case("10 steps", (MatrixCase((8, 8), steps=10, seed=7),)),
     ]
-    return _checked(
+    return run_check(
         "orthogonalize",
         orthogonalize,
         reference_orthogonalize,
-        _orthogonalized,
         cases,
         hint="X = g / g.norm(); then `steps` times A = X @ X.T; X = a X + (b A + c A @ A) @ X; "
         "transpose a tall g first and back at the end; return g's shape and dtype.",
-        compare=_close(1e-5, 1e-4),
+        run=_orthogonalized,
+        compare=compare_with(1e-5, 1e-4),
         arg_names=("matrix",),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# train_step
-
-
-class _TinyLM(nn.Module):
-    """A next-token model small enough to train in a check: embed -> tanh MLP -> logits."""
-
-    def __init__(self, vocab: int, d: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        self.hidden = nn.Linear(d, d)
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.hidden(self.embed(ids))))
-
-
-def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of ``model(inputs)`` against ``targets``: the loss_fn the checks pass."""
-    inputs, targets = batch
-    logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
-
-
-@dataclass(frozen=True)
-class StepCase:
-    """A tiny model, an optimizer and ``steps`` steps of ``n_micro`` micro-batches each."""
-
-    n_micro: int
-    clip_norm: float | None
-    optimizer: str = "sgd"  # "sgd" (sees every gradient-scale error) | "adamw"
-    lr: float = 0.5
-    steps: int = 3
-    micro_batch: int = 4
-    seq: int = 6
-    vocab: int = 13
-    d: int = 8
-    seed: int = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.n_micro} micro-batches of {self.micro_batch}x{self.seq}, "
-            f"clip_norm={self.clip_norm}, {self.optimizer} lr={self.lr:g}, {self.steps} steps"
-        )
-
-
-def _train_steps(fn: Callable, case: StepCase) -> torch.Tensor:
-    # Building the model draws from the global RNG: fork it. Tensors this small run fastest on
-    # one thread (more threads only add synchronisation, badly so on a busy CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return _run_train_steps(fn, case)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_train_steps(fn: Callable, case: StepCase) -> torch.Tensor:
-    model = _TinyLM(case.vocab, case.d)
-    g = _generator(case.seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    if case.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=case.lr)
-    else:
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=case.lr, betas=(0.9, 0.95), weight_decay=0.01, foreach=False
-        )
-    data = _generator(case.seed + 1)
-    losses = []
-    for _ in range(case.steps):
-        micro_batches = []
-        for _ in range(case.n_micro):
-            window = torch.randint(0, case.vocab, (case.micro_batch, case.seq + 1), generator=data)
-            micro_batches.append((window[:, :-1], window[:, 1:]))
-        loss = fn(model, micro_batches, optimizer, next_token_loss, case.clip_norm)
-        losses.append(float(loss))
-    params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return torch.cat([params, torch.tensor(losses)])
-
-
-def check_train_step(train_step: Callable) -> CheckResult:
-    """Check ``train_step(model, micro_batches, optimizer, loss_fn, clip_norm) -> float``.
-
-    Each case builds a fresh tiny model and optimizer, calls ``train_step`` a few times and
-    compares the parameters after the last step, followed by the returned losses.
-    """
-    cases = [
-        Case(
-            "one micro-batch, no clipping, SGD",
-            (StepCase(1, None),),
-            hint="zero the gradients, backward the loss, optimizer.step() once, and return the "
-            "loss as a float.",
-        ),
-        Case(
-            "4 micro-batches, no clipping, SGD",
-            (StepCase(4, None, seed=1),),
-            hint="the step must follow the gradient of the MEAN loss: divide each micro-batch's "
-            "loss by the number of micro-batches before backward, let the gradients add "
-            "up in .grad (zero them once, before the loop), and call optimizer.step() once "
-            "after the loop.",
-        ),
-        Case(
-            "4 micro-batches, clip_norm 0.05 (active), SGD",
-            (StepCase(4, 0.05, seed=2),),
-            hint="clip once, after the LAST backward, on the norm of ALL gradients together: "
-            "torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm).",
-        ),
-        Case(
-            "2 micro-batches, clip_norm 0.1, AdamW",
-            (StepCase(2, 0.1, optimizer="adamw", lr=0.01, seed=3),),
-        ),
-        Case("3 micro-batches, clip_norm 100 (inactive), SGD", (StepCase(3, 100.0, seed=4),)),
-        Case(
-            "8 micro-batches of 1 sequence, clip_norm 0.5, 5 steps",
-            (StepCase(8, 0.5, micro_batch=1, steps=5, seed=5),),
-        ),
-    ]
-    return _checked(
-        "train_step",
-        train_step,
-        reference_train_step,
-        _train_steps,
-        cases,
-        hint="optimizer.zero_grad(); for each micro-batch: (loss_fn(model, batch) / n).backward(); "
-        "then clip_grad_norm_(model.parameters(), clip_norm) if clip_norm is not None; "
-        "optimizer.step(); return the summed loss / n as a float.",
-        compare=_close(1e-5, 1e-4),
-        arg_names=("run",),
     )

@@ -1,4 +1,5 @@
-"""Checks of chapter 03's MinHash lab: shingles, Jaccard, MinHash signatures, LSH buckets.
+"""Checks of chapter 03's MinHash lab (``solutions/03_pretraining/01_minhash.ipynb``): shingles,
+Jaccard, MinHash signatures, LSH buckets.
 
 The lab finds near-duplicate documents the way large pretraining pipelines do, from scratch:
 
@@ -15,7 +16,11 @@ The lab finds near-duplicate documents the way large pretraining pipelines do, f
   ``[t * rows, (t + 1) * rows)``).
 
 These are the conventions of :mod:`llmlab.data.dedup` too, so a student's signatures equal
-``llmlab.data.minhash_signatures`` for the same hash family.
+``llmlab.data.minhash_signatures`` for the same hash family, and ``shingle``, ``jaccard`` and
+``lsh_buckets`` delegate to the library. ``minhash_signature`` and ``estimate_jaccard`` stay
+written out: the library hashes whole documents with its own hash family and compares
+signatures inside :func:`~llmlab.data.near_duplicate_pairs`, while the lab takes the shingle
+hashes and the hash family as arguments.
 
 Each ``check_NAME(fn)`` compares ``fn`` with ``reference_NAME`` on named cases, prints one line
 and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the lab keeps using.
@@ -26,15 +31,16 @@ and returns a :class:`llmlab.checks.CheckResult` whose ``.fn`` the lab keeps usi
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from llmlab.checks import Case, CheckResult, describe, run_check
+import numpy as np
 
-#: The prime of the hash family, just above every 32-bit shingle hash (as in llmlab.data.dedup).
-PRIME = (1 << 32) + 15
-_WORD = re.compile(r"\w+")
+from llmlab.checks import Case, CheckResult, describe, run_check
+from llmlab.data import dedup
+
+#: The prime of the hash family, just above every 32-bit shingle hash.
+PRIME = dedup.HASH_PRIME
 
 Pair = tuple[int, int]
 
@@ -44,17 +50,12 @@ Pair = tuple[int, int]
 
 def reference_shingle(text: str, k: int) -> set[str]:
     """The set of word k-grams of ``text`` (lower-cased ``\\w+`` words joined by one space)."""
-    words = _WORD.findall(text.lower())
-    if len(words) < k:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+    return dedup.shingles(text, k)
 
 
 def reference_jaccard(a: set, b: set) -> float:
     """|a & b| / |a | b|; two empty sets are identical (1.0)."""
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
+    return dedup.jaccard(a, b)
 
 
 def reference_minhash_signature(
@@ -73,17 +74,11 @@ def reference_estimate_jaccard(sig1: Sequence[int], sig2: Sequence[int]) -> floa
 
 def reference_lsh_buckets(signatures: Sequence[Sequence[int]], bands: int, rows: int) -> set[Pair]:
     """Pairs (i, j), i < j, whose signatures agree on every row of at least one band."""
-    pairs: set[Pair] = set()
-    for band in range(bands):
-        buckets: dict[tuple[int, ...], list[int]] = {}
-        for doc, sig in enumerate(signatures):
-            key = tuple(sig[band * rows : (band + 1) * rows])
-            buckets.setdefault(key, []).append(doc)
-        for members in buckets.values():
-            for x in range(len(members)):
-                for y in range(x + 1, len(members)):
-                    pairs.add((members[x], members[y]))
-    return pairs
+    index = dedup.LSHIndex(bands, rows)
+    for doc, sig in enumerate(signatures):
+        # the index keys a band by its bytes: int64 holds every value below PRIME exactly
+        index.add(doc, np.asarray(sig, dtype=np.int64))
+    return index.candidates()
 
 
 def hash_family(num_perm: int, seed: int = 0) -> tuple[list[int], list[int]]:
