@@ -58,3 +58,34 @@ def test_int_checks_name_the_argument_and_return_the_value():
         validate.require_positive_int(0, "n")
     with pytest.raises(ValueError, match="max_len: expected an int >= 5, got 4"):
         validate.require_int(4, "max_len", 5)
+
+
+def test_numbers_from_numpy_are_ints_and_floats():
+    import numpy as np
+
+    value = validate.require_positive_int(np.int64(100), "vocab_size")
+    assert value == 100 and type(value) is int
+    assert type(validate.require_real(np.float32(0.5), "dropout")) is float
+    with pytest.raises(TypeError, match="vocab_size: expected an int, got float64"):
+        validate.require_positive_int(np.float64(100), "vocab_size")
+
+
+def test_token_ids_check_names_the_argument():
+    import torch
+
+    ids = torch.tensor([[1, 2, 3]])
+    validate.require_token_ids(ids, "input_ids", 4, batch=1, max_seq=3)
+    cases = [
+        (ids[0], ValueError, r"input_ids: expected 2 dims \(batch, seq\), .*input_ids\[None\]"),
+        (ids.float(), TypeError, "input_ids: expected token ids of dtype int64, got torch.float32"),
+        ([[1, 2]], TypeError, "input_ids: expected a torch.Tensor, got list"),
+    ]
+    for bad, error, match in cases:
+        with pytest.raises(error, match=match):
+            validate.require_token_ids(bad, "input_ids")
+    with pytest.raises(ValueError, match=r"src: expected ids in \[0, 3\), got min 1, max 3"):
+        validate.require_token_ids(ids, "src", 3)
+    with pytest.raises(ValueError, match=r"ids: expected batch 2, got shape \(1, 3\)"):
+        validate.require_token_ids(ids, "ids", batch=2)
+    with pytest.raises(ValueError, match=r"ids: expected seq <= max_seq=2, got shape \(1, 3\)"):
+        validate.require_token_ids(ids, "ids", max_seq=2)

@@ -106,14 +106,9 @@ def test_doctor_command_exit_status(tmp_path):
     assert "python -m llmlab assets fetch" in missing.stdout
 
 
-def test_import_llmlab_is_fast():
-    code = "import time; t = time.perf_counter(); import llmlab; print(time.perf_counter() - t)"
-    seconds = float(
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    assert seconds < 1.0
+def test_import_llmlab_loads_no_heavy_library():
+    """``import llmlab`` stays fast by importing nothing heavy (measured by what loads, not by a
+    timer: a timing assert fails on a busy machine)."""
     heavy = "import sys, llmlab; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     loaded = subprocess.run(
         [sys.executable, "-c", heavy], capture_output=True, text=True, check=True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import (
@@ -337,6 +338,22 @@ def test_generate_rejects_bad_input():
         gen.generate(model, torch.tensor([[1, 2]]), 3, do_sample=True, generator="seed")
     with pytest.raises(ValueError, match="^eos_token_id:"):
         gen.generate(model, torch.tensor([[1, 2]]), 3, eos_token_id=-1)
+    with pytest.raises(ValueError, match=r"^input_ids: expected seq >= 1"):
+        gen.generate(model, torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+def test_numpy_numbers_work_like_python_ones():
+    model, prompt = ToyLM(scale=0.5), torch.tensor([[1, 2, 3]] * 2)
+    python = dict(do_sample=True, temperature=1.2, top_k=5, top_p=0.9, eos_token_id=4, generator=7)
+    numpy = dict(do_sample=True, temperature=np.float32(1.2), top_k=np.int64(5),
+                 top_p=np.float64(0.9), eos_token_id=np.int64(4), generator=np.int64(7))  # fmt: skip
+    expected = gen.generate(model, prompt, 12, **python)
+    assert torch.equal(gen.generate(model, prompt, np.int64(12), **numpy), expected)
+    beams = gen.beam_search(model, prompt, 2, 5, length_penalty=0.5)
+    numpy_beams = gen.beam_search(
+        model, prompt, np.int64(2), np.int32(5), length_penalty=np.float32(0.5)
+    )
+    assert torch.equal(numpy_beams.new_ids, beams.new_ids)
 
 
 # --------------------------------------------------------------------------------------------

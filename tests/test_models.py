@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from llmlab.models import (
     parameter_breakdown,
     relative_position_bucket,
 )
-from llmlab.nn.attention import MultiHeadAttention, formula_attention
+from llmlab.nn.attention import formula_attention
 
 transformers.logging.set_verbosity_error()
 
@@ -130,12 +131,18 @@ def test_kv_cache_stores_keys_after_rope():
 
 def test_cache_and_input_errors():
     model = _build("gpt2")
-    with pytest.raises(TypeError, match="input_ids: expected an integer tensor"):
+    with pytest.raises(
+        TypeError, match="input_ids: expected token ids of dtype int64, got torch.f"
+    ):
         model(torch.zeros(1, 3))
-    with pytest.raises(ValueError, match=r"input_ids: expected shape \(batch, seq\)"):
+    with pytest.raises(ValueError, match=r"input_ids: expected 2 dims \(batch, seq\), got shape"):
         model(torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"input_ids: expected ids in \[0, 97\)"):
+    with pytest.raises(
+        ValueError, match=r"input_ids: expected ids in \[0, 97\), got min 0, max 97"
+    ):
         model(torch.tensor([[0, 97]]))
+    with pytest.raises(ValueError, match=r"input_ids: expected seq >= 1, got shape \(1, 0\)"):
+        model(torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="cache: expected 2 layers"):
         model(torch.zeros(1, 3, dtype=torch.long), cache=KVCache(3))
     with pytest.raises(TypeError, match="cache: expected a KVCache"):
@@ -144,11 +151,15 @@ def test_cache_and_input_errors():
     model(torch.zeros(1, 38, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="exceed max_seq=40"):
         model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
-    attn = MultiHeadAttention(16, 4, is_causal=True)
-    with pytest.raises(TypeError, match="layer_idx: expected an int"):
-        attn(torch.zeros(1, 2, 16), cache=KVCache(1))
-    with pytest.raises(ValueError, match="cache: a KV cache serves self-attention only"):
-        attn(torch.zeros(1, 2, 16), context=torch.zeros(1, 3, 16), cache=KVCache(1), layer_idx=0)
+    bert = _build("bert")
+    with pytest.raises(ValueError, match=r"input_ids: expected seq <= max_seq=40, got shape"):
+        bert(torch.zeros(1, 41, dtype=torch.long))
+    with pytest.raises(
+        ValueError, match=r"token_type_ids: expected ids in \[0, 2\), got min 0, max 2"
+    ):
+        bert(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match=r"token_type_ids: expected shape \(1, 3\), got \(1, 2\)"):
+        bert(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
 
 
 def _loss_grads_and_saved_bytes(model, ids):
@@ -214,6 +225,30 @@ def test_config_validation_names_the_field():
         GPTConfig(vocab_size=10, max_seq=8, d_model=8, n_layers=1, n_heads=1, positions="alibi")
     with pytest.raises(TypeError, match="config: expected a LlamaConfig, got GPTConfig"):
         Llama(CAUSAL["gpt2"][1])
+    with pytest.raises(TypeError, match="dropout: expected a number, got str '0.1'"):
+        LlamaConfig(vocab_size=10, d_model=48, n_layers=1, n_heads=6, d_ff=8, dropout="0.1")
+
+
+def test_configs_accept_numpy_numbers_and_store_python_ones():
+    config = GPTConfig(vocab_size=np.int64(100), max_seq=np.int32(16), d_model=np.int64(32),
+                       n_layers=np.int64(2), n_heads=np.int64(4), dropout=np.float64(0.1))  # fmt: skip
+    assert config == GPTConfig(100, 16, 32, 2, 4, dropout=0.1)
+    assert all(type(getattr(config, f)) is int for f in ("vocab_size", "d_model", "d_ff"))
+    assert type(config.dropout) is float
+    torch.manual_seed(0)
+    ours = GPT(config)
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(100, 16, 32, 2, 4, dropout=0.1))
+    assert repr(ours) == repr(plain)
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(ours.eval()(ids), plain.eval()(ids), rtol=0, atol=0)
+    llama = LlamaConfig(vocab_size=np.int64(10), d_model=np.int64(48), n_layers=np.int16(1),
+                        n_heads=np.int64(6), n_kv_heads=np.int64(2), d_ff=np.int64(8))  # fmt: skip
+    assert type(llama.n_kv_heads) is int and type(llama.block_config().n_kv_heads) is int
+    assert (
+        type(BertConfig(np.int64(10), 8, 8, 1, 1, type_vocab_size=np.int64(3)).type_vocab_size)
+        is int
+    )
 
 
 def test_family_structure():
@@ -369,3 +404,17 @@ def test_counting_errors():
         matmul_parameters(OTHERS["bert"][1])
     with pytest.raises(ValueError, match="seq: expected a positive int"):
         flops_per_token(CAUSAL["gpt2"][1], 0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "bert"])
+def test_forward_off_the_cpu_reads_no_scalar(name):
+    # On the meta device a scalar read raises: it would be a host sync per step on a GPU.
+    model = _build(name).eval().to("meta")
+    ids = torch.zeros(2, 6, dtype=torch.long, device="meta")
+    with torch.no_grad():
+        if name == "bert":
+            assert model(ids, attention_mask=torch.ones_like(ids)).mlm_logits.shape == (2, 6, VOCAB)
+            return
+        cache = model.new_cache()
+        model(ids, cache=cache)
+        assert model(ids[:, :1], cache=cache).shape == (2, 1, VOCAB)

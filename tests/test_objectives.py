@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,6 +122,21 @@ def test_mlm_is_deterministic_and_does_not_touch_its_input():
     assert torch.equal(ids, before)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
+
+
+def test_numpy_numbers_work_like_python_ones():
+    ids = batch(rows=4, seq=50)
+    a = obj.mlm_mask(ids, VOCAB, MASK, SPECIALS, mlm_prob=0.3, generator=gen(9))
+    b = obj.mlm_mask(
+        ids, np.int64(VOCAB), MASK, SPECIALS, mlm_prob=np.float32(0.3), generator=gen(9)
+    )
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    padded = obj.pad_sequences(
+        [np.array([5, 6, 7]).tolist(), list(np.array([8], dtype=np.int64))], 0
+    )
+    assert padded.tolist() == [[5, 6, 7], [8, 0, 0]]
+    with pytest.raises(TypeError, match=r"sequences\[0\]: expected an int, got float 1.5"):
+        obj.pad_sequences([[1.5]], 0)
 
 
 def test_mlm_follows_its_documented_draws():

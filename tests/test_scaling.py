@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from llmlab.models.counting import training_flops
 from llmlab.training import scaling
 from llmlab.training.scaling import (
     PowerLawFit,
@@ -14,7 +15,6 @@ from llmlab.training.scaling import (
     fit_power_law,
     leave_one_out,
     power_law,
-    training_flops,
 )
 
 

@@ -1,4 +1,5 @@
-"""llmlab.training.seq2seq: the toy task, the encoder-decoder model, greedy decoding and training."""
+"""Chapter 01's encoder-decoder: the toy task (llmlab.data.toy), the model
+(llmlab.models.EncoderDecoder), greedy decoding, exact match, and training through the loop."""
 
 from __future__ import annotations
 
@@ -7,25 +8,25 @@ import random
 import pytest
 import torch
 
-import llmlab.training.seq2seq as s2s
+import llmlab.inference.generation as generation
 from llmlab import env
-from llmlab.training.seq2seq import (
-    Seq2SeqConfig,
-    Seq2SeqDataset,
-    Seq2SeqTransformer,
-    ToyTask,
-    exact_match,
-    greedy_decode,
-    train_seq2seq,
-)
+from llmlab.data.toy import Seq2SeqDataset, ToyTask
+from llmlab.evaluation import exact_match
+from llmlab.inference.generation import greedy_decode
+from llmlab.models import EncoderDecoder, EncoderDecoderConfig
+from llmlab.training.seq2seq import train_seq2seq
 
 # A model that trains in a couple of seconds on 2 CPU cores (the smoke config).
-SMOKE = dict(d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1, n_decoder_layers=1)
+SMOKE = dict(d_model=32, n_heads=2, d_ff=64, n_layers=1, n_decoder_layers=1)
 
 
-def small_model(task: ToyTask, seed: int = 0, **overrides) -> Seq2SeqTransformer:
+def small_model(task: ToyTask, seed: int = 0, **overrides) -> EncoderDecoder:
     env.seed_everything(seed)
-    return Seq2SeqTransformer(Seq2SeqConfig(vocab_size=task.vocab_size, **{**SMOKE, **overrides}))
+    config = EncoderDecoderConfig(vocab_size=task.vocab_size, pad_id=task.PAD)
+    for name, value in {**SMOKE, **overrides}.items():
+        setattr(config, name, value)
+    config.__post_init__()
+    return EncoderDecoder(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,13 +81,13 @@ def test_collate_pads_and_shifts():
 def test_model_shapes_tying_and_attention_maps():
     task = ToyTask()
     model = small_model(task).eval()
-    assert model.lm_head.weight is model.embed.weight
+    assert model.lm_head.weight is model.embed_tokens.weight
     src, tgt_in, _ = task.collate(task.draw(3, random.Random(0)))
     logits, maps = model(src, tgt_in, return_weights=True)
     assert logits.shape == (3, tgt_in.shape[1], task.vocab_size)
     assert len(maps["encoder"]) == len(maps["cross"]) == 1
     assert maps["cross"][0].shape == (3, 2, tgt_in.shape[1], src.shape[1])
-    untied = small_model(task, tie_embeddings=False, positional="learned")
+    untied = small_model(task, tie_embeddings=False, positions="learned")
     assert untied.num_parameters() == model.num_parameters() + task.vocab_size * 32 + 64 * 32
 
 
@@ -103,14 +104,18 @@ def test_padding_does_not_change_the_output():
 def test_model_input_errors():
     task = ToyTask()
     model = small_model(task)
-    with pytest.raises(TypeError, match="src: expected an int64 tensor"):
+    with pytest.raises(TypeError, match="input_ids: expected token ids of dtype int64"):
         model(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"tgt_in: expected 2 dims \(batch, seq\)"):
+    with pytest.raises(ValueError, match=r"decoder_input_ids: expected 2 dims \(batch, seq\)"):
         model(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"src: expected ids in \[0, 13\)"):
+    with pytest.raises(ValueError, match=r"input_ids: expected ids in \[0, 13\)"):
         model(torch.full((1, 3), 20), torch.zeros(1, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="positional: expected"):
-        Seq2SeqConfig(vocab_size=13, positional="rope")
+    with pytest.raises(ValueError, match=r"input_ids: expected seq <= max_seq=64"):
+        model(torch.zeros(1, 65, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="positions: expected one of"):
+        EncoderDecoderConfig(vocab_size=13, positions="rope")
+    with pytest.raises(TypeError, match="config: expected an EncoderDecoderConfig"):
+        EncoderDecoder(dict(vocab_size=13))
 
 
 def test_greedy_decode_stops_and_pads():
@@ -130,20 +135,20 @@ def test_exact_match_counts_whole_sequences(monkeypatch):
     data = Seq2SeqDataset(task, [([3, 4], [4, 3]), ([5], [5]), ([6, 7, 8], [8, 7, 6])])
     model = small_model(task)
 
-    def oracle(model, src, max_len, bos, eos, wrong=()):
+    def oracle(model, src, max_len, bos, eos, attention_mask=None, wrong=()):
         _, _, tgt_out = task.collate(data.pairs)
         out = tgt_out.clone()
         for i in wrong:
             out[i, 0] = 12
         return out
 
-    monkeypatch.setattr(s2s, "greedy_decode", oracle)
+    monkeypatch.setattr(generation, "greedy_decode", oracle)
     assert exact_match(model, data) == 1.0
-    monkeypatch.setattr(s2s, "greedy_decode", lambda *a: oracle(*a, wrong=(1,)))
+    monkeypatch.setattr(generation, "greedy_decode", lambda *a: oracle(*a, wrong=(1,)))
     assert exact_match(model, data) == pytest.approx(2 / 3)
     # stopping without EOS is wrong too
     monkeypatch.setattr(
-        s2s, "greedy_decode", lambda *a: oracle(*a).masked_fill(oracle(*a) == task.EOS, 9)
+        generation, "greedy_decode", lambda *a: oracle(*a).masked_fill(oracle(*a) == task.EOS, 9)
     )
     assert exact_match(model, data) == 0.0
 
@@ -157,7 +162,7 @@ def test_training_decreases_the_loss_reproducibly():
     task = ToyTask("reverse", max_len=6)
     model = small_model(task)
     history = train_seq2seq(model, task, steps=80, batch_size=32, lr=3e-3, seed=0, progress=False)
-    assert len(history.loss) == 80 and history.seconds > 0
+    assert len(history.loss) == 80 and sum(history.seconds) > 0
     first, last = sum(history.loss[:10]) / 10, sum(history.loss[-10:]) / 10
     assert last < 0.6 * first, (first, last)
     assert max(history.lr) == pytest.approx(3e-3) and history.lr[-1] < 1e-4
@@ -175,6 +180,6 @@ def test_reverse_reaches_99_percent_exact_match():
     """The chapter's claim at a smaller size: ~15 s on 2 CPU cores."""
     task = ToyTask("reverse", max_len=10)
     env.seed_everything(0)
-    model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=task.vocab_size))
+    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=task.vocab_size, pad_id=task.PAD))
     train_seq2seq(model, task, steps=400, batch_size=64, lr=2e-3, seed=0, progress=False)
     assert exact_match(model, task.dataset(500, split="test", seed=1)) >= 0.99

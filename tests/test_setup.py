@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,43 @@ def test_environment_yml_matches_the_lock(root):
     }
     python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
     assert python == "python=3.11"
+
+
+def test_one_python_floor_everywhere(root):
+    """pyproject's requires-python is the floor; the Makefile, README, doctor and ruff agree."""
+    from llmlab.course.doctor import MIN_PYTHON
+
+    pyproject = (root / "pyproject.toml").read_text()
+    floor = re.search(r'requires-python = ">=(\d+)\.(\d+)"', pyproject).groups()
+    major, minor = int(floor[0]), int(floor[1])
+    assert MIN_PYTHON == (major, minor)
+    assert f'target-version = "py{major}{minor}"' in pyproject
+    assert f"sys.version_info >= ({major}, {minor})" in (root / "Makefile").read_text()
+    assert f"Python {major}.{minor} or newer" in (root / "README.md").read_text()
+
+
+# Distribution names of the modules llmlab imports, where they differ.
+_DISTRIBUTIONS = {"sentence_transformers": "sentence-transformers"}
+
+
+def test_every_imported_library_is_declared(root):
+    """Each third-party module that utils/llmlab imports is a dependency in pyproject.toml."""
+    import ast
+    import tomllib
+
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    names = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in declared}
+    imported = set()
+    for path in (root / "utils" / "llmlab").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "llmlab"}
+    missing = {_DISTRIBUTIONS.get(m, m) for m in third_party} - names
+    assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
 
 
 def test_lock_pins_everything_requirements_in_asks_for(root):
@@ -78,7 +116,17 @@ def test_ruff_is_clean(root):
 def test_ruff_format_is_applied(root):
     """`make lint` formats the Python files; a file it would change fails here."""
     done = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--check", "utils", "tests", "tools", "benchmarks"],
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "format",
+            "--check",
+            "utils",
+            "tests",
+            "tools",
+            "benchmarks",
+        ],
         cwd=root,
         capture_output=True,
         text=True,

@@ -11,6 +11,7 @@ import io
 import json
 import random
 
+import numpy as np
 import pytest
 import tokenizers
 
@@ -169,6 +170,12 @@ def test_special_tokens_are_never_split(trained):
     assert len(plain) > 1 and not set(plain) & set(trained.special_tokens.values())
 
 
+def test_numpy_sizes_and_seeds_work_like_python_ints():
+    text = "low lower lowest newer newest " * 20
+    assert train_bpe(text, np.int64(270)).merges == train_bpe(text, 270).merges
+    assert mixed_text(np.int64(2_000), seed=np.int64(4)) == mixed_text(2_000, seed=4)
+
+
 def test_longest_special_token_wins():
     base = train_bpe("abc abc", 260)
     vocab = dict(base.vocab)
@@ -324,7 +331,7 @@ def test_same_merges_on_small_random_corpora():
 def test_train_errors():
     with pytest.raises(ValueError, match="vocab_size"):
         train_bpe("text", 100)
-    with pytest.raises(TypeError, match="vocab_size"):
+    with pytest.raises(TypeError, match="vocab_size: expected an int, got float 300.0"):
         train_bpe("text", 300.0)
     with pytest.raises(TypeError, match="text_or_iterable"):
         train_bpe(123, 300)

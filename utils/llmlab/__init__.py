@@ -1,7 +1,35 @@
 """LLM Lab's shared package: models, training code, graders and kernels for the course.
 
-``import llmlab`` is kept fast: submodules load on first use (``llmlab.env``,
-``llmlab.assets`` ...), and heavy libraries such as transformers are imported only inside the
+Where things live (one home per concept; ch = the chapter that teaches it):
+
+    basics (importable by everything)
+      env             device choice, seeding, installed versions
+      assets          the offline models (SmolLM2, MiniLM) and the course cache
+      validate        input checks for configs and entry points (require_*)
+      progress, plotting
+    what the course teaches
+      nn/             ch01  attention, positional, norms, ffn, blocks, cache (the KV cache)
+      models/         ch02  GPT, BERT, LLaMA, PaLM, encoder_decoder (+ T5), configs,
+                            counting (parameters, FLOPs, bytes), ngram
+      tokenization    ch02  byte-level BPE from scratch
+      data/           ch03  corpora, tasks (verifiable, with graders), toy (seq2seq tasks),
+                            clean, dedup, pii, packing
+      training/       ch03  optim (AdamW, Muon, clipping), schedule, losses, loop,
+                            checkpoints, objectives, scaling, seq2seq
+      inference/      ch02  generation (decoding, KV-cache generation, beam search);
+                      ch08 adds batching, the paged cache, speculative decoding, serving
+      evaluation/     ch02-03  perplexity, text metrics; ch09 adds benchmarks
+      kernels/        ch01-03  Triton kernels beside their PyTorch references
+      (homes to come, created with their chapter: post_training/ ch04, compression/ ch05,
+       moe/ ch06, retrieval/ ch07 (RAG and agents), distributed/ ch08)
+    the labs' checks and the machinery
+      checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)
+      course/         chapters, labs generator, grading, notebooks, doctor, CLI
+      bench/          the kernel benchmark harness
+    The teaching code never imports checks/, course/ or bench/.
+
+``import llmlab`` is kept fast: subpackages load on first use (``llmlab.env``,
+``llmlab.models`` ...), and heavy libraries such as transformers are imported only inside the
 functions that need them.
 """
 

@@ -79,10 +79,7 @@ def seed_everything(seed: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# The doctor
-# --------------------------------------------------------------------------------------------
-
-#: Distributions the course cannot run without, and the one line that installs them.
+# What is installed
 
 
 def package_version(dist: str) -> str | None:

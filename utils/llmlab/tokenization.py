@@ -176,7 +176,7 @@ def _compile(pattern: str) -> regex.Pattern:
         raise ValueError(f"pattern: not a valid regular expression ({exc}): {pattern!r}") from None
 
 
-def _check_special_tokens(special_tokens: Any) -> list[str]:
+def _require_special_tokens(special_tokens: Any) -> list[str]:
     if isinstance(special_tokens, str):
         raise TypeError(
             f"special_tokens: expected a list of str, got the str {special_tokens!r} "
@@ -654,7 +654,7 @@ def count_pretokens(
     ``tokenizers``' ``train_from_iterator``): pieces never span two texts.
     """
     compiled = _compile(pattern)
-    splitter = _SpecialSplitter(_check_special_tokens(special_tokens))
+    splitter = _SpecialSplitter(_require_special_tokens(special_tokens))
     counts: Counter[str] = Counter()
     for text in _sequences(text_or_iterable):
         for segment, special in splitter.split(text):
@@ -684,15 +684,14 @@ def train_bpe(
     Ids: special tokens, then the 256 bytes in :func:`byte_order`, then merges as learned.
     Ties between equally frequent pairs go to the smallest ``(left id, right id)``.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TypeError(f"vocab_size: expected an int, got {type(vocab_size).__name__}")
-    specials = _check_special_tokens(special_tokens)
+    vocab_size = require_int(vocab_size, "vocab_size", None)
+    specials = _require_special_tokens(special_tokens)
     if vocab_size < 256 + len(specials):
         raise ValueError(
             f"vocab_size: expected >= 256 + {len(specials)} special tokens = "
             f"{256 + len(specials)}, got {vocab_size}"
         )
-    require_int(min_frequency, "min_frequency", 0)
+    min_frequency = require_int(min_frequency, "min_frequency", 0)
 
     t0 = time.perf_counter()
     word_counts = count_pretokens(text_or_iterable, pattern, specials)
@@ -822,7 +821,7 @@ def train_bpe_with_tokenizers(
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    specials = _check_special_tokens(special_tokens)
+    specials = _require_special_tokens(special_tokens)
     tokenizer = tokenizers.Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
@@ -970,10 +969,9 @@ def mixed_text(
     given special tokens. The same arguments give the same text on the same Python (the
     English and code come from its standard library).
     """
-    require_positive_int(n_bytes, "n_bytes")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-    specials = _check_special_tokens(special_tokens)
+    n_bytes = require_positive_int(n_bytes, "n_bytes")
+    seed = require_int(seed, "seed", None)  # random.Random takes no numpy ints
+    specials = _require_special_tokens(special_tokens)
     from llmlab.data import code_corpus, docstring_corpus
 
     budget = max(200_000, 2 * n_bytes)  # parse only what we might use

@@ -75,13 +75,15 @@ def require_token_ids(
     vocab_size: int | None = None,
     *,
     batch: int | None = None,
+    min_seq: int = 0,
     max_seq: int | None = None,
 ) -> None:
-    """``ids`` must be a (batch, seq) tensor of int64/int32 token ids.
+    """``ids`` must be a (batch, seq) tensor of int64/int32 token ids: the one token-id check.
 
-    With ``vocab_size`` every id must lie in [0, vocab_size) (this reads the tensor's min and
-    max, a host sync on a GPU: call it once per entry point, not per layer); with ``batch`` or
-    ``max_seq`` the shape must fit them.
+    With ``batch``, ``min_seq`` or ``max_seq`` the shape must fit them. With ``vocab_size``
+    every id must lie in [0, vocab_size), checked for ids on the CPU only: reading a GPU
+    tensor's min and max waits for the device (at every decoding step), and an out-of-range id
+    there trips the embedding's own device assert anyway.
     """
     import torch
 
@@ -95,9 +97,11 @@ def require_token_ids(
         raise TypeError(f"{name}: expected token ids of dtype int64, got {ids.dtype}")
     if batch is not None and ids.shape[0] != batch:
         raise ValueError(f"{name}: expected batch {batch}, got shape {tuple(ids.shape)}")
+    if ids.shape[1] < min_seq:
+        raise ValueError(f"{name}: expected seq >= {min_seq}, got shape {tuple(ids.shape)}")
     if max_seq is not None and ids.shape[1] > max_seq:
         raise ValueError(f"{name}: expected seq <= max_seq={max_seq}, got shape {tuple(ids.shape)}")
-    if vocab_size is not None and ids.numel():
+    if vocab_size is not None and ids.is_cpu and ids.numel():
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(

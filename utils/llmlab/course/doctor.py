@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from llmlab import env
 
+#: Distributions the course cannot run without, and the one line that installs them.
 REQUIRED_PACKAGES = (
     "torch",
     "numpy",
@@ -38,7 +39,7 @@ OPTIONAL_PACKAGES = (
     "papermill",
     "nbval",
 )
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python (a test keeps them equal)
 _FIX_INSTALL = "make lab   (or: pip install -r requirements.lock && pip install -e .)"
 
 

@@ -1,9 +1,11 @@
-"""Data for the course: corpora, verifiable tasks, and the pretraining data pipeline.
+"""Data for the course: corpora, verifiable tasks, toy tasks, and the pretraining data pipeline.
 
 - :mod:`llmlab.data.corpora`: the two offline corpora read from Python itself
   (``docstring_corpus``, ``code_corpus``).
 - :mod:`llmlab.data.tasks`: seeded verifiable tasks (``make_tasks``) and their graders
   (``grade_number`` ...), for SFT, GRPO rewards and evaluation.
+- :mod:`llmlab.data.toy`: toy sequence-to-sequence tasks (copy, reverse, sort) for chapter
+  01's encoder-decoder.
 - :mod:`llmlab.data.clean`: quality signals and filters (length, symbol ratio, repetition).
 - :mod:`llmlab.data.dedup`: exact dedup by hash, n-gram overlap and contamination, MinHash +
   LSH near-duplicate detection, planted near-duplicates to measure precision and recall.
@@ -12,7 +14,7 @@
 - :mod:`llmlab.data.packing`: token ids packed into a memory-mapped file and a random-batch
   sampler whose batch ``i`` is a pure function of ``i`` (so training resumes exactly).
 
-Everything is re-exported here (``from llmlab.data import minhash_signatures``). Only the
+Everything but the toy tasks is re-exported here (``from llmlab.data import minhash_signatures``). Only the
 standard library is imported at module level, so ``import llmlab.data`` stays cheap; numpy
 and torch load inside the functions that need them.
 """

@@ -119,7 +119,7 @@ class Corpus:
         the cumulative fractions, so they always add up to ``n_documents``; inside each part
         the documents keep the library's order, which keeps ``sources`` easy to read.
         """
-        fractions = _check_fractions(fractions)
+        fractions = _require_fractions(fractions)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
         order = list(range(self.n_documents))
@@ -169,7 +169,7 @@ def docstring_corpus(max_bytes: int | None = None) -> Corpus:
                     seen.add(doc)
                     yield doc, f"{file.path}:{qualname}"
 
-    return _collect("stdlib-docstrings", documents(), _check_max_bytes(max_bytes))
+    return _collect("stdlib-docstrings", documents(), _require_max_bytes(max_bytes))
 
 
 def code_corpus(max_bytes: int | None = None) -> Corpus:
@@ -181,7 +181,7 @@ def code_corpus(max_bytes: int | None = None) -> Corpus:
     max_bytes: keep only the longest prefix of whole files whose ``n_bytes`` fits.
     """
     documents = ((f.text, f.path) for f in _stdlib_files() if f.text.strip())
-    return _collect("stdlib-code", documents, _check_max_bytes(max_bytes))
+    return _collect("stdlib-code", documents, _require_max_bytes(max_bytes))
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def _clean(doc: str) -> str:
     return "\n".join(line.rstrip() for line in inspect.cleandoc(doc).splitlines()).strip()
 
 
-def _check_max_bytes(max_bytes):
+def _require_max_bytes(max_bytes):
     if max_bytes is None:
         return None
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
@@ -280,7 +280,7 @@ def _collect(name: str, pairs: Iterable[tuple[str, str]], max_bytes: int | None)
     return Corpus(name, documents, sources)
 
 
-def _check_fractions(fractions) -> tuple[float, float, float]:
+def _require_fractions(fractions) -> tuple[float, float, float]:
     try:
         values = tuple(float(f) for f in fractions)
     except (TypeError, ValueError):

@@ -53,7 +53,7 @@ __all__ = [
     "precision_recall",
 ]
 
-MERSENNE_PRIME = (1 << 32) + 15  # a prime just above every 32-bit shingle hash
+HASH_PRIME = (1 << 32) + 15  # a prime just above every 32-bit shingle hash (not a Mersenne prime)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -132,8 +132,8 @@ def minhash_signatures(documents: Sequence[str], num_perm: int = 128, k: int = 5
     rng = random.Random(seed)
     a = np.array([rng.randrange(1, 1 << 31) for _ in range(num_perm)], dtype=np.uint64)
     b = np.array([rng.randrange(0, 1 << 32) for _ in range(num_perm)], dtype=np.uint64)
-    p = np.uint64(MERSENNE_PRIME)
-    out = np.full((len(documents), num_perm), MERSENNE_PRIME, dtype=np.uint64)
+    p = np.uint64(HASH_PRIME)
+    out = np.full((len(documents), num_perm), HASH_PRIME, dtype=np.uint64)
     for i, doc in enumerate(documents):
         hashes = np.array(shingle_hashes(doc, k), dtype=np.uint64)
         if hashes.size:

@@ -3,7 +3,7 @@
 - :mod:`llmlab.evaluation.perplexity`: perplexity, bits per byte, the sliding-window NLL of a
   token stream, the log-probability of a continuation.
 - :mod:`llmlab.evaluation.text`: diversity and repetition of generated text (distinct-n,
-  seq-rep-n).
+  seq-rep-n) and the exact-match accuracy of an encoder-decoder.
 """
 
 from llmlab.evaluation.perplexity import (
@@ -12,7 +12,7 @@ from llmlab.evaluation.perplexity import (
     sliding_window_nll,
     token_log_probs,
 )
-from llmlab.evaluation.text import distinct_n, repetition_rate
+from llmlab.evaluation.text import distinct_n, exact_match, repetition_rate
 
 __all__ = [
     "perplexity",
@@ -21,4 +21,5 @@ __all__ = [
     "token_log_probs",
     "distinct_n",
     "repetition_rate",
+    "exact_match",
 ]

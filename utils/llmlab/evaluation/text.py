@@ -1,4 +1,5 @@
-"""Text metrics: how diverse a set of texts is and how much a text repeats itself."""
+"""Text metrics: how diverse a set of texts is, how much a text repeats itself, and how many
+outputs of a sequence-to-sequence model are exactly right."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from llmlab.validate import require_positive_int
 
-__all__ = ["distinct_n", "repetition_rate"]
+__all__ = ["distinct_n", "repetition_rate", "exact_match"]
 
 
 def _as_sequences(ids: Any, name: str) -> list[list[int]]:
@@ -57,3 +58,28 @@ def repetition_rate(ids: Any, n: int = 4) -> float:
         if grams:
             rates.append(1.0 - len(set(grams)) / len(grams))
     return sum(rates) / len(rates) if rates else math.nan
+
+
+def exact_match(model, dataset, batch_size: int = 500) -> float:
+    """Share of the dataset's inputs whose greedy output equals the target exactly (EOS included).
+
+    ``model``: an encoder-decoder; ``dataset``: a :class:`llmlab.data.toy.Seq2SeqDataset`.
+    """
+    from llmlab.data.toy import Seq2SeqDataset
+    from llmlab.inference.generation import greedy_decode
+
+    if not isinstance(dataset, Seq2SeqDataset):
+        raise TypeError(f"dataset: expected a Seq2SeqDataset, got {type(dataset).__name__}")
+    if not len(dataset):
+        raise ValueError("dataset: expected at least one pair, got an empty dataset")
+    task = dataset.task
+    device = next(model.parameters()).device
+    correct = 0
+    for src, _, tgt_out in dataset.batches(batch_size):
+        out = greedy_decode(model, src.to(device), tgt_out.shape[1], task.BOS, task.EOS).cpu()
+        want = tgt_out[:, : out.shape[1]]
+        # Right: every position up to the target's EOS matches (the rest is padding in both).
+        complete = out.shape[1] >= (tgt_out != task.PAD).sum(1)
+        matches = ((out == want) | (want == task.PAD)).all(dim=1) & complete
+        correct += int(matches.sum())
+    return correct / len(dataset)

@@ -45,6 +45,7 @@ diversity, loops and likelihood (``distinct_n``, ``repetition_rate``, ``token_lo
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmlab.validate import require_dims, require_float, require_int, require_positive_int
+from llmlab.validate import (
+    require_dims,
+    require_float,
+    require_int,
+    require_positive_int,
+    require_real,
+    require_token_ids,
+)
 
 __all__ = [
     "apply_temperature",
@@ -70,6 +78,7 @@ __all__ = [
     "HFCausalLM",
     "HFCache",
     "generate_text",
+    "greedy_decode",
 ]
 
 NEG_INF = float("-inf")
@@ -79,7 +88,7 @@ NEG_INF = float("-inf")
 # Input checks
 
 
-def _check_logits(logits: Any, name: str = "logits") -> None:
+def _require_logits(logits: Any, name: str = "logits") -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(
             f"{name}: expected a torch.Tensor (..., vocab), got {type(logits).__name__}"
@@ -91,17 +100,7 @@ def _check_logits(logits: Any, name: str = "logits") -> None:
     require_float(logits, name)
 
 
-def _check_ids(ids: Any, name: str, batch: int | None = None) -> None:
-    require_dims(ids, 2, name, "(batch, seq)")
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name}: expected token ids of dtype int64, got {ids.dtype}")
-    if batch is not None and ids.shape[0] != batch:
-        raise ValueError(
-            f"{name}: expected batch {batch} (the logits' rows), got shape {tuple(ids.shape)}"
-        )
-
-
-def _check_number(
+def _require_number(
     value: Any,
     name: str,
     low: float,
@@ -111,9 +110,7 @@ def _check_number(
     high_open: bool = False,
 ) -> float:
     """``value`` must be a real number in the interval (low, high] (ends as flagged)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    value = float(value)
+    value = require_real(value, name)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if math.isnan(value) or too_low or too_high:
@@ -125,12 +122,13 @@ def _check_number(
 def _eos_list(eos_token_id: int | Sequence[int] | None) -> list[int]:
     if eos_token_id is None:
         return []
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+    single = isinstance(eos_token_id, numbers.Integral)
+    ids = [eos_token_id] if single else list(eos_token_id)
+    if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in ids):
         raise ValueError(
             f"eos_token_id: expected an int >= 0 or a list of them, got {eos_token_id!r}"
         )
-    return ids
+    return [int(i) for i in ids]
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,8 +141,8 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     The argmax never changes, so greedy decoding ignores the temperature; as T -> 0 sampling
     becomes greedy, as T -> inf it becomes uniform over the vocabulary.
     """
-    _check_logits(logits)
-    temperature = _check_number(temperature, "temperature", 0.0)
+    _require_logits(logits)
+    temperature = _require_number(temperature, "temperature", 0.0)
     return logits / temperature
 
 
@@ -154,8 +152,8 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     A logit equal to the k-th largest is kept too (ties are never broken by position), so an
     exact tie can keep more than k tokens. ``k >= vocab`` keeps everything.
     """
-    _check_logits(logits)
-    require_positive_int(k, "k")
+    _require_logits(logits)
+    k = require_positive_int(k, "k")
     if k >= logits.shape[-1]:
         return logits.clone()
     kth_largest = logits.topk(k, dim=-1).values[..., -1:]
@@ -170,8 +168,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     it are not. The most likely token is always kept, ``p = 1`` keeps every token, and a token
     tied with the last kept one is kept too. Removed tokens get ``-inf``.
     """
-    _check_logits(logits)
-    p = _check_number(p, "p", 0.0, 1.0)
+    _require_logits(logits)
+    p = _require_number(p, "p", 0.0, 1.0)
     if p == 1.0:
         return logits.clone()
     # The mass before a token (in descending order) is 1 - the mass of it and every less likely
@@ -192,8 +190,8 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     The threshold follows the model's confidence: a peaked distribution keeps few tokens, a
     flat one many (Nguyen et al. 2024). ``min_p = 0`` keeps everything.
     """
-    _check_logits(logits)
-    min_p = _check_number(min_p, "min_p", 0.0, 1.0, low_open=False)
+    _require_logits(logits)
+    min_p = _require_number(min_p, "min_p", 0.0, 1.0, low_open=False)
     probs = logits.float().softmax(dim=-1)
     threshold = min_p * probs.amax(dim=-1, keepdim=True)
     return logits.masked_fill(probs < threshold, NEG_INF)
@@ -211,8 +209,8 @@ def apply_repetition_penalty(
     """
     require_dims(logits, 2, "logits", "(batch, vocab)")
     require_float(logits, "logits")
-    _check_ids(input_ids, "input_ids", batch=logits.shape[0])
-    penalty = _check_number(penalty, "penalty", 0.0)
+    require_token_ids(input_ids, "input_ids", batch=logits.shape[0])
+    penalty = _require_number(penalty, "penalty", 0.0)
     seen = logits.gather(-1, input_ids.long())
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
     return logits.scatter(-1, input_ids.long(), seen)
@@ -226,8 +224,8 @@ def no_repeat_ngram_filter(logits: torch.Tensor, input_ids: torch.Tensor, n: int
     """
     require_dims(logits, 2, "logits", "(batch, vocab)")
     require_float(logits, "logits")
-    _check_ids(input_ids, "input_ids", batch=logits.shape[0])
-    require_positive_int(n, "n")
+    require_token_ids(input_ids, "input_ids", batch=logits.shape[0])
+    n = require_positive_int(n, "n")
     out = logits.clone()
     seq = input_ids.shape[1]
     if seq + 1 < n:
@@ -294,12 +292,12 @@ def sample_from_logits(
 def _as_generator(generator: torch.Generator | int | None, device: torch.device):
     if generator is None or isinstance(generator, torch.Generator):
         return generator
-    if isinstance(generator, bool) or not isinstance(generator, int):
+    if isinstance(generator, bool) or not isinstance(generator, numbers.Integral):
         raise TypeError(
             f"generator: expected a torch.Generator, an int seed or None, "
             f"got {type(generator).__name__}"
         )
-    return torch.Generator(device=device).manual_seed(generator)
+    return torch.Generator(device=device).manual_seed(int(generator))
 
 
 def _sync(device: torch.device) -> None:
@@ -307,15 +305,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_prompt(input_ids: Any) -> None:
-    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
-        raise ValueError(
-            f"input_ids: expected 2 dims (batch, seq), got shape "
-            f"{tuple(input_ids.shape)}; add a batch dim with input_ids[None]"
-        )
-    _check_ids(input_ids, "input_ids")
-    if input_ids.shape[1] < 1:
-        raise ValueError("input_ids: expected at least one prompt token, got seq 0")
+def _require_prompt(input_ids: Any) -> None:
+    require_token_ids(input_ids, "input_ids", min_seq=1)  # at least one prompt token
 
 
 @torch.no_grad()
@@ -351,10 +342,10 @@ def generate(
     same tokens, more work. Pass a list as ``timings`` to collect the seconds of each step
     (model call and token choice); step 0 is the prefill, which processes the whole prompt.
     """
-    _check_prompt(input_ids)
-    require_positive_int(max_new_tokens, "max_new_tokens")
+    _require_prompt(input_ids)
+    max_new_tokens = require_positive_int(max_new_tokens, "max_new_tokens")
     if do_sample:
-        _check_number(temperature, "temperature", 0.0)
+        _require_number(temperature, "temperature", 0.0)
     eos = _eos_list(eos_token_id)
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
@@ -445,11 +436,10 @@ def beam_search(
     so ``beam_search`` returns the tokens ``model.generate(num_beams=..., do_sample=False)``
     returns for the same settings.
     """
-    _check_prompt(input_ids)
-    require_positive_int(num_beams, "num_beams")
-    require_positive_int(max_new_tokens, "max_new_tokens")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
-        raise TypeError(f"length_penalty: expected a number, got {type(length_penalty).__name__}")
+    _require_prompt(input_ids)
+    num_beams = require_positive_int(num_beams, "num_beams")
+    max_new_tokens = require_positive_int(max_new_tokens, "max_new_tokens")
+    length_penalty = require_real(length_penalty, "length_penalty")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping: expected True, False or 'never', got {early_stopping!r}")
     eos = _eos_list(eos_token_id)
@@ -461,7 +451,7 @@ def beam_search(
             input_ids[b : b + 1].long(),
             num_beams,
             max_new_tokens,
-            float(length_penalty),
+            length_penalty,
             early_stopping,
             eos,
         )
@@ -619,7 +609,7 @@ class HFCausalLM:
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, cache: HFCache | None = None) -> torch.Tensor:
         """(batch, seq) int64 -> logits (batch, seq, vocab)."""
-        _check_ids(input_ids, "input_ids")
+        require_token_ids(input_ids, "input_ids")
         if cache is None:
             return self.model(input_ids=input_ids, use_cache=False).logits
         if not isinstance(cache, HFCache):
@@ -668,3 +658,49 @@ def _device_of(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder-decoders
+
+
+@torch.no_grad()
+def greedy_decode(
+    model, src: torch.Tensor, max_len: int, bos: int, eos: int, attention_mask=None
+) -> torch.Tensor:
+    """Generate up to ``max_len`` tokens per source, each the most likely next token.
+
+    src: (batch, src_seq) ids -> (batch, n) ids with n <= max_len, without BOS, each row ending
+    at its first EOS and padded with ``pad_id`` (0 when the config has none) after it; stops
+    when every row has an EOS. ``model`` is an encoder-decoder
+    (:class:`llmlab.models.EncoderDecoder`); ``attention_mask`` marks the real source tokens
+    (default: the model's ``source_mask``). Recomputes the decoder over the whole prefix each
+    step (no KV cache: see chapter 08).
+    """
+    from llmlab.models.encoder_decoder import EncoderDecoder
+
+    if not isinstance(model, EncoderDecoder):
+        raise TypeError(f"model: expected an EncoderDecoder, got {type(model).__name__}")
+    require_positive_int(max_len, "max_len")
+    if model.config.max_seq is not None and max_len + 1 > model.config.max_seq:
+        raise ValueError(
+            f"max_len: expected <= max_seq - 1 = {model.config.max_seq - 1}, got {max_len}"
+        )
+    was_training = model.training
+    model.eval()
+    src_mask = model.source_mask(src, attention_mask)
+    memory = model.encode(src, src_mask)
+    pad = model.config.pad_id or 0
+    batch = src.shape[0]
+    out = torch.full((batch, 1), bos, dtype=torch.long, device=src.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    for _ in range(max_len):
+        logits = model.decode(out, memory, src_mask)[:, -1]
+        next_id = logits.argmax(dim=-1)
+        next_id = next_id.masked_fill(done, pad)
+        out = torch.cat([out, next_id[:, None]], dim=1)
+        done |= next_id == eos
+        if done.all():
+            break
+    model.train(was_training)
+    return out[:, 1:]

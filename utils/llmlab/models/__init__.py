@@ -6,10 +6,11 @@
     >>> logits = model(prompt_ids, cache=cache)      # (batch, seq, vocab); then one token a call
 
 Families: :class:`GPT` (decoder-only, learned positions), :class:`Bert` (encoder-only with
-MLM and NSP heads), :class:`T5` (encoder-decoder with a relative position bias),
+MLM and NSP heads), :class:`T5` (the :class:`EncoderDecoder` of chapter 01 with a relative
+position bias),
 :class:`Llama` (RMSNorm, RoPE, SwiGLU, GQA) and :class:`PaLM` (parallel block, multi-query
-attention). :mod:`llmlab.models.counting` counts their parameters and FLOPs per token by
-formula. Every causal LM (GPT, Llama, PaLM) takes ``model(input_ids, cache=None)`` and
+attention). :mod:`llmlab.models.counting` counts their parameters, FLOPs and bytes by
+formula; :mod:`llmlab.models.ngram` holds the n-gram models they are measured against. Every causal LM (GPT, Llama, PaLM) takes ``model(input_ids, cache=None)`` and
 ``model.new_cache()`` (:class:`KVCache`).
 """
 
@@ -23,6 +24,11 @@ from llmlab.models.counting import (
     matmul_parameters,
     parameter_breakdown,
 )
+from llmlab.models.encoder_decoder import (
+    EncoderDecoder,
+    EncoderDecoderConfig,
+    relative_position_bucket,
+)
 from llmlab.models.gpt import GPT, gpt2_state_dict
 from llmlab.models.llama import (
     Llama,
@@ -31,7 +37,7 @@ from llmlab.models.llama import (
     load_smollm2_llama,
 )
 from llmlab.models.palm import PaLM
-from llmlab.models.t5 import T5, relative_position_bucket, t5_state_dict
+from llmlab.models.t5 import T5, t5_state_dict
 from llmlab.nn.cache import KVCache
 
 __all__ = [
@@ -42,6 +48,8 @@ __all__ = [
     "PaLMConfig",
     "BertConfig",
     "T5Config",
+    "EncoderDecoderConfig",
+    "EncoderDecoder",
     "GPT",
     "Llama",
     "PaLM",

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.models.causal_lm import _init_weights, check_input_ids
+from llmlab.models.causal_lm import _init_weights
 from llmlab.models.configs import BertConfig
 from llmlab.nn.attention import padding_mask
 from llmlab.nn.blocks import EncoderBlock
 from llmlab.nn.norms import LayerNorm
 from llmlab.nn.positional import LearnedPositionalEmbedding
+from llmlab.validate import require_token_ids
 
 __all__ = ["Bert", "BertOutput", "bert_state_dict"]
 
@@ -68,13 +69,14 @@ class Bert(nn.Module):
     ) -> BertOutput:
         """input_ids (batch, seq); token_type_ids (batch, seq) of 0 (sentence A) / 1 (B),
         default all 0; attention_mask (batch, seq), 1 on real tokens and 0 on padding."""
-        check_input_ids(input_ids, self.config.vocab_size)
+        config = self.config
+        require_token_ids(
+            input_ids, "input_ids", config.vocab_size, min_seq=1, max_seq=config.max_seq
+        )
         batch, seq = input_ids.shape
-        if seq > self.config.max_seq:
-            raise ValueError(f"input_ids: expected seq <= max_seq={self.config.max_seq}, got {seq}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        check_input_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")
+        require_token_ids(token_type_ids, "token_type_ids", config.type_vocab_size)
         if token_type_ids.shape != input_ids.shape:
             raise ValueError(
                 f"token_type_ids: expected shape {tuple(input_ids.shape)}, "

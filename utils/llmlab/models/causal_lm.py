@@ -36,9 +36,9 @@ from llmlab.nn.blocks import DecoderBlock
 from llmlab.nn.cache import KVCache
 from llmlab.nn.norms import make_norm
 from llmlab.nn.positional import LearnedPositionalEmbedding, RotaryEmbedding
-from llmlab.validate import require_positive_int
+from llmlab.validate import require_positive_int, require_token_ids
 
-__all__ = ["CausalLM", "check_input_ids"]
+__all__ = ["CausalLM"]
 
 
 class CausalLM(nn.Module):
@@ -107,7 +107,7 @@ class CausalLM(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final-normed hidden states (batch, seq, d_model) that ``lm_head`` reads."""
-        check_input_ids(input_ids, self.config.vocab_size)
+        require_token_ids(input_ids, "input_ids", self.config.vocab_size, min_seq=1)
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache: expected a KVCache or None, got {type(cache).__name__}")
         if cache is not None and cache.n_layers != self.config.n_layers:
@@ -155,20 +155,3 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-
-
-def check_input_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
-    """``input_ids`` must be an integer tensor (batch, seq) with ids in [0, vocab_size)."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(input_ids).__name__}")
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"{name}: expected an integer tensor of token ids, got {input_ids.dtype}")
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(
-            f"{name}: expected shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}"
-        )
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-        raise ValueError(
-            f"{name}: expected ids in [0, {vocab_size}), got min {int(input_ids.min())}, "
-            f"max {int(input_ids.max())}"
-        )

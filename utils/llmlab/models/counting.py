@@ -1,4 +1,4 @@
-"""Parameters and FLOPs per token, by formula, for the five families.
+"""Counting by formula: parameters, FLOPs and bytes (one home for every such count).
 
 Parameters. A Transformer's weights are a few kinds of matrices, each counted from the config:
 
@@ -21,9 +21,17 @@ FLOPs each per token and layer forward, so ``forward = 2 N_matmul + 4 n_layers s
 training is 3x that: ``6 N_matmul + 12 n_layers seq h hd`` (the PaLM paper's 6N + 12LHQT).
 N_matmul (:func:`matmul_parameters`) counts the weights that multiply activations: every
 linear layer and the output head (even when tied), not the embedding lookups, norms or biases.
+
+Beyond one forward pass: :func:`training_flops` (C = 6 N D, the scaling laws' compute) and
+:func:`naive_attention_memory` (the bytes of the (seq x seq) score matrix that FlashAttention
+never stores).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
 
 from llmlab.models.configs import BertConfig, GPTConfig, LlamaConfig, PaLMConfig, T5Config
 from llmlab.validate import require_positive_int
@@ -34,6 +42,9 @@ __all__ = [
     "matmul_parameters",
     "flops_per_token",
     "PUBLISHED",
+    "training_flops",
+    "AttentionMemory",
+    "naive_attention_memory",
 ]
 
 _CONFIGS = (GPTConfig, LlamaConfig, PaLMConfig, BertConfig, T5Config)
@@ -161,3 +172,50 @@ PUBLISHED: dict[str, object] = {
     "PaLM-540B": PaLMConfig(vocab_size=256000, d_model=18432, n_layers=118, n_heads=48,
                             head_dim=256, d_ff=73728),
 }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Compute and memory beyond one forward pass
+
+
+def training_flops(n_params: float, n_tokens: float) -> float:
+    """C = 6 N D: training FLOPs of a model with ``n_params`` weights on ``n_tokens`` tokens."""
+    for value, name in ((n_params, "n_params"), (n_tokens, "n_tokens")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    return 6.0 * n_params * n_tokens
+
+
+@dataclass(frozen=True)
+class AttentionMemory:
+    """Bytes that naive attention holds for one layer: the (seq x seq) part and the linear part."""
+
+    scores: int  # the score matrix (batch, heads, seq, seq): grows as seq^2
+    qkvo: int  # q, k, v and the output (batch, heads, seq, head_dim): grows as seq
+
+    @property
+    def total(self) -> int:
+        return self.scores + self.qkvo
+
+    def __repr__(self) -> str:
+        return f"AttentionMemory(scores={self.scores:,} B, qkvo={self.qkvo:,} B, total={self.total:,} B)"
+
+
+def naive_attention_memory(
+    seq: int, heads: int, head_dim: int, dtype: torch.dtype = torch.float32, batch: int = 1
+) -> AttentionMemory:
+    """Bytes of the tensors that naive attention materialises, for the O(n^2) plot.
+
+    ``scores`` = batch * heads * seq^2 * itemsize: one score matrix (the softmax weights that
+    backward keeps are another of the same size). ``qkvo`` = 4 * batch * heads * seq * head_dim *
+    itemsize. FlashAttention never materialises ``scores``: only ``qkvo`` remains.
+    """
+    for value, name in ((seq, "seq"), (heads, "heads"), (head_dim, "head_dim"), (batch, "batch")):
+        require_positive_int(value, name)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return AttentionMemory(
+        scores=batch * heads * seq * seq * itemsize,
+        qkvo=4 * batch * heads * seq * head_dim * itemsize,
+    )

@@ -43,6 +43,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
+from llmlab.evaluation.perplexity import bits_per_byte, perplexity
 from llmlab.validate import require_int, require_positive_int
 
 __all__ = [
@@ -86,7 +87,7 @@ def apply_vocab(sequences: Iterable[Sequence[Hashable]], vocab: set) -> list[lis
 
 def ngrams(sequence: Sequence[Hashable], n: int, pad: bool = True) -> Iterable[tuple]:
     """The n-grams of ``sequence`` (left-padded with ``n - 1`` BOS markers when ``pad``)."""
-    _check_n(n)
+    _require_n(n)
     seq = ([BOS] * (n - 1) if pad else []) + list(sequence)
     return (tuple(seq[i : i + n]) for i in range(len(seq) - n + 1))
 
@@ -121,14 +122,12 @@ class Evaluation:
 
     @property
     def perplexity(self) -> float:
-        ce = self.cross_entropy
-        return math.inf if math.isinf(ce) or ce > 700 else math.exp(ce)
+        return perplexity(self.cross_entropy)
 
     def bits_per_byte(self, n_bytes: int) -> float:
         """Total NLL in bits divided by ``n_bytes``, the UTF-8 size of the evaluated text."""
-        if n_bytes <= 0:
-            raise ValueError(f"n_bytes: expected > 0, got {n_bytes}")
-        return math.inf if self.zero_prob_tokens else self.nll / math.log(2) / n_bytes
+        bits = bits_per_byte(self.nll, n_bytes)  # validates n_bytes
+        return math.inf if self.zero_prob_tokens else bits
 
 
 class NGramLM:
@@ -150,7 +149,7 @@ class NGramLM:
         k: float = 1.0,
         vocab_size: int | None = None,
     ):
-        _check_n(n)
+        _require_n(n)
         if smoothing not in SMOOTHINGS:
             raise ValueError(f"smoothing: expected one of {SMOOTHINGS}, got {smoothing!r}")
         if discount is not None and not 0.0 < discount < 1.0:
@@ -223,7 +222,7 @@ class NGramLM:
     @property
     def n_parameters(self) -> int:
         """How many counts the model stores (its 'size': it grows with the data)."""
-        self._check_fitted()
+        self._require_fitted()
         return sum(len(c) for table in self.counts.values() for c in table.values())
 
     # ----------------------------------------------------------------------------------------
@@ -231,7 +230,7 @@ class NGramLM:
 
     def prob(self, token: Hashable, context: Sequence[Hashable] = ()) -> float:
         """P(token | the last n - 1 tokens of ``context``), left-padded with BOS."""
-        self._check_fitted()
+        self._require_fitted()
         context = tuple(context)
         if len(context) < self.n - 1:
             context = (BOS,) * (self.n - 1 - len(context)) + context
@@ -271,7 +270,7 @@ class NGramLM:
 
     def evaluate(self, sequences: Iterable[Sequence[Hashable]]) -> Evaluation:
         """Total NLL of ``sequences`` (every token predicted from its n - 1 predecessors)."""
-        self._check_fitted()
+        self._require_fitted()
         nll, n_tokens, zeros = 0.0, 0, 0
         for seq in sequences:
             for gram in ngrams(seq, self.n):
@@ -293,7 +292,7 @@ class NGramLM:
         stream (``start=1``: the first token has no context to be predicted from), and the
         two can be compared token by token.
         """
-        self._check_fitted()
+        self._require_fitted()
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(tokens):
             raise ValueError(
                 f"start: expected an int in [0, len(tokens)={len(tokens)}], got {start!r}"
@@ -311,7 +310,7 @@ class NGramLM:
 
     def sample(self, length: int, context: Sequence[Hashable] = (), seed: int = 0) -> list:
         """Draw ``length`` tokens after ``context`` (default: start of text)."""
-        self._check_fitted()
+        self._require_fitted()
         require_int(length, "length", 0)
         rng = random.Random(seed)
         vocab = sorted(self.vocab, key=repr)  # a fixed order, so a seed gives one text
@@ -321,7 +320,7 @@ class NGramLM:
             out.append(rng.choices(vocab, weights=weights)[0])
         return out[len(context) :]
 
-    def _check_fitted(self) -> None:
+    def _require_fitted(self) -> None:
         if not self.fitted:
             raise RuntimeError("NGramLM: call fit(sequences) first")
 
@@ -330,5 +329,5 @@ class NGramLM:
         return f"NGramLM(n={self.n}, smoothing={self.smoothing!r}{state})"
 
 
-def _check_n(n) -> None:
+def _require_n(n) -> None:
     require_positive_int(n, "n")

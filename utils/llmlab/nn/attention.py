@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.nn.positional import apply_rotary
-from llmlab.validate import require_dims, require_float, require_positive_int
+from llmlab.validate import require_dims, require_float, require_positive_int, require_real
 
 if TYPE_CHECKING:
     from llmlab.nn.cache import KVCache
@@ -47,8 +46,6 @@ __all__ = [
     "repeat_kv",
     "MultiHeadAttention",
     "formula_attention",
-    "AttentionMemory",
-    "naive_attention_memory",
 ]
 
 
@@ -72,15 +69,12 @@ def scaled_dot_product_attention(
     weights (batch, heads, seq_q, seq_k) that multiplied v (after dropout, if any). Rows with
     every key masked give zero weights and a zero output.
     """
-    _check_qkv(q, k, v)
-    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
+    _require_qkv(q, k, v, mask, dropout_p)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])  # keeps the scores' variance ~1: see chapter 01
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (batch, heads, seq_q, seq_k)
     if mask is not None:
-        _check_mask(mask, scores.shape)
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
@@ -113,8 +107,8 @@ def causal_mask(
     (``torch``'s ``is_causal=True`` aligns top-left instead; both agree when seq_q == seq_k.)
     """
     seq_k = seq_q if seq_k is None else seq_k
-    require_positive_int(seq_q, "seq_q")
-    require_positive_int(seq_k, "seq_k")
+    for value, name in ((seq_q, "seq_q"), (seq_k, "seq_k")):
+        require_positive_int(value, name)
     if seq_k < seq_q:
         raise ValueError(
             f"seq_k: expected >= seq_q={seq_q} (the keys include the queries' own positions), "
@@ -132,44 +126,20 @@ def padding_mask(lengths_or_mask: torch.Tensor, seq: int | None = None) -> torch
     over heads and queries, so it only hides padded *keys*; a padded query still gets an
     output, which a loss should ignore.
     """
-    if not isinstance(lengths_or_mask, torch.Tensor):
-        raise TypeError(
-            f"lengths_or_mask: expected a torch.Tensor, got {type(lengths_or_mask).__name__}"
-        )
     x = lengths_or_mask
-    if x.is_floating_point() or x.is_complex():
-        raise TypeError(f"lengths_or_mask: expected an integer or bool tensor, got dtype {x.dtype}")
+    _require_lengths_or_mask(x, seq)
     if x.dim() == 2:
-        if seq is not None and seq != x.shape[1]:
-            raise ValueError(f"seq: expected {x.shape[1]} (the mask's width) or None, got {seq}")
         keep = x.bool()
-    elif x.dim() == 1:
-        if x.dtype == torch.bool:
-            raise TypeError(
-                "lengths_or_mask: lengths (batch,) must be integers, got dtype torch.bool"
-            )
-        if (x < 0).any():
-            raise ValueError(f"lengths_or_mask: lengths must be >= 0, got {x.tolist()}")
-        longest = int(x.max()) if x.numel() else 0
-        seq = longest if seq is None else seq
-        if seq < longest:
-            raise ValueError(f"seq: expected >= the longest length {longest}, got {seq}")
-        keep = torch.arange(seq, device=x.device)[None, :] < x[:, None]
     else:
-        raise ValueError(
-            "lengths_or_mask: expected lengths (batch,) or an attention mask (batch, seq), "
-            f"got shape {tuple(x.shape)}"
-        )
+        seq = (int(x.max()) if x.numel() else 0) if seq is None else seq
+        keep = torch.arange(seq, device=x.device)[None, :] < x[:, None]
     return keep[:, None, None, :]
 
 
 def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A bool mask (True = attend) as a float mask: 0 where True, -inf where False."""
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask: expected a torch.Tensor, got {type(mask).__name__}")
+    _require_mask(mask, "mask")
     if mask.dtype != torch.bool:
-        if not mask.is_floating_point():
-            raise TypeError(f"mask: expected a bool or float tensor, got dtype {mask.dtype}")
         return mask.to(dtype)
     zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     return zeros.masked_fill(~mask, float("-inf"))
@@ -184,17 +154,12 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
     """
     present = [m for m in masks if m is not None]
     for i, m in enumerate(present):
-        if not isinstance(m, torch.Tensor):
-            raise TypeError(f"masks[{i}]: expected a torch.Tensor or None, got {type(m).__name__}")
-        if m.dtype != torch.bool and not m.is_floating_point():
-            raise TypeError(f"masks[{i}]: expected a bool or float tensor, got dtype {m.dtype}")
+        _require_mask(m, f"masks[{i}]")
     if not present:
         return None
-    try:
-        torch.broadcast_shapes(*(m.shape for m in present))
-    except RuntimeError as err:
+    if _broadcast(*(m.shape for m in present)) is None:
         shapes = ", ".join(str(tuple(m.shape)) for m in present)
-        raise ValueError(f"masks: shapes {shapes} do not broadcast together") from err
+        raise ValueError(f"masks: expected shapes that broadcast together, got {shapes}")
     floats = [m for m in present if m.dtype != torch.bool]
     if not floats:
         out = present[0]
@@ -219,8 +184,6 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Grouped-query attention: each key/value head serves ``n_rep`` consecutive query heads
     (query head h uses kv head h // n_rep), the layout of LLaMA's ``repeat_kv``.
     """
-    require_dims(x, 4, "x", "(batch, kv_heads, seq, head_dim)")
-    require_positive_int(n_rep, "n_rep")
     if n_rep == 1:
         return x
     batch, kv_heads, seq, head_dim = x.shape
@@ -256,10 +219,9 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
     ):
         super().__init__()
-        require_positive_int(d_model, "d_model")
-        require_positive_int(n_heads, "n_heads")
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        require_positive_int(n_kv_heads, "n_kv_heads")
+        for value, name in ((d_model, "d_model"), (n_heads, "n_heads"), (n_kv_heads, "n_kv_heads")):
+            require_positive_int(value, name)
         if n_heads % n_kv_heads:
             raise ValueError(
                 f"n_kv_heads: expected a divisor of n_heads={n_heads}, got {n_kv_heads}"
@@ -310,33 +272,6 @@ class MultiHeadAttention(nn.Module):
         positions, ``rope`` must be computed at those positions, and the causal mask aligns
         the queries with the last keys.
         """
-        require_dims(x, 3, "x", "(batch, seq, d_model)")
-        require_float(x, "x")
-        if x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"x: expected last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
-            )
-        if context is not None:
-            require_dims(context, 3, "context", "(batch, seq_k, d_model)")
-            if context.shape[0] != x.shape[0] or context.shape[-1] != self.d_model:
-                raise ValueError(
-                    f"context: expected shape ({x.shape[0]}, seq_k, {self.d_model}), "
-                    f"got {tuple(context.shape)}"
-                )
-            if rope is not None:
-                raise ValueError(
-                    "rope: rotary embeddings apply to self-attention only (context is set)"
-                )
-        if cache is not None:
-            if context is not None:
-                raise ValueError("cache: a KV cache serves self-attention only (context is set)")
-            if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
-                raise TypeError(
-                    f"layer_idx: expected an int (this layer's slot in the cache), got "
-                    f"{type(layer_idx).__name__}"
-                )
-        if rope is not None and (not isinstance(rope, (tuple, list)) or len(rope) != 2):
-            raise TypeError(f"rope: expected a (cos, sin) pair, got {type(rope).__name__}")
         batch, seq_q, _ = x.shape
         source = x if context is None else context
         seq_k = source.shape[1]
@@ -415,85 +350,69 @@ def _fused_attention(q, k, v, mask, is_causal: bool, dropout_p: float, scale) ->
 
 
 # --------------------------------------------------------------------------------------------
-# The O(n^2) memory of naive attention
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AttentionMemory:
-    """Bytes that naive attention holds for one layer: the (seq x seq) part and the linear part."""
-
-    scores: int  # the score matrix (batch, heads, seq, seq): grows as seq^2
-    qkvo: int  # q, k, v and the output (batch, heads, seq, head_dim): grows as seq
-
-    @property
-    def total(self) -> int:
-        return self.scores + self.qkvo
-
-    def __repr__(self) -> str:
-        return f"AttentionMemory(scores={self.scores:,} B, qkvo={self.qkvo:,} B, total={self.total:,} B)"
-
-
-def naive_attention_memory(
-    seq: int, heads: int, head_dim: int, dtype: torch.dtype = torch.float32, batch: int = 1
-) -> AttentionMemory:
-    """Bytes of the tensors that naive attention materialises, for the O(n^2) plot.
-
-    ``scores`` = batch * heads * seq^2 * itemsize: one score matrix (the softmax weights that
-    backward keeps are another of the same size). ``qkvo`` = 4 * batch * heads * seq * head_dim *
-    itemsize. FlashAttention never materialises ``scores``: only ``qkvo`` remains.
-    """
-    for value, name in ((seq, "seq"), (heads, "heads"), (head_dim, "head_dim"), (batch, "batch")):
-        require_positive_int(value, name)
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return AttentionMemory(
-        scores=batch * heads * seq * seq * itemsize,
-        qkvo=4 * batch * heads * seq * head_dim * itemsize,
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
 
 
-def _check_qkv(q, k, v) -> None:
-    require_dims(q, 4, "q", "(batch, heads, seq_q, head_dim)")
-    require_dims(k, 4, "k", "(batch, heads, seq_k, head_dim)")
-    require_dims(v, 4, "v", "(batch, heads, seq_k, head_dim_v)")
+def _require_qkv(q, k, v, mask, dropout_p) -> None:
+    """The inputs of :func:`scaled_dot_product_attention`, checked once at that entry point."""
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        require_dims(t, 4, name, "(batch, heads, seq, head_dim)")
     require_float(q, "q")
-    for t, name in ((k, "k"), (v, "v")):
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    for t, name, shape, layout in (
+        (k, "k", (batch, heads, seq_k, head_dim), f"({batch}, {heads}, seq_k, {head_dim})"),
+        (v, "v", (batch, heads, seq_k), f"({batch}, {heads}, {seq_k}, head_dim_v)"),
+    ):
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: expected dtype {q.dtype} (the dtype of q), got {t.dtype}")
-    if k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1]:
+        if t.shape[: len(shape)] != shape:
+            raise ValueError(
+                f"{name}: expected shape {layout} to match q {tuple(q.shape)}, got {tuple(t.shape)}"
+            )
+    if not 0.0 <= require_real(dropout_p, "dropout_p") < 1.0:
+        raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
+    if mask is not None:
+        _require_mask(mask, "mask", (batch, heads, seq_q, seq_k))
+
+
+def _require_mask(mask, name: str, scores_shape: tuple[int, ...] | None = None) -> None:
+    """A bool or float mask; with ``scores_shape``, one that broadcasts to it."""
+    if not isinstance(mask, torch.Tensor) or not (
+        mask.dtype == torch.bool or mask.is_floating_point()
+    ):
+        got = f"dtype {mask.dtype}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{name}: expected a bool (True = attend) or float tensor, got {got}")
+    if scores_shape is not None and _broadcast(mask.shape, scores_shape) != scores_shape:
         raise ValueError(
-            f"k: expected shape ({q.shape[0]}, {q.shape[1]}, seq_k, {q.shape[-1]}) to match q "
-            f"{tuple(q.shape)}, got {tuple(k.shape)}"
-        )
-    if v.shape[:3] != k.shape[:3]:
-        raise ValueError(
-            f"v: expected shape ({k.shape[0]}, {k.shape[1]}, {k.shape[2]}, head_dim_v) to match k "
-            f"{tuple(k.shape)}, got {tuple(v.shape)}"
+            f"{name}: expected a shape broadcastable to (batch, heads, seq_q, seq_k) = "
+            f"{scores_shape}, got {tuple(mask.shape)}"
         )
 
 
-def _check_mask(mask, scores_shape: torch.Size) -> None:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask: expected a torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise TypeError(
-            f"mask: expected a bool (True = attend) or float tensor, got dtype {mask.dtype}"
-        )
-    ok = mask.dim() <= 4
-    if ok:
-        try:
-            ok = torch.broadcast_shapes(mask.shape, scores_shape) == scores_shape
-        except RuntimeError:
-            ok = False
-    if not ok:
+def _require_lengths_or_mask(x, seq) -> None:
+    """Integer lengths (batch,) in [0, seq], or an integer or bool mask (batch, seq)."""
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex():
+        got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"lengths_or_mask: expected an integer or bool tensor, got {got}")
+    if x.dim() == 2:
+        if seq not in (None, x.shape[1]):
+            raise ValueError(f"seq: expected {x.shape[1]} (the mask's width) or None, got {seq}")
+        return
+    if x.dim() != 1 or x.dtype == torch.bool:
         raise ValueError(
-            "mask: expected a shape broadcastable to (batch, heads, seq_q, seq_k) = "
-            f"{tuple(scores_shape)}, got {tuple(mask.shape)}"
+            "lengths_or_mask: expected integer lengths (batch,) or an attention mask "
+            f"(batch, seq), got {x.dtype} of shape {tuple(x.shape)}"
         )
+    if x.numel() and (int(x.min()) < 0 or seq is not None and int(x.max()) > seq):
+        upto = "" if seq is None else f" and <= seq={seq}"
+        raise ValueError(f"lengths_or_mask: expected lengths >= 0{upto}, got {x.tolist()}")
+
+
+def _broadcast(*shapes) -> tuple[int, ...] | None:
+    """The shape ``shapes`` broadcast to, or None when they do not broadcast."""
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        return None

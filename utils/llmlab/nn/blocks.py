@@ -32,7 +32,7 @@ from torch import nn
 from llmlab.nn.attention import MultiHeadAttention
 from llmlab.nn.ffn import ACTIVATIONS, FeedForward
 from llmlab.nn.norms import NORMS, make_norm
-from llmlab.validate import require_positive_int
+from llmlab.validate import require_positive_int, require_real
 
 if TYPE_CHECKING:
     from llmlab.nn.cache import KVCache
@@ -59,8 +59,13 @@ class BlockConfig:
     dropout: float = 0.0  # on attention weights, FFN hidden units and each residual branch
 
     def __post_init__(self):
+        # Stored back as Python numbers: np.int64(512) is accepted and kept as 512.
         for name in ("d_model", "n_heads", "d_ff"):
-            require_positive_int(getattr(self, name), name)
+            setattr(self, name, require_positive_int(getattr(self, name), name))
+        for name in ("n_kv_heads", "head_dim"):  # None: the default
+            if getattr(self, name) is not None:
+                setattr(self, name, require_positive_int(getattr(self, name), name))
+        self.dropout = require_real(self.dropout, "dropout")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:
@@ -88,18 +93,9 @@ def _norm(config: BlockConfig) -> nn.Module:
     return make_norm(config.norm, config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
-def _check_config(config) -> None:
+def _require_config(config) -> None:
     if not isinstance(config, BlockConfig):
         raise TypeError(f"config: expected a BlockConfig, got {type(config).__name__}")
-
-
-def _check_x(x, d_model: int, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 3 or x.shape[-1] != d_model:
-        raise ValueError(
-            f"{name}: expected 3 dims (batch, seq, d_model={d_model}), got shape {tuple(x.shape)}"
-        )
 
 
 class EncoderBlock(nn.Module):
@@ -111,7 +107,7 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, config: BlockConfig):
         super().__init__()
-        _check_config(config)
+        _require_config(config)
         self.config = config
         self.self_attn_norm = _norm(config)
         self.self_attn = _attention(config, is_causal=False)
@@ -135,7 +131,6 @@ class EncoderBlock(nn.Module):
         (batch, heads, seq, seq), e.g. ``llmlab.nn.attention.padding_mask(lengths)``. rope: (cos, sin)
         for RoPE. With ``return_weights`` also returns ``{"self": (batch, heads, seq, seq)}``.
         """
-        _check_x(x, self.config.d_model)
         weights = {}
 
         def attend(h):
@@ -160,7 +155,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, config: BlockConfig, cross_attention: bool = True):
         super().__init__()
-        _check_config(config)
+        _require_config(config)
         if cross_attention and config.parallel:
             raise ValueError("cross_attention: the parallel block has no cross-attention sub-layer")
         self.config = config
@@ -198,13 +193,10 @@ class DecoderBlock(nn.Module):
         cache, layer_idx: a KV cache and this block's slot in it, for the self-attention
         (x then holds only the new positions; see :class:`llmlab.nn.attention.MultiHeadAttention`).
         """
-        _check_x(x, self.config.d_model)
-        if self.has_cross_attention:
-            if memory is None:
-                raise ValueError("memory: this block has cross-attention; pass the encoder output")
-            _check_x(memory, self.config.d_model, "memory")
-        elif memory is not None or memory_mask is not None:
-            raise ValueError("memory: this block was built with cross_attention=False")
+        # Without memory cross_attn would silently self-attend; without cross_attn memory is unused.
+        if self.has_cross_attention == (memory is None):
+            want = "the encoder output" if self.has_cross_attention else "None (no cross-attention)"
+            raise ValueError(f"memory: expected {want}, got {type(memory).__name__}")
         weights = {}
 
         def attend(h):

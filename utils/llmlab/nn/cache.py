@@ -27,8 +27,7 @@ class KVCache:
     """Per-layer keys and values, grown along the sequence dim (dim 2) one call at a time."""
 
     def __init__(self, n_layers: int):
-        require_positive_int(n_layers, "n_layers")
-        self.n_layers = n_layers
+        self.n_layers = require_positive_int(n_layers, "n_layers")
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
 
@@ -42,13 +41,6 @@ class KVCache:
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this call's ``k``, ``v`` (batch, heads, new, head_dim) to ``layer``; return all."""
-        if not 0 <= layer < self.n_layers:
-            raise IndexError(f"layer: expected 0 <= layer < {self.n_layers}, got {layer}")
-        if k.dim() != 4 or v.dim() != 4:
-            raise ValueError(
-                f"k, v: expected 4 dims (batch, heads, seq, head_dim), got {tuple(k.shape)}, "
-                f"{tuple(v.shape)}"
-            )
         if self.keys[layer] is not None:
             k = torch.cat([self.keys[layer], k], dim=2)
             v = torch.cat([self.values[layer], v], dim=2)
@@ -64,7 +56,7 @@ class KVCache:
 
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on (e.g. to rewind to a shared prompt)."""
-        require_int(length, "length", 0)
+        length = require_int(length, "length", 0)
         for i in range(self.n_layers):
             if self.keys[i] is not None:
                 self.keys[i] = self.keys[i][:, :, :length]

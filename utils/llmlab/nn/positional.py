@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from llmlab.validate import require_dims, require_positive_int
+from llmlab.validate import require_dims, require_float, require_positive_int
 
 __all__ = [
     "sinusoidal_encoding",
@@ -58,8 +59,8 @@ def sinusoidal_encoding(
     each pair of dimensions is a clock at its own frequency, from one turn per 2*pi positions
     (i = 0) to one per 2*pi*base positions, so PE[pos + k] is a fixed rotation of PE[pos].
     """
-    require_positive_int(seq, "seq")
-    require_positive_int(d_model, "d_model")
+    for value, name in ((seq, "seq"), (d_model, "d_model")):
+        require_positive_int(value, name)
     if d_model % 2:
         raise ValueError(f"d_model: expected an even number (sin/cos pairs), got {d_model}")
     position = torch.arange(seq, device=device, dtype=torch.float32)[:, None]
@@ -85,8 +86,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
         self.register_buffer("table", sinusoidal_encoding(max_seq, d_model, base), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        _check_positions(positions, self.max_seq)
-        return self.table[positions]
+        return _lookup(self.table, positions)
 
 
 class LearnedPositionalEmbedding(nn.Embedding):
@@ -97,16 +97,15 @@ class LearnedPositionalEmbedding(nn.Embedding):
     """
 
     def __init__(self, max_seq: int, d_model: int):
-        require_positive_int(max_seq, "max_seq")
-        require_positive_int(d_model, "d_model")
+        for value, name in ((max_seq, "max_seq"), (d_model, "d_model")):
+            require_positive_int(value, name)
         super().__init__(max_seq, d_model)
         self.max_seq = max_seq
         self.d_model = d_model
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        _check_positions(positions, self.max_seq)
-        return super().forward(positions)
+        return _lookup(self.weight, positions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,46 +175,11 @@ def apply_rotary(
     Afterwards (R_m q) . (R_n k) = q . R_(n-m) k: the score depends on the offset n - m only.
     Computed in x's dtype, as in transformers.
     """
-    require_dims(x, 4, "x", "(batch, heads, seq, head_dim)")
-    if not x.is_floating_point():
-        raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
-    batch, _, seq, head_dim = x.shape
-    if head_dim % 2:
-        raise ValueError(f"x: expected an even head_dim, got shape {tuple(x.shape)}")
-    for t, name in ((cos, "cos"), (sin, "sin")):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dim() not in (2, 3) or t.shape[-1] != head_dim:
-            raise ValueError(
-                f"{name}: expected (max_seq, {head_dim}) or (batch, seq, {head_dim}), "
-                f"got shape {tuple(t.shape)}"
-            )
-    if cos.shape != sin.shape:
-        raise ValueError(
-            f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}"
-        )
-
+    _require_rotary(x, cos, sin, positions)
     if positions is not None:
-        if cos.dim() != 2:
-            raise ValueError(
-                f"cos: positions index a table (max_seq, head_dim), got shape {tuple(cos.shape)}"
-            )
-        if positions.dim() not in (1, 2) or positions.shape[-1] != seq:
-            raise ValueError(
-                f"positions: expected ({seq},) or (batch, {seq}), got shape {tuple(positions.shape)}"
-            )
-        _check_positions(positions, cos.shape[0])
-        cos, sin = cos[positions], sin[positions]  # (seq, head_dim) or (batch, seq, head_dim)
+        cos, sin = _lookup(cos, positions), _lookup(sin, positions)  # ([batch,] seq, head_dim)
     elif cos.dim() == 2:
-        if cos.shape[0] < seq:
-            raise ValueError(
-                f"cos: expected at least {seq} rows (x's seq), got shape {tuple(cos.shape)}"
-            )
-        cos, sin = cos[:seq], sin[:seq]
-    elif cos.shape[1] != seq or cos.shape[0] not in (1, batch):
-        raise ValueError(
-            f"cos: expected shape ({batch}, {seq}, {head_dim}), got {tuple(cos.shape)}"
-        )
+        cos, sin = cos[: x.shape[2]], sin[: x.shape[2]]
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -240,12 +204,6 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(positions, torch.Tensor) or positions.is_floating_point():
-            raise TypeError(f"positions: expected an integer tensor, got {_describe(positions)}")
-        if positions.dim() not in (1, 2):
-            raise ValueError(
-                f"positions: expected (seq,) or (batch, seq), got shape {tuple(positions.shape)}"
-            )
         cos, sin = _rope_cos_sin(positions, self.inv_freq)
         if dtype is not None:
             cos, sin = cos.to(dtype), sin.to(dtype)
@@ -296,8 +254,8 @@ def alibi_bias(
     attention, combined with the causal mask by ``llmlab.nn.attention.combine_masks``.
     """
     seq_k = seq_q if seq_k is None else seq_k
-    require_positive_int(seq_q, "seq_q")
-    require_positive_int(seq_k, "seq_k")
+    for value, name in ((seq_q, "seq_q"), (seq_k, "seq_k")):
+        require_positive_int(value, name)
     q_pos = torch.arange(seq_k - seq_q, seq_k, device=device)[:, None]
     k_pos = torch.arange(seq_k, device=device)[None, :]
     distance = (q_pos - k_pos).abs().float()  # (seq_q, seq_k)
@@ -310,19 +268,42 @@ def alibi_bias(
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(x) -> str:
-    return f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+def _lookup(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows ``positions`` of ``table``: (...) -> (..., table's width).
 
-
-def _check_positions(positions, max_seq: int) -> None:
-    if (
-        not isinstance(positions, torch.Tensor)
-        or positions.is_floating_point()
-        or positions.dtype == torch.bool
-    ):
-        raise TypeError(f"positions: expected an integer tensor, got {_describe(positions)}")
-    if positions.numel() and (positions.min() < 0 or positions.max() >= max_seq):
+    No range check up front (reading positions' min and max would wait for the GPU); a position
+    outside the table raises IndexError on the CPU, reported here with the table's length.
+    """
+    try:
+        return F.embedding(positions, table)
+    except IndexError:
+        max_seq = table.shape[0]
         raise ValueError(
             f"positions: expected values in [0, {max_seq}) (max_seq={max_seq}), "
             f"got min {int(positions.min())}, max {int(positions.max())}"
+        ) from None
+
+
+def _require_rotary(x, cos, sin, positions) -> None:
+    """The inputs of :func:`apply_rotary`, checked once at that entry point."""
+    require_dims(x, 4, "x", "(batch, heads, seq, head_dim)")
+    require_float(x, "x")
+    batch, _, seq, head_dim = x.shape
+    if positions is not None and (positions.dim() not in (1, 2) or positions.shape[-1] != seq):
+        raise ValueError(
+            f"positions: expected ({seq},) or (batch, {seq}), got shape {tuple(positions.shape)}"
         )
+    shape = tuple(cos.shape) if isinstance(cos, torch.Tensor) else ()
+    if positions is not None:  # a table, looked up at positions
+        want, ok = f"(max_seq, {head_dim})", len(shape) == 2 and shape[1] == head_dim
+    else:  # the first seq rows of a table, or per-batch values
+        want = f"(max_seq >= {seq}, {head_dim}) or ({batch}, {seq}, {head_dim})"
+        ok = (len(shape) == 2 and shape[0] >= seq and shape[1] == head_dim) or (
+            len(shape) == 3 and shape[0] in (1, batch) and shape[1:] == (seq, head_dim)
+        )
+    if not ok:
+        got = shape if isinstance(cos, torch.Tensor) else type(cos).__name__
+        raise ValueError(f"cos: expected {want}, got {got}")
+    if not isinstance(sin, torch.Tensor) or sin.shape != cos.shape:
+        got = tuple(sin.shape) if isinstance(sin, torch.Tensor) else type(sin).__name__
+        raise ValueError(f"sin: expected the shape of cos {shape}, got {got}")

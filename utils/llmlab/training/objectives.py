@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from llmlab.validate import require_int
+from llmlab.training.losses import IGNORE_INDEX
+from llmlab.validate import require_int, require_positive_int, require_real
 
 __all__ = [
     "IGNORE_INDEX",
@@ -45,31 +46,28 @@ __all__ = [
     "mlm_mask",
     "nsp_pairs",
     "bert_pair_batch",
+    "random_segmentation",
     "span_corruption_mask",
     "span_corruption",
     "undo_span_corruption",
     "span_corruption_batch",
 ]
 
-#: Target value of positions that are not scored (``F.cross_entropy``'s default ignore_index).
-IGNORE_INDEX = -100
-
 
 # --------------------------------------------------------------------------------------------
 # Argument checks
 
 
-def _check_prob(value: Any, name: str, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+def _require_prob(value: Any, name: str, low_open: bool = False) -> float:
+    value = require_real(value, name)
     ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
     if not ok:
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise ValueError(f"{name}: expected a probability in {interval}, got {value!r}")
-    return float(value)
+    return value
 
 
-def _check_generator(generator: Any) -> torch.Generator | None:
+def _require_generator(generator: Any) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator: expected a torch.Generator or None, got {type(generator).__name__}"
@@ -87,12 +85,7 @@ def _as_ids(seq: Any, name: str) -> list[int]:
         return seq.tolist()
     if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
         raise TypeError(f"{name}: expected a sequence of token ids, got {type(seq).__name__}")
-    out = []
-    for x in seq:
-        if isinstance(x, bool) or not isinstance(x, int):
-            raise TypeError(f"{name}: expected int token ids, got a {type(x).__name__}")
-        out.append(x)
-    return out
+    return [require_int(x, name, None) for x in seq]  # numpy ids become Python ints
 
 
 def _id_set(ids: Any, name: str, vocab_size: int | None = None) -> list[int]:
@@ -120,14 +113,14 @@ def pad_sequences(
 
     ``length`` defaults to the longest sequence; a longer sequence raises ValueError.
     """
-    require_int(pad_value, "pad_value", None)
+    pad_value = require_int(pad_value, "pad_value", None)
     rows = [_as_ids(s, f"sequences[{i}]") for i, s in enumerate(sequences)]
     if not rows:
         raise ValueError("sequences: expected at least one sequence, got none")
     longest = max(len(r) for r in rows)
     if length is None:
         length = longest
-    require_int(length, "length", 0)
+    length = require_int(length, "length", 0)
     if longest > length:
         raise ValueError(f"length: {length} is shorter than the longest sequence ({longest})")
     out = torch.full((len(rows), length), pad_value, dtype=torch.int64)
@@ -147,7 +140,7 @@ def causal_lm_batch(
     targets, so padding is never scored. No randomness: the same documents, the same batch.
     """
     if max_len is not None:
-        require_int(max_len, "max_len", 1)
+        max_len = require_int(max_len, "max_len", 1)
     docs = [_as_ids(d, f"documents[{i}]") for i, d in enumerate(documents)]
     if not docs:
         raise ValueError("documents: expected at least one document, got none")
@@ -197,17 +190,17 @@ def mlm_mask(
         raise TypeError(f"input_ids: expected a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.is_complex():
         raise TypeError(f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}")
-    require_int(vocab_size, "vocab_size", 2)
-    require_int(mask_id, "mask_id", 0)
+    vocab_size = require_int(vocab_size, "vocab_size", 2)
+    mask_id = require_int(mask_id, "mask_id", 0)
     if mask_id >= vocab_size:
         raise ValueError(f"mask_id: expected an id in [0, vocab_size={vocab_size}), got {mask_id}")
     specials = _id_set(special_ids, "special_ids", vocab_size)
-    mlm_prob = _check_prob(mlm_prob, "mlm_prob")
-    mask_frac = _check_prob(mask_frac, "mask_frac")
-    random_frac = _check_prob(random_frac, "random_frac")
+    mlm_prob = _require_prob(mlm_prob, "mlm_prob")
+    mask_frac = _require_prob(mask_frac, "mask_frac")
+    random_frac = _require_prob(random_frac, "random_frac")
     if mask_frac + random_frac > 1.0 + 1e-12:
         raise ValueError(f"mask_frac + random_frac: expected <= 1, got {mask_frac} + {random_frac}")
-    _check_generator(generator)
+    _require_generator(generator)
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
         raise ValueError(
             f"input_ids: expected ids in [0, vocab_size={vocab_size}), got values in "
@@ -254,8 +247,8 @@ def nsp_pairs(
     A negative never comes from the same document, so it cannot be the true next sentence.
     ``is_next`` is an int64 tensor of shape (n_examples,).
     """
-    _check_generator(generator)
-    next_prob = _check_prob(next_prob, "next_prob")
+    _require_generator(generator)
+    next_prob = _require_prob(next_prob, "next_prob")
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
         raise TypeError(f"documents: expected a list of documents, got {type(documents).__name__}")
     docs = list(documents)
@@ -304,7 +297,7 @@ def bert_pair_batch(
     """
     for name, value in (("cls_id", cls_id), ("sep_id", sep_id), ("pad_id", pad_id)):
         require_int(value, name, 0)
-    require_int(max_len, "max_len", 5)
+    max_len = require_int(max_len, "max_len", 5)
     if len(sentences_a) != len(sentences_b):
         raise ValueError(
             f"sentences_b: expected {len(sentences_a)} sentences (one per "
@@ -332,11 +325,15 @@ def bert_pair_batch(
 # Span corruption (T5)
 
 
-def _random_segmentation(n: int, k: int, generator: torch.Generator | None) -> list[int]:
+def random_segmentation(n: int, k: int, generator: torch.Generator | None) -> list[int]:
     """``k`` positive lengths summing to ``n``, uniformly among such splits (k - 1 cuts).
 
     Always one draw, ``torch.randperm(n - 1)``, even when k == 1 (chapter 03's lab matches it).
     """
+    n = require_positive_int(n, "n")
+    k = require_positive_int(k, "k")
+    if k > n:
+        raise ValueError(f"k: expected at most n={n} segments, got {k}")
     cuts = sorted((torch.randperm(n - 1, generator=generator)[: k - 1] + 1).tolist())
     edges = [0, *cuts, n]
     return [b - a for a, b in zip(edges, edges[1:], strict=False)]
@@ -357,16 +354,16 @@ def span_corruption_mask(
     runs the same way. The text alternates kept run 0, noise span 0, kept run 1, ...: it
     always starts with kept tokens and ends with a noise span, and spans never touch.
     """
-    require_int(length, "length", 2)
-    noise_density = _check_prob(noise_density, "noise_density", low_open=True)
+    length = require_int(length, "length", 2)
+    noise_density = _require_prob(noise_density, "noise_density", low_open=True)
     if isinstance(mean_span, bool) or not isinstance(mean_span, (int, float)) or mean_span < 1:
         raise ValueError(f"mean_span: expected a number >= 1, got {mean_span!r}")
-    _check_generator(generator)
+    _require_generator(generator)
     n_noise = min(max(round(length * noise_density), 1), length - 1)
     n_kept = length - n_noise
     k = min(max(round(n_noise / mean_span), 1), n_noise, n_kept)
-    noise_lengths = _random_segmentation(n_noise, k, generator)
-    kept_lengths = _random_segmentation(n_kept, k, generator)
+    noise_lengths = random_segmentation(n_noise, k, generator)
+    kept_lengths = random_segmentation(n_kept, k, generator)
     mask = torch.zeros(length, dtype=torch.bool)
     start = 0
     for kept, noise in zip(kept_lengths, noise_lengths, strict=True):
@@ -376,7 +373,7 @@ def span_corruption_mask(
     return mask
 
 
-def _check_sentinels(sentinel_ids: Any) -> list[int]:
+def _require_sentinels(sentinel_ids: Any) -> list[int]:
     if isinstance(sentinel_ids, torch.Tensor):
         sentinel_ids = sentinel_ids.tolist()
     ids = _as_ids(sentinel_ids, "sentinel_ids")
@@ -401,7 +398,7 @@ def span_corruption(
     not occur in ``ids``. :func:`undo_span_corruption` splices the spans back.
     """
     tokens = _as_ids(ids, "ids")
-    sentinels = _check_sentinels(sentinel_ids)
+    sentinels = _require_sentinels(sentinel_ids)
     if set(tokens) & set(sentinels):
         raise ValueError("ids: contains sentinel ids; sentinels must be reserved tokens")
     mask = span_corruption_mask(len(tokens), noise_density, mean_span, generator).tolist()
@@ -433,7 +430,7 @@ def undo_span_corruption(
     """The original ids from (encoder_inputs, decoder_targets): each sentinel in the inputs
     is replaced by the tokens that follow it in the targets, up to the next sentinel."""
     inputs, targets = _as_ids(inputs, "inputs"), _as_ids(targets, "targets")
-    sentinels = set(_check_sentinels(sentinel_ids))
+    sentinels = set(_require_sentinels(sentinel_ids))
     spans: dict[int, list[int]] = {}
     current = None
     for token in targets:
@@ -470,7 +467,7 @@ def span_corruption_batch(
     is teacher-forced: its input is the target shifted right behind ``start_id`` (T5 uses the
     pad id, the default); ``labels`` are the targets, :data:`IGNORE_INDEX` on padding.
     """
-    require_int(pad_id, "pad_id", 0)
+    pad_id = require_int(pad_id, "pad_id", 0)
     start_id = pad_id if start_id is None else require_int(start_id, "start_id", 0)
     if len(documents) == 0:
         raise ValueError("documents: expected at least one document, got none")

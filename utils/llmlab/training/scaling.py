@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from llmlab.models.counting import training_flops
 from llmlab.validate import require_int
 
 __all__ = [
@@ -168,14 +169,6 @@ def leave_one_out(N: Sequence[float], L: Sequence[float], **kwargs) -> list[Powe
         keep[i] = False
         fits.append(fit_power_law(n[keep], loss[keep], **kwargs))
     return fits
-
-
-def training_flops(n_params: float, n_tokens: float) -> float:
-    """C = 6 N D: training FLOPs of a model with ``n_params`` weights on ``n_tokens`` tokens."""
-    for value, name in ((n_params, "n_params"), (n_tokens, "n_tokens")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name}: expected a number > 0, got {value!r}")
-    return 6.0 * n_params * n_tokens
 
 
 def chinchilla_optimal(
