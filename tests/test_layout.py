@@ -46,3 +46,14 @@ def test_lazy_submodules_are_the_homes():
     homes = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     modules = {p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("_")}
     assert llmlab._SUBMODULES == homes | modules
+
+
+def test_the_checkout_is_found_from_the_package():
+    """Paths derived from the package's place (the README map, benchmark results, the
+    kernels' PYTHONPATH for headless runs) must survive moving a module into a subpackage."""
+    from llmlab.course import repo_root
+    from llmlab.course.notebooks import _kernel_pythonpath
+
+    root = repo_root()
+    assert root is not None and (root / "utils" / "llmlab" / "__init__.py").is_file()
+    assert str(root / "utils") in _kernel_pythonpath().split(":")

@@ -81,7 +81,9 @@ def patched_environ(overrides: Mapping[str, str] | None) -> Iterator[None]:
 def _kernel_pythonpath() -> str:
     """``PYTHONPATH`` for the kernel: the current one, plus the folder holding ``llmlab`` when
     that folder is a source checkout (``utils/``) rather than site-packages."""
-    package_parent = str(Path(__file__).resolve().parents[1])
+    from llmlab.course import package_dir
+
+    package_parent = str(package_dir().parent)
     current = os.environ.get("PYTHONPATH", "")
     entries = [entry for entry in current.split(os.pathsep) if entry]
     site_dirs = {

@@ -13,7 +13,7 @@ def lm_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Mean cross-entropy of next-token predictions, optionally label-smoothed.
 

@@ -27,3 +27,39 @@ def lazily(ops: dict, build) -> dict:
     and impossible on some machines) only happens for the providers a run times.
     """
     return {name: (lambda make=make: build(make())) for name, make in ops.items()}
+
+
+def row_cases(
+    scale: str,
+    rows: int,
+    cols: tuple[int, ...],
+    quick_cols: tuple[int, ...],
+    cpu_cols: tuple[int, ...],
+) -> list:
+    """Cases of a row-wise kernel (softmax, RMSNorm, SwiGLU): ``rows`` x each width in ``cols``.
+
+    Forward and backward in float16 and bfloat16 (``"quick"``: bfloat16 and ``quick_cols``
+    only); the CPU smoke scale runs 8 float32 rows of each of ``cpu_cols``, forward only.
+    """
+    from llmlab.bench import Case
+
+    if scale == "cpu":
+        return [
+            Case(
+                "float32, forward",
+                n,
+                {"rows": 8, "cols": n, "dtype": "float32", "direction": "forward"},
+            )
+            for n in cpu_cols
+        ]
+    dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
+    return [
+        Case(
+            f"{dtype}, {direction}",
+            n,
+            {"rows": rows, "cols": n, "dtype": dtype, "direction": direction},
+        )
+        for dtype in dtypes
+        for direction in ("forward", "backward")
+        for n in (quick_cols if scale == "quick" else cols)
+    ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from llmlab.bench import Benchmark, Case
-from llmlab.bench.specs import lazily
+from llmlab.bench.specs import lazily, row_cases
 from llmlab.kernels.rmsnorm import reference, rms_norm
 
 
@@ -22,27 +22,7 @@ def torch_rms_norm(x, weight, eps=1e-6):
 
 
 def _cases(scale: str) -> list[Case]:
-    if scale == "cpu":
-        return [
-            Case(
-                "float32, forward",
-                d,
-                {"rows": 8, "cols": d, "dtype": "float32", "direction": "forward"},
-            )
-            for d in (16, 100)
-        ]
-    cols = (1024, 4096, 16384) if scale == "quick" else (1024, 2048, 4096, 8192, 16384)
-    dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
-    return [
-        Case(
-            f"{dtype}, {direction}",
-            d,
-            {"rows": 16384, "cols": d, "dtype": dtype, "direction": direction},
-        )
-        for dtype in dtypes
-        for direction in ("forward", "backward")
-        for d in cols
-    ]
+    return row_cases(scale, 16384, (1024, 2048, 4096, 8192, 16384), (1024, 4096, 16384), (16, 100))
 
 
 def _work(case: Case) -> float:

@@ -9,32 +9,14 @@ from __future__ import annotations
 import torch
 
 from llmlab.bench import Benchmark, Case
-from llmlab.bench.specs import lazily
+from llmlab.bench.specs import lazily, row_cases
 from llmlab.kernels.softmax import reference, softmax
 
 
 def _cases(scale: str) -> list[Case]:
-    if scale == "cpu":
-        return [
-            Case(
-                "float32, forward",
-                n,
-                {"rows": 8, "cols": n, "dtype": "float32", "direction": "forward"},
-            )
-            for n in (16, 100)
-        ]
-    cols = (1024, 4096, 16384) if scale == "quick" else (1024, 2048, 4096, 8192, 16384, 32768)
-    dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
-    return [
-        Case(
-            f"{dtype}, {direction}",
-            n,
-            {"rows": 4096, "cols": n, "dtype": dtype, "direction": direction},
-        )
-        for dtype in dtypes
-        for direction in ("forward", "backward")
-        for n in cols
-    ]
+    return row_cases(
+        scale, 4096, (1024, 2048, 4096, 8192, 16384, 32768), (1024, 4096, 16384), (16, 100)
+    )
 
 
 def _work(case: Case) -> float:

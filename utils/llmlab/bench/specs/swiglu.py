@@ -10,32 +10,12 @@ from __future__ import annotations
 import torch
 
 from llmlab.bench import Benchmark, Case
-from llmlab.bench.specs import lazily
+from llmlab.bench.specs import lazily, row_cases
 from llmlab.kernels.swiglu import reference, swiglu
 
 
 def _cases(scale: str) -> list[Case]:
-    if scale == "cpu":
-        return [
-            Case(
-                "float32, forward",
-                n,
-                {"rows": 8, "cols": n, "dtype": "float32", "direction": "forward"},
-            )
-            for n in (64, 256)
-        ]
-    cols = (1536, 8192) if scale == "quick" else (1536, 2048, 4096, 8192, 14336)
-    dtypes = ("bfloat16",) if scale == "quick" else ("float16", "bfloat16")
-    return [
-        Case(
-            f"{dtype}, {direction}",
-            n,
-            {"rows": 8192, "cols": n, "dtype": dtype, "direction": direction},
-        )
-        for dtype in dtypes
-        for direction in ("forward", "backward")
-        for n in cols
-    ]
+    return row_cases(scale, 8192, (1536, 2048, 4096, 8192, 14336), (1536, 8192), (64, 256))
 
 
 def _work(case: Case) -> float:
