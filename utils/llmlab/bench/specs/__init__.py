@@ -29,6 +29,29 @@ def lazily(ops: dict, build) -> dict:
     return {name: (lambda make=make: build(make())) for name, make in ops.items()}
 
 
+def forward_or_backward(
+    ops: dict, direction: str, inputs: tuple, n_grad: int | None = None
+) -> dict:
+    """:func:`lazily` builders that time one call of each provider's op on ``inputs``
+    (``direction="forward"``), or the backward of one call with respect to the first
+    ``n_grad`` inputs (default: all of them) against random output gradients."""
+    import torch
+
+    n_grad = len(inputs) if n_grad is None else n_grad
+
+    def forward(op):
+        return lambda: op(*inputs)
+
+    def backward(op):
+        leaves = tuple(t.detach().requires_grad_() for t in inputs[:n_grad])
+        outs = op(*leaves, *inputs[n_grad:])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        grads = tuple(torch.randn_like(o) for o in outs)
+        return lambda: torch.autograd.grad(outs, leaves, grads, retain_graph=True)
+
+    return lazily(ops, forward if direction == "forward" else backward)
+
+
 def row_cases(
     scale: str,
     rows: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from llmlab.bench import Benchmark, Case
-from llmlab.bench.specs import lazily, row_cases
+from llmlab.bench.specs import forward_or_backward, row_cases
 from llmlab.kernels.rmsnorm import reference, rms_norm
 
 
@@ -43,16 +43,7 @@ def _setup(case: Case, device) -> dict:
         "compile": lambda: torch.compile(reference),
     }
 
-    def forward(op):
-        return lambda: op(x, weight)
-
-    def backward(op):
-        xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
-        y = op(xg, wg)
-        dy = torch.randn_like(y)
-        return lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True)
-
-    return lazily(ops, forward if p["direction"] == "forward" else backward)
+    return forward_or_backward(ops, p["direction"], (x, weight))
 
 
 def benchmarks() -> list[Benchmark]:

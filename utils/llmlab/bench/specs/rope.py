@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from llmlab.bench import Benchmark, Case
-from llmlab.bench.specs import lazily
+from llmlab.bench.specs import forward_or_backward
 from llmlab.kernels.rope import reference, rope_qk
 
 
@@ -74,16 +74,8 @@ def _setup(case: Case, device) -> dict:
         "compile": lambda: torch.compile(eager_qk),
     }
 
-    def forward(op):
-        return lambda: op(q, k, cos, sin)
-
-    def backward(op):
-        qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
-        outs = op(qg, kg, cos, sin)
-        grads = tuple(torch.randn_like(o) for o in outs)
-        return lambda: torch.autograd.grad(outs, (qg, kg), grads, retain_graph=True)
-
-    return lazily(ops, forward if p["direction"] == "forward" else backward)
+    # backward: the gradients of q and k (cos and sin are constants)
+    return forward_or_backward(ops, p["direction"], (q, k, cos, sin), n_grad=2)
 
 
 def benchmarks() -> list[Benchmark]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from llmlab.bench import Benchmark, Case
-from llmlab.bench.specs import lazily, row_cases
+from llmlab.bench.specs import forward_or_backward, row_cases
 from llmlab.kernels.softmax import reference, softmax
 
 
@@ -35,16 +35,7 @@ def _setup(case: Case, device) -> dict:
         "compile": lambda: torch.compile(reference),
     }
 
-    def forward(op):
-        return lambda: op(x)
-
-    def backward(op):
-        xg = x.detach().requires_grad_()
-        y = op(xg)
-        dy = torch.randn_like(y)
-        return lambda: torch.autograd.grad(y, xg, dy, retain_graph=True)
-
-    return lazily(ops, forward if p["direction"] == "forward" else backward)
+    return forward_or_backward(ops, p["direction"], (x,))
 
 
 def benchmarks() -> list[Benchmark]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from llmlab.bench import Benchmark, Case
-from llmlab.bench.specs import lazily, row_cases
+from llmlab.bench.specs import forward_or_backward, row_cases
 from llmlab.kernels.swiglu import reference, swiglu
 
 
@@ -34,16 +34,7 @@ def _setup(case: Case, device) -> dict:
         "compile": lambda: torch.compile(reference),
     }
 
-    def forward(op):
-        return lambda: op(gate, up)
-
-    def backward(op):
-        g, u = gate.detach().requires_grad_(), up.detach().requires_grad_()
-        h = op(g, u)
-        dh = torch.randn_like(h)
-        return lambda: torch.autograd.grad(h, (g, u), dh, retain_graph=True)
-
-    return lazily(ops, forward if p["direction"] == "forward" else backward)
+    return forward_or_backward(ops, p["direction"], (gate, up))
 
 
 def benchmarks() -> list[Benchmark]:
