@@ -26,9 +26,9 @@ from llmlab.models import (
     flops_per_token,
     matmul_parameters,
     parameter_breakdown,
-    relative_position_bucket,
 )
 from llmlab.nn.attention import formula_attention
+from llmlab.nn.positional import relative_position_bucket
 
 transformers.logging.set_verbosity_error()
 

@@ -24,11 +24,7 @@ from llmlab.models.counting import (
     matmul_parameters,
     parameter_breakdown,
 )
-from llmlab.models.encoder_decoder import (
-    EncoderDecoder,
-    EncoderDecoderConfig,
-    relative_position_bucket,
-)
+from llmlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from llmlab.models.gpt import GPT, gpt2_state_dict
 from llmlab.models.llama import (
     Llama,
@@ -62,7 +58,6 @@ __all__ = [
     "load_smollm2_llama",
     "bert_state_dict",
     "t5_state_dict",
-    "relative_position_bucket",
     "count_parameters",
     "parameter_breakdown",
     "matmul_parameters",

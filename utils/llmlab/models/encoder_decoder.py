@@ -15,7 +15,7 @@ right. Two conventions of the same design, chosen by the config:
   (``tied_scale="input"``).
 - **T5** (Raffel et al. 2020, :class:`~llmlab.models.T5Config`): no positions in the embeddings
   but a learned bias per head and relative-distance bucket added to every attention score
-  (one table per stack, :class:`RelativePositionBias`), RMSNorm, no biases, attention scale
+  (one table per stack, :class:`llmlab.nn.positional.RelativePositionBias`), RMSNorm, no biases, attention scale
   1.0, and the decoder output multiplied by d_model^-0.5 before the tied head
   (``tied_scale="output"``).
 
@@ -37,75 +37,14 @@ from llmlab.models.configs import EncoderDecoderConfig
 from llmlab.nn.attention import combine_masks, padding_mask
 from llmlab.nn.blocks import DecoderBlock, EncoderBlock
 from llmlab.nn.norms import make_norm
-from llmlab.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
+from llmlab.nn.positional import (
+    LearnedPositionalEmbedding,
+    RelativePositionBias,
+    SinusoidalPositionalEmbedding,
+)
 from llmlab.validate import require_token_ids
 
-__all__ = [
-    "EncoderDecoderConfig",
-    "EncoderDecoder",
-    "RelativePositionBias",
-    "relative_position_bucket",
-]
-
-# --------------------------------------------------------------------------------------------
-# T5's relative positions
-
-
-def relative_position_bucket(
-    relative_position: torch.Tensor,
-    bidirectional: bool = True,
-    num_buckets: int = 32,
-    max_distance: int = 128,
-) -> torch.Tensor:
-    """Bucket index in [0, num_buckets) for each distance ``key_pos - query_pos`` (T5).
-
-    bidirectional (encoder): half the buckets for keys on the right (distance > 0), half for
-    the left and the query itself. Unidirectional (decoder): keys on the right never occur
-    (causal), every bucket serves the distances looking back. Within a half, the first half of
-    the buckets are exact distances 0, 1, ...; the rest grow logarithmically up to
-    ``max_distance`` and saturate there.
-    """
-    if not isinstance(relative_position, torch.Tensor) or relative_position.is_floating_point():
-        raise TypeError("relative_position: expected an integer tensor of key - query distances")
-    if num_buckets < 2 or (bidirectional and num_buckets < 4):
-        raise ValueError(f"num_buckets: expected >= 4 (>= 2 unidirectional), got {num_buckets}")
-    buckets = torch.zeros_like(relative_position)
-    n = num_buckets
-    if bidirectional:
-        n //= 2
-        buckets = buckets + (relative_position > 0).long() * n  # keys to the right: upper half
-        distance = relative_position.abs()
-    else:
-        distance = (-relative_position).clamp(min=0)  # looking back only
-    exact = n // 2
-    if max_distance <= exact:
-        raise ValueError(
-            f"max_distance: expected > {exact} (the exact buckets), got {max_distance}"
-        )
-    # log-spaced buckets: exact + log(d / exact) / log(max_distance / exact) * (n - exact)
-    scaled = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
-    large = (exact + (scaled * (n - exact)).long()).clamp(max=n - 1)
-    return buckets + torch.where(distance < exact, distance, large)
-
-
-class RelativePositionBias(nn.Module):
-    """One learned scalar per (bucket, head): the additive mask (1, heads, seq_q, seq_k)."""
-
-    def __init__(self, num_buckets: int, n_heads: int, max_distance: int, bidirectional: bool):
-        super().__init__()
-        self.embedding = nn.Embedding(num_buckets, n_heads)
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
-        self.bidirectional = bidirectional
-
-    def forward(self, seq_q: int, seq_k: int, device=None) -> torch.Tensor:
-        query = torch.arange(seq_k - seq_q, seq_k, device=device)[:, None]  # last seq_q positions
-        key = torch.arange(seq_k, device=device)[None, :]
-        bucket = relative_position_bucket(
-            key - query, self.bidirectional, self.num_buckets, self.max_distance
-        )
-        return self.embedding(bucket).permute(2, 0, 1).unsqueeze(0)
-
+__all__ = ["EncoderDecoderConfig", "EncoderDecoder"]
 
 # --------------------------------------------------------------------------------------------
 # The model

@@ -7,7 +7,7 @@
 T5 is :class:`~llmlab.models.encoder_decoder.EncoderDecoder` with T5's choices
 (:class:`~llmlab.models.T5Config`): no position enters the embeddings; instead each attention
 score gets a learned scalar per head that depends on the *bucketed* distance key - query
-(:func:`~llmlab.models.encoder_decoder.relative_position_bucket`: distances 0..7 have a bucket
+(:func:`~llmlab.nn.positional.relative_position_bucket`: distances 0..7 have a bucket
 each, longer ones share logarithmically wider buckets up to ``max_distance``). The encoder's
 buckets distinguish left from right; the decoder's only look back. One bias table per stack,
 computed once and added in every layer. There are no biases in any matrix, the norm is

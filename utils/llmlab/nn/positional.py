@@ -1,4 +1,4 @@
-"""Position information for attention: sinusoidal, learned, RoPE and ALiBi.
+"""Position information for attention: sinusoidal, learned, RoPE, ALiBi and T5's relative buckets.
 
 Attention alone is blind to order (permute the keys and values together and the output does
 not change), so every Transformer injects positions somewhere:
@@ -7,7 +7,9 @@ not change), so every Transformer injects positions somewhere:
   :class:`LearnedPositionalEmbedding` table (GPT-2, BERT);
 - rotating q and k inside attention: RoPE (Su et al. 2021; LLaMA, SmolLM2), see
   :func:`rope_frequencies`, :func:`apply_rotary`, :class:`RotaryEmbedding`;
-- a bias on the attention scores: ALiBi (Press et al. 2022), see :func:`alibi_bias`.
+- a bias on the attention scores: ALiBi (Press et al. 2022), see :func:`alibi_bias`, or T5's
+  learned bias per bucket of relative distance, see :func:`relative_position_bucket` and
+  :class:`RelativePositionBias`.
 
 RoPE convention. Here RoPE uses the **rotate-half** layout of HF LLaMA (GPT-NeoX): dimension i
 of the first half pairs with dimension i + head_dim/2, and the pair rotates by angle
@@ -38,6 +40,8 @@ __all__ = [
     "RotaryEmbedding",
     "alibi_slopes",
     "alibi_bias",
+    "relative_position_bucket",
+    "RelativePositionBias",
 ]
 
 
@@ -307,3 +311,63 @@ def _require_rotary(x, cos, sin, positions) -> None:
     if not isinstance(sin, torch.Tensor) or sin.shape != cos.shape:
         got = tuple(sin.shape) if isinstance(sin, torch.Tensor) else type(sin).__name__
         raise ValueError(f"sin: expected the shape of cos {shape}, got {got}")
+
+
+# --------------------------------------------------------------------------------------------
+# Relative position buckets (T5)
+
+
+def relative_position_bucket(
+    relative_position: torch.Tensor,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> torch.Tensor:
+    """Bucket index in [0, num_buckets) for each distance ``key_pos - query_pos`` (T5).
+
+    bidirectional (encoder): half the buckets for keys on the right (distance > 0), half for
+    the left and the query itself. Unidirectional (decoder): keys on the right never occur
+    (causal), every bucket serves the distances looking back. Within a half, the first half of
+    the buckets are exact distances 0, 1, ...; the rest grow logarithmically up to
+    ``max_distance`` and saturate there.
+    """
+    if not isinstance(relative_position, torch.Tensor) or relative_position.is_floating_point():
+        raise TypeError("relative_position: expected an integer tensor of key - query distances")
+    if num_buckets < 2 or (bidirectional and num_buckets < 4):
+        raise ValueError(f"num_buckets: expected >= 4 (>= 2 unidirectional), got {num_buckets}")
+    buckets = torch.zeros_like(relative_position)
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        buckets = buckets + (relative_position > 0).long() * n  # keys to the right: upper half
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)  # looking back only
+    exact = n // 2
+    if max_distance <= exact:
+        raise ValueError(
+            f"max_distance: expected > {exact} (the exact buckets), got {max_distance}"
+        )
+    # log-spaced buckets: exact + log(d / exact) / log(max_distance / exact) * (n - exact)
+    scaled = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+    large = (exact + (scaled * (n - exact)).long()).clamp(max=n - 1)
+    return buckets + torch.where(distance < exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """One learned scalar per (bucket, head): the additive mask (1, heads, seq_q, seq_k)."""
+
+    def __init__(self, num_buckets: int, n_heads: int, max_distance: int, bidirectional: bool):
+        super().__init__()
+        self.embedding = nn.Embedding(num_buckets, n_heads)
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.bidirectional = bidirectional
+
+    def forward(self, seq_q: int, seq_k: int, device=None) -> torch.Tensor:
+        query = torch.arange(seq_k - seq_q, seq_k, device=device)[:, None]  # last seq_q positions
+        key = torch.arange(seq_k, device=device)[None, :]
+        bucket = relative_position_bucket(
+            key - query, self.bidirectional, self.num_buckets, self.max_distance
+        )
+        return self.embedding(bucket).permute(2, 0, 1).unsqueeze(0)
