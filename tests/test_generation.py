@@ -437,6 +437,9 @@ def test_token_log_probs_of_a_greedy_text_are_each_steps_maximum():
     full = torch.cat([prompt, new], 1)
     steps = model(full)[:, 2:-1].log_softmax(-1)
     assert torch.allclose(lp, steps.amax(-1), atol=1e-6) and lp.shape == (1, 8)
+    # the first new token is scored given the prompt: an empty prompt has nothing to give
+    with pytest.raises(ValueError, match=r"prompt_ids: expected seq >= 1"):
+        ev.token_log_probs(model, prompt[:, :0], new)
 
 
 # --------------------------------------------------------------------------------------------

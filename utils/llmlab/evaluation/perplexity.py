@@ -94,7 +94,7 @@ def token_log_probs(
     One forward pass over prompt + continuation (teacher forcing). The mean is a text's average
     log-probability; ``exp(-mean)`` its perplexity under the model.
     """
-    require_token_ids(prompt_ids, "prompt_ids")
+    require_token_ids(prompt_ids, "prompt_ids", min_seq=1)  # the first new token needs a context
     require_token_ids(new_ids, "new_ids", batch=prompt_ids.shape[0])
     if new_ids.shape[1] == 0:
         return torch.zeros(prompt_ids.shape[0], 0)

@@ -149,9 +149,9 @@ class CausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _init_weights(module: nn.Module) -> None:
-    # GPT-2's initialisation: N(0, 0.02) for every matrix, zero biases (norms keep ones/zeros).
+def _init_weights(module: nn.Module, std: float = 0.02) -> None:
+    # GPT-2's initialisation: N(0, std) for every matrix, zero biases (norms keep ones/zeros).
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        nn.init.normal_(module.weight, mean=0.0, std=std)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)

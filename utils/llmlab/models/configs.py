@@ -250,20 +250,17 @@ class EncoderDecoderConfig:
     pad_id: int | None = None
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "num_buckets", "max_distance"):
-            setattr(self, name, require_positive_int(getattr(self, name), name))
-        self.n_layers = require_int(self.n_layers, "n_layers", 0)
+        _require_sizes(
+            self,
+            ("vocab_size", "d_model", "n_heads", "d_ff", "num_buckets", "max_distance", "head_dim"),
+            ("head_dim",),
+        )
+        self.n_layers = require_int(self.n_layers, "n_layers", 0)  # 0: no encoder blocks
         if self.n_decoder_layers is None:
             self.n_decoder_layers = self.n_layers
         self.n_decoder_layers = require_int(self.n_decoder_layers, "n_decoder_layers", 0)
         if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(
-                    f"n_heads: expected a divisor of d_model={self.d_model} (or set head_dim), "
-                    f"got {self.n_heads}"
-                )
             self.head_dim = self.d_model // self.n_heads
-        self.head_dim = require_positive_int(self.head_dim, "head_dim")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions: expected one of {POSITIONS}, got {self.positions!r}")
         if self.positions != "relative":
@@ -278,7 +275,6 @@ class EncoderDecoderConfig:
                 raise ValueError(
                     f"pad_id: expected an id in [0, {self.vocab_size}), got {self.pad_id}"
                 )
-        self.dropout = require_real(self.dropout, "dropout")
         self.block_config()  # validates the block's fields
 
     def block_config(self) -> BlockConfig:

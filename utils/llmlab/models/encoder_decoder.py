@@ -28,11 +28,13 @@ Targets are right-padded, so the causal mask already keeps real positions from s
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
+from llmlab.models.causal_lm import _init_weights
 from llmlab.models.configs import EncoderDecoderConfig
 from llmlab.nn.attention import combine_masks, padding_mask
 from llmlab.nn.blocks import DecoderBlock, EncoderBlock
@@ -48,16 +50,6 @@ __all__ = ["EncoderDecoderConfig", "EncoderDecoder"]
 
 # --------------------------------------------------------------------------------------------
 # The model
-
-
-def _init_normal(std: float):
-    def init(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-
-    return init
 
 
 class EncoderDecoder(nn.Module):
@@ -98,7 +90,7 @@ class EncoderDecoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.init_std is not None:
-            self.apply(_init_normal(config.init_std))
+            self.apply(functools.partial(_init_weights, std=config.init_std))
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
