@@ -13,12 +13,14 @@ import math
 import nbformat
 import pytest
 import torch
-from check_contract import CheckContract
+import torch.nn.functional as F
+from check_contract import CheckContract, student_copy
 from nbformat.v4 import new_code_cell, new_notebook
 
 import llmlab.checks as checks
-from llmlab.checks import Case, compare_tensors, evaluate, run_check
+from llmlab.checks import Case, compare_tensors, describe, describe_inputs, evaluate, run_check
 from llmlab.checks.start_here import warmup as sh
+from llmlab.inference import generation
 
 CHECKS = {
     "check_stable_softmax": (sh.check_stable_softmax, sh.reference_softmax),
@@ -90,7 +92,8 @@ def softmax_sum_over_everything(x, dim=-1):
 
 
 def softmax_float32(x, dim=-1):
-    return torch.softmax(x.float(), dim=dim)
+    z = x.float() - x.float().amax(dim=dim, keepdim=True)
+    return z.exp() / z.exp().sum(dim=dim, keepdim=True)
 
 
 def softmax_in_place(x, dim=-1):
@@ -112,7 +115,7 @@ def log_softmax_forgets_max(x, dim=-1):
 
 
 def log_softmax_wrong_axis(x, dim=-1):
-    return torch.log_softmax(x, dim=0)
+    return x - torch.logsumexp(x, dim=0, keepdim=True)
 
 
 def cross_entropy_sum(logits, targets):
@@ -141,11 +144,16 @@ def cross_entropy_2d_only(logits, targets):
 
 
 def cross_entropy_shape_1(logits, targets):
-    return sh.reference_cross_entropy(logits, targets).reshape(1)
+    return cross_entropy_by_gather(logits, targets).reshape(1)
+
+
+#: The reference as if a student had typed it: mutants build on it without calling the check's
+#: own reference (which the check flags).
+apply_temperature_copy = student_copy(sh.reference_apply_temperature)
 
 
 def temperature_multiplies(logits, temperature):
-    sh.reference_apply_temperature(logits, temperature)  # validation right, formula wrong
+    apply_temperature_copy(logits, temperature)  # validation right, formula wrong
     return logits * temperature
 
 
@@ -171,14 +179,20 @@ def temperature_allows_inf(logits, temperature):
     return logits / temperature
 
 
+def temperature_allows_nan(logits, temperature):
+    if temperature <= 0 or math.isinf(temperature):  # NaN passes both tests
+        raise ValueError("temperature must be a finite number > 0")
+    return logits / temperature
+
+
 def temperature_floats_only(logits, temperature):
     if not isinstance(temperature, float):
         raise TypeError("temperature must be a float")
-    return sh.reference_apply_temperature(logits, temperature)
+    return apply_temperature_copy(logits, temperature)
 
 
 def temperature_in_place(logits, temperature):
-    sh.reference_apply_temperature(logits, temperature)
+    apply_temperature_copy(logits, temperature)
     return logits.div_(temperature)
 
 
@@ -225,10 +239,10 @@ MUTANTS = [
     ("check_log_softmax", log_softmax_unstable, "large logits (around 1000)", "inf"),
     ("check_log_softmax", log_softmax_forgets_max, "1-D vector of 5", "max abs error"),
     ("check_log_softmax", log_softmax_wrong_axis, "(3, 7) rows", "max abs error"),
-    ("check_cross_entropy", cross_entropy_sum, "(4, 10) logits", "mean, not sum"),
+    ("check_cross_entropy", cross_entropy_sum, "(4, 10) logits", "4 times the expected value"),
     ("check_cross_entropy", cross_entropy_wrong_axis, "(4, 10) logits", "max abs error"),
     ("check_cross_entropy", cross_entropy_unstable, "large logits (x1000)", "inf"),
-    ("check_cross_entropy", cross_entropy_no_minus, "(4, 10) logits", "max abs error"),
+    ("check_cross_entropy", cross_entropy_no_minus, "(4, 10) logits", "with the wrong sign"),
     (
         "check_cross_entropy",
         cross_entropy_2d_only,
@@ -266,16 +280,82 @@ MUTANTS = [
         "infinite temperature is rejected",
         "ValueError",
     ),
+    ("check_apply_temperature", temperature_allows_nan, "NaN temperature is rejected", "isfinite"),
     ("check_apply_temperature", temperature_floats_only, "integer temperature 3", "TypeError"),
     ("check_apply_temperature", temperature_in_place, "temperature 0.5 sharpens", "in place"),
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Answers that call the library op the exercise asks for: flagged
+
+
+def softmax_functional(x, dim=-1):
+    return F.softmax(x, dim=dim)
+
+
+def softmax_method(x, dim=-1):
+    return x.softmax(dim)
+
+
+def log_softmax_functional(x, dim=-1):
+    return F.log_softmax(x, dim=dim)
+
+
+def cross_entropy_nll(logits, targets):
+    vocab = logits.shape[-1]
+    return F.nll_loss(torch.log_softmax(logits, -1).reshape(-1, vocab), targets.reshape(-1))
+
+
+def cross_entropy_module(logits, targets):
+    vocab = logits.shape[-1]
+    return torch.nn.CrossEntropyLoss()(logits.reshape(-1, vocab), targets.reshape(-1))
+
+
+def temperature_library(logits, temperature):
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError("temperature must be a finite number > 0")
+    return generation.apply_temperature(logits, temperature)
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    ("check_stable_softmax", student_copy(sh.reference_softmax), "torch.softmax"),
+    ("check_stable_softmax", softmax_functional, "torch.nn.functional.softmax"),
+    ("check_stable_softmax", softmax_method, "torch.Tensor.softmax"),
+    ("check_log_softmax", student_copy(sh.reference_log_softmax), "torch.log_softmax"),
+    ("check_log_softmax", log_softmax_functional, "torch.nn.functional.log_softmax"),
+    (
+        "check_cross_entropy",
+        student_copy(sh.reference_cross_entropy),
+        "torch.nn.functional.cross_entropy",
+    ),
+    ("check_cross_entropy", cross_entropy_nll, "torch.nn.functional.nll_loss"),
+    (
+        "check_cross_entropy",
+        cross_entropy_module,
+        "torch.nn.modules.loss.CrossEntropyLoss.__init__",
+    ),
+    (
+        "check_apply_temperature",
+        temperature_library,
+        "llmlab.inference.generation.apply_temperature",
+    ),
+]
+
+
+def test_cross_entropy_names_a_sum_and_a_sign_only_when_they_are_the_slip():
+    assert "4 times the expected value" in sh.check_cross_entropy(cross_entropy_sum).message
+    assert "wrong sign" in sh.check_cross_entropy(cross_entropy_no_minus).message
+    message = sh.check_cross_entropy(cross_entropy_wrong_axis).message
+    assert "wrong sign" not in message and "times the expected" not in message
 
 
 def test_check_does_not_move_the_global_seed():
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    sh.check_stable_softmax(sh.reference_softmax)
+    assert sh.check_stable_softmax(softmax_by_hand).passed
     assert torch.equal(torch.rand(3), before)
 
 
@@ -365,7 +445,7 @@ def test_result_shows_its_message_once():
 
 def test_registry_keeps_the_latest_result_per_exercise():
     sh.check_stable_softmax(softmax_naive)
-    sh.check_stable_softmax(sh.reference_softmax)
+    sh.check_stable_softmax(softmax_by_hand)
     sh.check_log_softmax(log_softmax_of_softmax)
     recorded = checks.results()
     assert list(recorded) == ["stable_softmax", "log_softmax"]
@@ -378,7 +458,7 @@ def test_log_gets_one_json_line_per_check_run(tmp_path, monkeypatch):
     log = tmp_path / "checks.jsonl"
     monkeypatch.setenv(checks.LOG_ENV_VAR, str(log))
     first = sh.check_stable_softmax(softmax_naive)
-    second = sh.check_cross_entropy(sh.reference_cross_entropy)
+    second = sh.check_cross_entropy(cross_entropy_by_gather)
     lines = log.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2
     records = [json.loads(line) for line in lines]
@@ -392,7 +472,7 @@ def test_log_gets_one_json_line_per_check_run(tmp_path, monkeypatch):
 def test_unwritable_log_warns_but_does_not_crash(tmp_path, monkeypatch):
     monkeypatch.setenv(checks.LOG_ENV_VAR, str(tmp_path / "missing" / "checks.jsonl"))
     with pytest.warns(UserWarning, match="could not write the check log"):
-        result = sh.check_stable_softmax(sh.reference_softmax)
+        result = sh.check_stable_softmax(softmax_by_hand)
     assert result.passed
 
 
@@ -410,8 +490,11 @@ def test_in_a_notebook_the_message_appears_once(tmp_path):
     nb = new_notebook(
         cells=[
             new_code_cell(
-                "from llmlab.checks.start_here.warmup import check_stable_softmax, reference_softmax\n"
-                "check_stable_softmax(reference_softmax)"
+                "from llmlab.checks.start_here.warmup import check_stable_softmax\n"
+                "def softmax(x, dim=-1):\n"
+                "    e = (x - x.amax(dim=dim, keepdim=True)).exp()\n"
+                "    return e / e.sum(dim=dim, keepdim=True)\n"
+                "check_stable_softmax(softmax)"
             )
         ]
     )
@@ -424,3 +507,122 @@ def test_in_a_notebook_the_message_appears_once(tmp_path):
     nbformat.write(nb, path)
     output = text_outputs(execute_notebook(path, timeout=120))
     assert output.count("stable_softmax: passed") == 1, output
+
+
+# --------------------------------------------------------------------------------------------
+# Case inputs in words: never a number cut short, long values summarised
+
+
+class _Settings:
+    """A case's settings with their own repr, as the driver-based checks have."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "names", "expected"),
+    [
+        ((0.05, None), {"eps": 1e-5}, ["clip_norm", "lr"], "clip_norm=0.05, lr=None, eps=1e-05"),
+        ((123456789012345678901234567890,), {}, ["n"], "n=123456789012345678901234567890"),
+        (
+            (torch.zeros(2, 3),),
+            {"mask": torch.ones(3, dtype=torch.bool)},
+            ["x"],
+            "x: shape (2, 3) float32, mask: shape (3,) bool",
+        ),
+        (
+            ([[1, 2, 3, 4], [1, 2, 3, 4]], 2),
+            {},
+            ["signatures", "bands"],
+            "signatures=[[1, 2, 3, 4], [1, 2, 3, 4]], bands=2",
+        ),
+        (([[7] * 8] * 30,), {}, ["signatures"], "signatures: a list of 30 lists"),
+        (([torch.zeros(1), torch.zeros(2)],), {}, ["xs"], "xs: a list of 2 tensors"),
+        (
+            ({f"layer.{i}.weight": torch.zeros(1) for i in range(9)},),
+            {},
+            ["weights"],
+            "weights: a dict with 9 keys ('layer.0.weight', 'layer.1.weight', ...)",
+        ),
+        ((list(range(60)),), {}, ["word"], "word: a list of 60 ints (0, 1, 2, 3, 4, 5, 6"),
+        (
+            ({1 / 2**i for i in range(12)},),
+            {},
+            ["a"],
+            "a: a set of 12 floats (0.00048828125, 0.0009765625, 0.001953125, ...)",
+        ),
+        ((["word"] * 3,), {}, ["words"], "words=['word', 'word', 'word']"),
+        (("short text",), {}, ["text"], "text='short text'"),
+        (("many words " * 20,), {}, ["text"], "text='many words many words many words many words "),
+        (
+            (_Settings("1 micro-batch of 4x6, clip_norm=None, sgd lr=0.5, 3 steps"),),
+            {},
+            ["steps"],
+            "steps=1 micro-batch of 4x6, clip_norm=None, sgd lr=0.5, 3 steps",
+        ),
+    ],
+)
+def test_describe_inputs_shows_numbers_whole_and_summarises_long_values(
+    args, kwargs, names, expected
+):
+    assert expected in describe_inputs(args, kwargs, names)
+
+
+def test_describe_inputs_cuts_a_long_repr_between_its_parts_only():
+    settings = _Settings(", ".join(f"value_{i}={i / 7:.6f}" for i in range(30)))
+    text = describe_inputs((settings,), {}, ["case"])
+    assert text.startswith("case=value_0=0.000000, value_1=0.142857") and text.endswith(", ...")
+    shown = text.removeprefix("case=").removesuffix(", ...").split(", ")
+    assert all(part in repr(settings).split(", ") for part in shown)  # no part cut in two
+    assert len(text) < 130
+
+
+def test_describe_inputs_never_calls_a_list_a_tensor():
+    for value in ([1.0, 2.0], [[1.0], [2.0]], list(range(100)), (0.5,) * 40):
+        assert "tensor" not in describe_inputs((value,), {}, ["x"])
+        assert "tensor" not in describe(value)
+
+
+def test_describe_says_what_a_value_holds():
+    assert describe("0.5") == "a str '0.5'"
+    assert describe("x" * 100) == "a str of 100 characters"
+    assert describe({"a": 1}) == "a dict with 1 key"
+    assert describe({1, 2}) == "a set of 2 items"
+    assert describe([0.5]) == "a list of length 1"
+
+
+def test_short_cuts_between_words_never_inside_a_number():
+    text = "max abs error 0.123456789 exceeds the tolerance 0.000012345"
+    assert checks._short(text, 40) == "max abs error 0.123456789 exceeds the..."
+    assert checks._short(text, 200) == text
+
+
+def test_a_case_hint_is_given_for_wrong_values_only():
+    cases = [Case("ones", (torch.ones(3),), hint="double it")]
+
+    def reference(x):
+        return 2 * x
+
+    def returns_none(x):
+        return None
+
+    def returns_a_list(x):
+        return [2.0, 2.0, 2.0]
+
+    def raises(x):
+        raise RuntimeError("boom")
+
+    def wrong(x):
+        return 3 * x
+
+    def hint_of(fn):
+        return evaluate("double", fn, reference, cases).message.split("Hint: ")[1]
+
+    assert hint_of(wrong).startswith("double it")
+    assert hint_of(returns_none).startswith("your function returned None")
+    assert hint_of(returns_a_list).startswith("return a float32 torch.Tensor")
+    assert hint_of(raises).startswith("the error is in your code")

@@ -12,7 +12,7 @@ from collections import Counter
 from check_contract import CheckContract
 
 from llmlab.checks.model_families import bpe as tk
-from llmlab.tokenization import pretokenize
+from llmlab.tokenization import BPETokenizer, bytes_to_unicode, pretokenize, train_bpe
 
 CHECKS = {
     "check_get_pair_counts": (tk.check_get_pair_counts, tk.reference_get_pair_counts),
@@ -253,6 +253,25 @@ def train_keeps_going_with_empty_pairs(text, n_merges):
     return merges + [(0, 0)] * (n_merges - len(merges))
 
 
+def train_counts_after_merging(text, n_merges):
+    # Tests the number of merges after adding one: n_merges = 0 still gets one merge.
+    words = Counter(tuple(p.encode("utf-8")) for p in pretokenize(text))
+    merges = []
+    while True:
+        counts = tk.reference_get_pair_counts(dict(words))
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        new_id = 256 + len(merges)
+        words = Counter(
+            {tuple(tk.reference_merge_pair(list(w), best, new_id)): f for w, f in words.items()}
+        )
+        merges.append(best)
+        if len(merges) >= n_merges:
+            break
+    return merges
+
+
 def train_chars_not_bytes(text, n_merges):
     words = Counter(tuple(ord(c) for c in p) for p in pretokenize(text))
     merges = []
@@ -453,6 +472,12 @@ MUTANTS = [
     ),
     (
         "check_train_bpe",
+        train_counts_after_merging,
+        "no merge asked: 'abc abc', 0 merges",
+        "expected 0 merges, received 1",
+    ),
+    (
+        "check_train_bpe",
         train_chars_not_bytes,
         "multi-byte UTF-8: 'héllo héllo wörld', 5 merges",
         "expected the pair",
@@ -468,6 +493,56 @@ MUTANTS = [
     ("check_decode", decode_latin1, "'é' split over two tokens", "expected 'é'"),
     ("check_decode", decode_chr, "merged tokens", "expected"),
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Answers that call a library tokenizer: flagged (each translates between the library's
+# byte-character tokens and the lab's ids, so they would otherwise pass)
+
+BYTE_CHARS = bytes_to_unicode()
+
+
+def train_with_the_library(text, n_merges):
+    tokenizer = train_bpe(text, 256 + n_merges)
+    ids = {BYTE_CHARS[b]: b for b in range(256)}
+    merges = []
+    for left, right in tokenizer.merges:
+        merges.append((ids[left], ids[right]))
+        ids[left + right] = 255 + len(merges)
+    return merges
+
+
+def _library_tokenizer(merges):
+    tokens = {i: BYTE_CHARS[i] for i in range(256)}
+    pairs = []
+    for i, (left, right) in enumerate(merges):
+        tokens[256 + i] = tokens[left] + tokens[right]
+        pairs.append((tokens[left], tokens[right]))
+    return BPETokenizer({t: i for i, t in tokens.items()}, pairs)
+
+
+def encode_with_the_library(text, merges):
+    return _library_tokenizer(merges).encode(text)
+
+
+def decode_with_the_library(ids, vocab):
+    chars = {i: "".join(BYTE_CHARS[b] for b in token) for i, token in vocab.items()}
+    return BPETokenizer({c: i for i, c in chars.items()}, []).decode(ids)
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    ("check_train_bpe", train_with_the_library, "llmlab.tokenization.train_bpe"),
+    ("check_encode", encode_with_the_library, "llmlab.tokenization.BPETokenizer.__init__"),
+    ("check_decode", decode_with_the_library, "llmlab.tokenization.BPETokenizer.__init__"),
+]
+
+
+def test_the_library_answers_would_pass_unflagged(monkeypatch):
+    # What FORBIDDEN flags is a real shortcut: without the forbid lists, these pass.
+    monkeypatch.setattr(tk, "FORBID_TOKENIZERS", ())
+    assert tk.check_encode(encode_with_the_library).passed
+    assert tk.check_decode(decode_with_the_library).passed
 
 
 def test_case_hints_point_at_the_mistake():

@@ -11,11 +11,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from check_contract import CheckContract
+from check_contract import CheckContract, student_copy
 
 from llmlab.checks.model_families import llama_block as mf
 from llmlab.models import LlamaConfig
 from llmlab.models.causal_lm import CausalLM
+from llmlab.nn.ffn import FeedForward
 
 CHECKS = {
     "check_rms_norm": (mf.check_rms_norm, mf.reference_rms_norm),
@@ -50,6 +51,10 @@ class TestContract(CheckContract):
 
 def rms_torch(x, weight, eps=1e-5):
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def rms_divide_by_sqrt(x, weight, eps=1e-5):
+    return weight * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
 def rms_layer_norm(x, weight, eps=1e-5):
@@ -221,8 +226,11 @@ block_no_mlp_residual = make_block(residual=(True, False))
 block_one_norm_weight = make_block(norm_names=("input", "input"))
 
 
+llama_block_copy = student_copy(mf.reference_llama_block)  # the reference, typed by a student
+
+
 def block_eps_ignored(x, weights, cos, sin, n_heads, n_kv_heads, eps=1e-5):
-    return mf.reference_llama_block(x, weights, cos, sin, n_heads, n_kv_heads)
+    return llama_block_copy(x, weights, cos, sin, n_heads, n_kv_heads)
 
 
 def block_from_llmlab(x, weights, cos, sin, n_heads, n_kv_heads, eps=1e-5):
@@ -258,12 +266,41 @@ def block_from_llmlab(x, weights, cos, sin, n_heads, n_kv_heads, eps=1e-5):
 # Correct variants pass; each mutant fails on the case that exposes it
 
 CORRECT_VARIANTS = [
-    ("check_rms_norm", rms_torch),
+    ("check_rms_norm", rms_divide_by_sqrt),
     ("check_swiglu_mlp", swiglu_linear),
     ("check_llama_attention", attn_correct),
-    ("check_llama_attention", attn_sdpa),
     ("check_llama_block", block_correct),
-    ("check_llama_block", block_from_llmlab),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Answers that call the library op the exercise asks for: flagged (rms_torch, attn_sdpa and
+# block_from_llmlab compute the right values)
+
+
+def swiglu_llmlab(x, gate_w, up_w, down_w):
+    ffn = FeedForward(x.shape[-1], gate_w.shape[0], activation="swiglu", bias=False).to(x.dtype)
+    with torch.no_grad():
+        for linear, w in ((ffn.gate_proj, gate_w), (ffn.up_proj, up_w), (ffn.down_proj, down_w)):
+            linear.weight.copy_(w)
+        return ffn(x)
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    ("check_rms_norm", rms_torch, "torch.nn.functional.rms_norm"),
+    ("check_swiglu_mlp", swiglu_llmlab, "llmlab.nn.ffn.FeedForward.__init__"),
+    (
+        "check_llama_attention",
+        attn_sdpa,
+        "torch.nn.functional.scaled_dot_product_attention",
+    ),
+    (
+        "check_llama_attention",
+        student_copy(mf.reference_llama_attention),
+        "llmlab.nn.positional.apply_rotary",
+    ),
+    ("check_llama_block", block_from_llmlab, "llmlab.models.causal_lm.CausalLM.__init__"),
 ]
 
 

@@ -8,7 +8,8 @@ implemented", garbage never raises, and the notebook's global seed does not move
 from __future__ import annotations
 
 import torch
-from check_contract import CheckContract
+from check_contract import CheckContract, student_copy
+from transformers.generation.logits_process import TopPLogitsWarper
 
 from llmlab.checks.model_families import top_p as dc
 
@@ -221,7 +222,9 @@ def sample_argmax(logits, generator):
 
 
 def sample_global_rng(logits, generator):
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+    with torch.random.fork_rng(devices=[]):  # the global RNG, in a state fixed for the test
+        torch.manual_seed(1234)
+        return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
 
 
 def sample_keeps_dim(logits, generator):
@@ -266,7 +269,7 @@ MUTANTS = [
         "check_apply_temperature",
         temperature_returns_probs,
         "T = 1 changes nothing",
-        "max abs error",
+        "looks like probabilities",
     ),
     ("check_apply_temperature", temperature_ignored, "T = 0.5 sharpens: (2, 10)", "max abs error"),
     ("check_apply_temperature", temperature_to_float32, "float64 logits", "dtype float64"),
@@ -286,7 +289,12 @@ MUTANTS = [
     ("check_top_k_filter", top_k_zero_instead_of_minus_inf, "k = 1 keeps the argmax", "received 0"),
     ("check_top_k_filter", top_k_smallest, "k = 1 keeps the argmax", "received -inf"),
     ("check_top_k_filter", top_k_in_place, "k = 1 keeps the argmax", "in place"),
-    ("check_top_k_filter", top_k_returns_probs, "k = 1 keeps the argmax", "where inf was expected"),
+    (
+        "check_top_k_filter",
+        top_k_returns_probs,
+        "k = 1 keeps the argmax",
+        "looks like probabilities",
+    ),
     (
         "check_top_p_filter",
         top_p_drops_the_crossing_token,
@@ -301,7 +309,7 @@ MUTANTS = [
         "p = 0.8 on logits in random order (4, 12)",
         "map it back to vocabulary order",
     ),
-    ("check_top_p_filter", top_p_returns_probs, CROSSING, "received 0"),
+    ("check_top_p_filter", top_p_returns_probs, CROSSING, "looks like probabilities"),
     ("check_top_p_filter", top_p_in_place, CROSSING, "in place"),
     ("check_top_p_filter", top_p_over_the_batch, CROSSING, "where inf was expected"),
     ("check_top_p_filter", top_p_large_negative, CROSSING, "received -1e+09"),
@@ -321,6 +329,44 @@ MUTANTS = [
 ]
 
 
+# --------------------------------------------------------------------------------------------
+# Answers that call the library processors: flagged
+
+
+def top_p_transformers(logits, p):
+    return TopPLogitsWarper(top_p=p)(None, logits.clone())
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    (
+        "check_apply_temperature",
+        student_copy(dc.reference_apply_temperature),
+        "llmlab.inference.generation.apply_temperature",
+    ),
+    (
+        "check_top_k_filter",
+        student_copy(dc.reference_top_k_filter),
+        "llmlab.inference.generation.top_k_filter",
+    ),
+    (
+        "check_top_p_filter",
+        student_copy(dc.reference_top_p_filter),
+        "llmlab.inference.generation.top_p_filter",
+    ),
+    (
+        "check_top_p_filter",
+        top_p_transformers,
+        "transformers.generation.logits_process.TopPLogitsWarper.__init__",
+    ),
+    (
+        "check_sample",
+        student_copy(dc.reference_sample),
+        "llmlab.inference.generation.sample_from_logits",
+    ),
+]
+
+
 def test_a_check_names_the_generator_by_its_seed():
     result = dc.check_sample(sample_argmax)
     assert "generator=Generator(seed=1)" in result.message
@@ -330,9 +376,10 @@ def test_top_p_cases_avoid_float_boundaries():
     # Every case's nucleus is the same whether the masses are summed in float32 or float64,
     # so an answer that sums in another order or precision is not failed by rounding.
     captured = []
-    dc.check_top_p_filter(
-        lambda logits, p: captured.append((logits, p)) or dc.reference_top_p_filter(logits, p)
+    result = dc.check_top_p_filter(
+        lambda logits, p: captured.append((logits, p)) or top_p_by_cutoff(logits, p)
     )
+    assert result.passed and len(captured) == result.n_cases
     for logits, p in captured:
         assert torch.equal(
             top_p_by_cutoff(logits.double(), p).isinf(),

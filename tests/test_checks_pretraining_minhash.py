@@ -13,7 +13,7 @@ import re
 from collections import Counter
 
 import numpy as np
-from check_contract import CheckContract
+from check_contract import CheckContract, student_copy
 
 from llmlab import data
 from llmlab.checks.pretraining import minhash as dd
@@ -349,7 +349,7 @@ def lsh_any_row(signatures, bands, rows):  # a pair if ANY row of a band agrees
 
 
 def lsh_with_self_pairs(signatures, bands, rows):
-    return dd.reference_lsh_buckets(signatures, bands, rows) | {
+    return set(lsh_all_pairs_compared(signatures, bands, rows)) | {
         (i, i) for i in range(len(signatures))
     }
 
@@ -389,7 +389,7 @@ CORRECT_VARIANTS = [
 MUTANTS = [
     ("check_shingle", shingle_characters, "five words, k=2", "WORD k-grams"),
     ("check_shingle", shingle_list, "five words, k=2", "a set holds each once"),
-    ("check_shingle", shingle_counter, "five words, k=2", "the SET"),
+    ("check_shingle", shingle_counter, "five words, k=2", "received a Counter"),
     ("check_shingle", shingle_off_by_one, "five words, k=2", "missing e.g. 'four five'"),
     ("check_shingle", shingle_split_on_spaces, "case and punctuation ignored", "re.findall"),
     ("check_shingle", shingle_no_lower, "case and punctuation ignored", "text.lower()"),
@@ -407,7 +407,7 @@ MUTANTS = [
     ("check_jaccard", jaccard_integer_division, "half shared", "expected 0.5, received 0"),
     ("check_jaccard", jaccard_as_distance, "identical sets", "not a distance"),
     ("check_jaccard", jaccard_zero_for_empty, "two empty sets", "return 1.0"),
-    ("check_jaccard", jaccard_divides_by_zero, "two empty sets", "never divide by zero"),
+    ("check_jaccard", jaccard_divides_by_zero, "two empty sets", "raised ZeroDivisionError"),
     ("check_minhash_signature", minhash_max, "tiny: p = 7, one function", "MINIMUM"),
     ("check_minhash_signature", minhash_no_modulo, "tiny: p = 7, one function", "% p"),
     ("check_minhash_signature", minhash_modulo_after_min, "tiny: p = 7, one function", "% p"),
@@ -473,3 +473,27 @@ MUTANTS = [
     ("check_lsh_buckets", lsh_key_sum, "same values in another order", "not their sum or set"),
     ("check_lsh_buckets", lsh_key_set, "same values in another order", "not their sum or set"),
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Answers that call llmlab.data's deduplication: flagged
+
+
+def lsh_with_the_library(signatures, bands, rows):
+    index = data.LSHIndex(bands, rows)
+    for doc, sig in enumerate(signatures):
+        index.add(doc, np.asarray(sig, dtype=np.int64))
+    return index.candidates()
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    ("check_shingle", student_copy(dd.reference_shingle), "llmlab.data.dedup.shingles"),
+    ("check_jaccard", student_copy(dd.reference_jaccard), "llmlab.data.dedup.jaccard"),
+    ("check_lsh_buckets", lsh_with_the_library, "llmlab.data.dedup.LSHIndex.__init__"),
+]
+
+
+def test_a_counter_of_shingles_is_told_to_return_a_set():
+    message = dd.check_shingle(shingle_counter).message
+    assert "received a Counter" in message and "Hint: return a set" in message

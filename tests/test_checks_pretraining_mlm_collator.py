@@ -8,7 +8,7 @@ the mistake; the contract (stub, garbage, global seed) holds.
 from __future__ import annotations
 
 import torch
-from check_contract import CheckContract
+from check_contract import CheckContract, student_copy
 
 from llmlab.checks.pretraining import mlm_collator as co
 from llmlab.training import objectives
@@ -74,7 +74,6 @@ def mask_with_bernoulli(input_ids, vocab_size, mask_id, special_ids, mlm_prob, g
 
 
 CORRECT_VARIANTS = [
-    ("check_mlm_mask", mask_with_library),
     ("check_mlm_mask", mask_with_assignments),
     ("check_mlm_mask", mask_with_bernoulli),
 ]
@@ -201,6 +200,17 @@ MUTANTS = [
 ]
 
 
+def labels_as_floats(input_ids, vocab_size, mask_id, special_ids, mlm_prob, generator):
+    # torch.where(selected, input_ids, float("nan"))-style labels: float, not int64 ids
+    inputs, labels = make("skeleton")(
+        input_ids, vocab_size, mask_id, special_ids, mlm_prob, generator
+    )
+    return inputs, labels.float()
+
+
+MUTANTS.append(("check_mlm_mask", labels_as_floats, TINY, "expected an int64 torch.Tensor"))
+
+
 def test_the_skeleton_of_the_mutants_is_correct():
     assert co.check_mlm_mask(make("skeleton")).passed
 
@@ -264,7 +274,6 @@ CHECKS["check_random_segmentation"] = (
 )
 CORRECT_VARIANTS += [
     ("check_random_segmentation", segmentation_loop),
-    ("check_random_segmentation", segmentation_library),
     ("check_random_segmentation", segmentation_tensor),
 ]
 ALL_ONES, FIRST = "k=n: every length is 1", "n=10 into k=3, 5 calls"
@@ -283,3 +292,40 @@ def test_span_mask_uses_the_same_segmentation():
         assert co.reference_random_segmentation(n, k, g1) == objectives.random_segmentation(
             n, k, g2
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Answers that call a library collator: flagged (mask_with_library and segmentation_library
+# compute the right values)
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    ("check_mlm_mask", mask_with_library, "llmlab.training.objectives.mlm_mask"),
+    (
+        "check_mlm_mask",
+        student_copy(co.reference_mlm_mask),
+        "llmlab.training.objectives.mlm_mask",
+    ),
+    (
+        "check_random_segmentation",
+        segmentation_library,
+        "llmlab.training.objectives.random_segmentation",
+    ),
+]
+
+
+def test_the_library_answers_would_pass_unflagged(monkeypatch):
+    monkeypatch.setattr(co, "FORBID_MLM", ())
+    monkeypatch.setattr(co, "FORBID_SEGMENTATION", ())
+    assert co.check_mlm_mask(mask_with_library).passed
+    assert co.check_random_segmentation(segmentation_library).passed
+
+
+def test_a_value_of_the_wrong_type_is_told_so_without_a_hint_about_masking():
+    message = co.check_mlm_mask(labels_as_floats).message
+    assert "(TypeError: labels is a tensor of shape (32, 128) float32, expected an int64" in message
+    assert "torch.rand(shape) < mlm_prob" not in message  # the masking hint does not fit
+    message = co.check_random_segmentation(lambda n, k, generator: "1 2 3").message
+    assert "returned a str '1 2 3', expected a list of ints" in message
+    assert "randperm" not in message

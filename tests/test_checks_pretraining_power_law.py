@@ -12,9 +12,10 @@ import math
 
 import numpy as np
 import torch
-from check_contract import CheckContract
+from check_contract import CheckContract, student_copy
 
 from llmlab.checks.pretraining import power_law as sc
+from llmlab.training import scaling
 
 CHECKS = {
     "check_fit_pure_power_law": (sc.check_fit_pure_power_law, sc.reference_fit_pure_power_law),
@@ -211,6 +212,11 @@ def split_hard_coded_20(compute, tokens_per_param=20.0):
     return split(compute, 20.0)
 
 
+def split_as_text(compute, tokens_per_param=20.0):  # formatted for printing, not numbers
+    n, d = split(compute, tokens_per_param)
+    return f"{n!r}", f"{d!r}"
+
+
 def split_no_sqrt(compute, tokens_per_param=20.0):
     n = compute / (6 * tokens_per_param)
     return n, tokens_per_param * n
@@ -250,4 +256,40 @@ MUTANTS = [
     (SPLIT, split_swapped, FIRST_SPLIT, "N (parameters): expected 6.9282e+10"),
     (SPLIT, split_no_sqrt, FIRST_SPLIT, "N (parameters): expected 6.9282e+10"),
     (SPLIT, split_hard_coded_20, "tokens_per_param 10", "N (parameters)"),
+    (SPLIT, split_as_text, FIRST_SPLIT, "expected numbers, received a str '69282032302.7"),
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Answers that call llmlab.training.scaling: flagged
+
+
+def full_with_the_library(N, L):
+    fit = scaling.fit_power_law(N, L)
+    return fit.a, fit.alpha, fit.c
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    (
+        PURE,
+        student_copy(sc.reference_fit_pure_power_law),
+        "llmlab.training.scaling.fit_power_law",
+    ),
+    (FULL, full_with_the_library, "llmlab.training.scaling.fit_power_law"),
+    (
+        SPLIT,
+        student_copy(sc.reference_chinchilla_split),
+        "llmlab.training.scaling.chinchilla_optimal",
+    ),
+]
+
+
+def test_a_type_slip_is_told_apart_from_a_wrong_law():
+    # Numbers as text used to pass (float("6.9e10") works); now the check says it cannot use
+    # them, and the hint is not one about the maths.
+    message = sc.check_chinchilla_split(split_as_text).message
+    assert "the check could not use what your function returned (TypeError: " in message
+    assert "6 N D" not in message.split("Hint: ")[1]
+    message = sc.check_fit_pure_power_law(lambda N, L: "fit").message
+    assert "expected a tuple of 2 numbers, received a str 'fit'" in message

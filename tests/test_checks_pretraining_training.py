@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from check_contract import CheckContract
+from check_contract import CheckContract, student_copy
 
 from llmlab import training as tr
 from llmlab.checks.pretraining import schedule_and_adamw as sa
@@ -60,7 +60,7 @@ def schedule_warmup_from_zero(step, total_steps, warmup_frac=0.1, min_ratio=0.0)
     warmup = round(warmup_frac * total_steps)
     if step < warmup:
         return step / warmup
-    return sa.reference_warmup_cosine(step, total_steps, warmup_frac, min_ratio)
+    return schedule_lambda_lr(step, total_steps, warmup_frac, min_ratio)
 
 
 def schedule_misses_min(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
@@ -69,6 +69,14 @@ def schedule_misses_min(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
         return (step + 1) / warmup
     progress = (step - warmup) / (total_steps - warmup)  # never reaches 1
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_cosine_without_half(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    warmup = round(warmup_frac * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - 1 - warmup)
+    return min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * progress))  # from 2 to 0
 
 
 def schedule_decays_over_all_steps(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
@@ -80,11 +88,29 @@ def schedule_decays_over_all_steps(step, total_steps, warmup_frac=0.1, min_ratio
 
 
 def schedule_ignores_min_ratio(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
-    return sa.reference_warmup_cosine(step, total_steps, warmup_frac, 0.0)
+    return schedule_lambda_lr(step, total_steps, warmup_frac, 0.0)
 
 
 def schedule_no_warmup(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
-    return sa.reference_warmup_cosine(step, total_steps, 0.0, min_ratio)
+    return schedule_lambda_lr(step, total_steps, 0.0, min_ratio)
+
+
+def _schedule_with(warmup_steps, guard=True, cos=math.cos):
+    def warmup_cosine(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+        warmup = warmup_steps(warmup_frac * total_steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        decay = total_steps - 1 - warmup
+        progress = (step - warmup) / (max(1, decay) if guard else decay)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + cos(math.pi * progress))
+
+    return warmup_cosine
+
+
+schedule_no_max_guard = _schedule_with(round, guard=False)  # 0 / 0 when no decay step is left
+schedule_floor_warmup = _schedule_with(int)  # int(3.7) = 3 warmup steps
+schedule_ceil_warmup = _schedule_with(math.ceil)  # ceil(3.2) = 4 warmup steps
+schedule_returns_tensors = _schedule_with(round, cos=lambda a: torch.cos(torch.tensor(a)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,12 +216,15 @@ def adamw_step_per_tensor(params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8,
         p.sub_(lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + eps))
 
 
+adamw_step_copy = student_copy(sa.reference_adamw_step)  # the reference, typed by a student
+
+
 def adamw_returns_new_tensors(
     params, grads, state, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01
 ):
     # Computes the right values but never writes them into params.
     copies = [p.clone() for p in params]
-    sa.reference_adamw_step(copies, grads, state, lr, betas, eps, weight_decay)
+    adamw_step_copy(copies, grads, state, lr, betas, eps, weight_decay)
     return copies
 
 
@@ -270,9 +299,27 @@ step_steps_per_micro_batch = make_step(step="per_micro")
 
 
 def step_returns_last_loss(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
-    ts.reference_train_step(model, micro_batches, optimizer, loss_fn, clip_norm)
+    step_plain(model, micro_batches, optimizer, loss_fn, clip_norm)
     with torch.no_grad():
         return loss_fn(model, micro_batches[-1]).item()
+
+
+def step_returns_a_tensor(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
+    # The right steps, but the loss comes back as a 0-dim tensor (no .item()).
+    optimizer.zero_grad()
+    total = 0.0
+    for batch in micro_batches:
+        loss = loss_fn(model, batch) / len(micro_batches)
+        loss.backward()
+        total = total + loss.detach()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return total
+
+
+def step_returns_nothing(model, micro_batches, optimizer, loss_fn, clip_norm=1.0):
+    step_plain(model, micro_batches, optimizer, loss_fn, clip_norm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,13 +373,9 @@ ns_in_float32 = make_ns(to_float=True)
 # Correct variants pass; each mutant fails on the case that exposes it (run by CheckContract)
 
 CORRECT_VARIANTS = [
-    ("check_warmup_cosine", tr.warmup_cosine),
     ("check_warmup_cosine", schedule_lambda_lr),
     ("check_adamw_step", adamw_plain),
-    ("check_adamw_step", adamw_torch),
-    ("check_adamw_step", adamw_llmlab),
     ("check_orthogonalize", ns_plain),
-    ("check_orthogonalize", ns_llmlab),
     ("check_orthogonalize", ns_on_the_long_side),
     ("check_train_step", step_plain),
     ("check_train_step", step_llmlab_clip),
@@ -351,6 +394,7 @@ CLIPPED = "4 micro-batches, clip_norm 0.05 (active), SGD"
 MUTANTS = [
     # (check, mutant, the first case that must fail, words the hint must contain)
     ("check_warmup_cosine", schedule_misses_min, NO_WARMUP, "exactly at the LAST step"),
+    ("check_warmup_cosine", schedule_cosine_without_half, NO_WARMUP, "0.5 * (1 + cos"),
     ("check_warmup_cosine", schedule_warmup_from_zero, WITH_WARMUP, "1/warmup (not 0)"),
     ("check_warmup_cosine", schedule_decays_over_all_steps, WITH_WARMUP, "REMAINING steps"),
     ("check_warmup_cosine", schedule_no_warmup, WITH_WARMUP, "(step + 1) / warmup"),
@@ -360,6 +404,25 @@ MUTANTS = [
         "seed 000's recipe: 300 steps, 10% warmup, down to 10%",
         "the floor is min_ratio",
     ),
+    (
+        "check_warmup_cosine",
+        schedule_floor_warmup,
+        "37 steps, 10% warmup: round(3.7) = 4 warmup steps",
+        "int() and math.floor",
+    ),
+    (
+        "check_warmup_cosine",
+        schedule_ceil_warmup,
+        "32 steps, 10% warmup: round(3.2) = 3 warmup steps",
+        "math.ceil",
+    ),
+    (
+        "check_warmup_cosine",
+        schedule_no_max_guard,
+        "one step after the warmup: 10 steps, 90% warmup",
+        "raised ZeroDivisionError",
+    ),
+    ("check_warmup_cosine", schedule_returns_tensors, NO_WARMUP, "expected a Python float"),
     ("check_adamw_step", adamw_no_bias_correction, FIRST_ADAMW, "bias correction"),
     ("check_adamw_step", adamw_step_from_zero, FIRST_ADAMW, "t = 1"),
     ("check_adamw_step", adamw_beta2_for_m, FIRST_ADAMW, "m = (1 - beta1) g"),
@@ -394,6 +457,8 @@ MUTANTS = [
     ("check_train_step", step_forgets_step, ONE_MICRO, "optimizer.step() once"),
     ("check_train_step", step_never_zeroes, ONE_MICRO, "zero the gradients"),
     ("check_train_step", step_returns_last_loss, ONE_MICRO, "return the loss"),
+    ("check_train_step", step_returns_a_tensor, ONE_MICRO, "expected a Python float"),
+    ("check_train_step", step_returns_nothing, ONE_MICRO, "returned is None, expected a Python"),
     ("check_train_step", step_no_division, FOUR_MICRO, "divide each micro-batch's loss"),
     ("check_train_step", step_zero_inside_loop, FOUR_MICRO, "zero them once, before the loop"),
     (
@@ -422,3 +487,67 @@ def test_the_references_equal_llmlab_train():
         atol=1e-6,
         rtol=1e-5,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Answers that call the library's schedule or optimizers: flagged (each computes the right
+# values: see test_the_references_equal_llmlab_train)
+
+
+def schedule_from_llmlab(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+    return tr.warmup_cosine(step, total_steps, warmup_frac, min_ratio)
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    ("check_warmup_cosine", schedule_from_llmlab, "llmlab.training.schedule.warmup_cosine"),
+    ("check_adamw_step", adamw_torch, "torch.optim.adamw.AdamW.__init__"),
+    ("check_adamw_step", adamw_llmlab, "llmlab.training.optim.AdamW.__init__"),
+    ("check_orthogonalize", ns_llmlab, "llmlab.training.optim.orthogonalize"),
+    (
+        "check_orthogonalize",
+        student_copy(sa.reference_orthogonalize),
+        "llmlab.training.optim.orthogonalize",
+    ),
+]
+
+
+def test_a_library_function_itself_is_not_the_students():
+    result = sa.check_warmup_cosine(tr.warmup_cosine)
+    assert result.kind == "not yours" and "llmlab.training.schedule.warmup_cosine" in result.message
+
+
+def test_the_training_step_may_use_llmlabs_clipping():
+    # Only library code that computes the whole answer is flagged, not the pieces it uses.
+    assert ts.check_train_step(step_llmlab_clip).passed
+
+
+def test_a_value_the_driver_cannot_use_is_the_checks_problem_not_an_error_in_your_code():
+    # The drivers call the student's function many times and convert what it returns: a
+    # value they cannot use fails as such (not as an exception raised by the student's code),
+    # with a hint that does not describe the driver's own output as what to return.
+    def returns_a_list(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+        return [schedule_lambda_lr(step, total_steps, warmup_frac, min_ratio)]
+
+    for check, fn in (
+        (sa.check_warmup_cosine, returns_a_list),
+        (ts.check_train_step, step_returns_nothing),
+        (ts.check_train_step, step_returns_a_tensor),
+    ):
+        message = check(fn).message
+        assert "the check could not use what your function returned (TypeError: " in message
+        assert "your function raised" not in message and "the error is in your code" not in message
+        assert "expected a Python float" in message
+        assert "return what the exercise's docstring asks for" in message
+        assert "torch.Tensor" not in message  # the driver's output is no answer to the exercise
+
+
+def test_an_error_raised_in_your_code_under_a_driver_is_yours():
+    def divides_by_zero(step, total_steps, warmup_frac=0.1, min_ratio=0.0):
+        return 1 / (step - step)
+
+    message = sa.check_warmup_cosine(divides_by_zero).message
+    assert (
+        "your function raised ZeroDivisionError: division by zero at `return 1 / (step" in message
+    )
+    assert "the error is in your code" in message

@@ -12,13 +12,15 @@ import math
 
 import torch
 import torch.nn.functional as F
-from check_contract import CheckContract
+from check_contract import CheckContract, student_copy
 
 from llmlab.checks.transformer import attention_masks as am
 from llmlab.checks.transformer import decoder_block as db
 from llmlab.checks.transformer import multi_head_attention as mha
 from llmlab.checks.transformer import rope
-from llmlab.nn import attention, positional
+from llmlab.nn import attention
+from llmlab.nn.blocks import BlockConfig, DecoderBlock
+from llmlab.nn.norms import RMSNorm
 
 CHECKS = {
     "check_scaled_dot_product_attention": (
@@ -139,7 +141,7 @@ def sdpa_naive_exp(q, k, v, mask=None):
 
 
 def sdpa_float32(q, k, v, mask=None):
-    return am.reference_scaled_dot_product_attention(q.float(), k.float(), v.float(), mask)
+    return sdpa_where(q.float(), k.float(), v.float(), mask)
 
 
 def causal_arange(seq_q, seq_k=None):
@@ -164,7 +166,7 @@ def causal_top_left(seq_q, seq_k=None):
 
 
 def causal_float(seq_q, seq_k=None):
-    return am.reference_causal_mask(seq_q, seq_k).float()
+    return causal_arange(seq_q, seq_k).float()
 
 
 def causal_square_only(seq_q, seq_k=None):
@@ -381,9 +383,14 @@ def rotary_interleaved(x, cos, sin):
     return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
 
 
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
 def rotary_wrong_direction(x, cos, sin):
     seq = x.shape[-2]
-    return x * cos[:seq] - positional.rotate_half(x) * sin[:seq]
+    return x * cos[:seq] - _rotate_half(x) * sin[:seq]
 
 
 def rotary_rotate_half_swapped(x, cos, sin):
@@ -393,11 +400,11 @@ def rotary_rotate_half_swapped(x, cos, sin):
 
 
 def rotary_whole_table(x, cos, sin):
-    return x * cos + positional.rotate_half(x) * sin
+    return x * cos + _rotate_half(x) * sin
 
 
 def rotary_float32(x, cos, sin):
-    return rope.reference_apply_rotary(x.float(), cos, sin)
+    return rotary_explicit_halves(x.float(), cos, sin)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,7 +514,6 @@ def block_final_norm(x, memory, parts, memory_mask=None):
 # Correct variants pass; each mutant fails on the case that exposes it
 
 CORRECT_VARIANTS = [
-    ("check_scaled_dot_product_attention", sdpa_torch),
     ("check_scaled_dot_product_attention", sdpa_where),
     ("check_causal_mask", causal_arange),
     ("check_padding_mask", padding_loop),
@@ -768,6 +774,94 @@ MUTANTS = [
 ]
 
 
+# --------------------------------------------------------------------------------------------
+# Answers that call the library op the exercise asks for: flagged
+
+
+def mha_torch_layer(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    layer = torch.nn.MultiheadAttention(x.shape[-1], n_heads, bias=False, batch_first=True)
+    with torch.no_grad():
+        layer.in_proj_weight.copy_(torch.cat([w_q, w_k, w_v]))
+        layer.out_proj.weight.copy_(w_o)
+        return layer(x, x, x, attn_mask=None if mask is None else ~mask, need_weights=False)[0]
+
+
+def block_from_llmlab(x, memory, parts, memory_mask=None):
+    attn, mlp = parts["self_attn"], parts["mlp"]
+    config = BlockConfig(
+        d_model=attn.d_model,
+        n_heads=attn.n_heads,
+        d_ff=mlp.d_ff,
+        n_kv_heads=attn.n_kv_heads,
+        head_dim=attn.head_dim,
+        activation=mlp.activation,
+        norm="rms" if isinstance(parts["self_attn_norm"], RMSNorm) else "layer",
+        norm_first=True,
+        bias=attn.q_proj.bias is not None,
+    )
+    block = DecoderBlock(config, cross_attention=True).to(x.dtype)
+    block.load_state_dict(parts.state_dict())
+    with torch.no_grad():
+        return block(x, memory, memory_mask=memory_mask)
+
+
+FORBIDDEN = [
+    # (check, an answer that calls a forbidden op, the op as the message names it)
+    (
+        "check_scaled_dot_product_attention",
+        sdpa_torch,
+        "torch.nn.functional.scaled_dot_product_attention",
+    ),
+    (
+        "check_scaled_dot_product_attention",
+        student_copy(am.reference_scaled_dot_product_attention),
+        "llmlab.nn.attention.scaled_dot_product_attention",
+    ),
+    (
+        "check_causal_mask",
+        student_copy(am.reference_causal_mask),
+        "llmlab.nn.attention.causal_mask",
+    ),
+    (
+        "check_padding_mask",
+        student_copy(am.reference_padding_mask),
+        "llmlab.nn.attention.padding_mask",
+    ),
+    (
+        "check_multi_head_attention",
+        student_copy(mha.reference_multi_head_attention),
+        "llmlab.nn.attention.MultiHeadAttention.__init__",
+    ),
+    (
+        "check_multi_head_attention",
+        mha_torch_layer,
+        "torch.nn.modules.activation.MultiheadAttention.__init__",
+    ),
+    ("check_repeat_kv", student_copy(mha.reference_repeat_kv), "llmlab.nn.attention.repeat_kv"),
+    (
+        "check_rope_frequencies",
+        student_copy(rope.reference_rope_frequencies),
+        "llmlab.nn.positional.rope_frequencies",
+    ),
+    (
+        "check_apply_rotary",
+        student_copy(rope.reference_apply_rotary),
+        "llmlab.nn.positional.apply_rotary",
+    ),
+    ("check_decoder_block", block_from_llmlab, "llmlab.nn.blocks.DecoderBlock.__init__"),
+]
+
+
+def test_a_multi_head_attention_may_use_llmlabs_attention():
+    # The lab's solution calls llmlab.nn.attention.scaled_dot_product_attention per head.
+    def with_llmlab_attention(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        q, k, v = (mha.reference_split_heads(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
+        heads = attention.scaled_dot_product_attention(q, k, v, mask)
+        return mha.reference_merge_heads(heads) @ w_o.T
+
+    assert mha.check_multi_head_attention(with_llmlab_attention).passed
+
+
 def test_case_hints_point_at_the_mistake():
     empty = am.check_scaled_dot_product_attention(sdpa_nan_on_empty_rows).message
     assert "0/0 = NaN" in empty
@@ -777,6 +871,17 @@ def test_case_hints_point_at_the_mistake():
     assert "w_q.shape[0] // n_heads" in width
     causal = db.check_decoder_block(block_not_causal).message
     assert "causal_mask(seq)" in causal
+
+
+def test_a_mask_of_the_wrong_dtype_is_told_its_type_not_the_diagonal():
+    # A float mask fails on its dtype: the hint names the type, not a mistake in the triangle.
+    message = am.check_causal_mask(causal_float).message
+    assert "expected dtype bool, received float32. Hint: return a bool torch.Tensor" in message
+    message = am.check_padding_mask(padding_int).message
+    assert "Hint: return a bool torch.Tensor" in message
+    # float32 for float64 is a precision slip: the case's own hint stays
+    message = am.check_scaled_dot_product_attention(sdpa_float32).message
+    assert "Hint: keep the inputs' dtype" in message
 
 
 def test_decoder_parts_are_not_causal_and_match_the_block_names():

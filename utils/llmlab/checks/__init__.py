@@ -52,7 +52,20 @@ from typing import Any
 
 import torch
 
+from llmlab.checks._guard import (
+    CallRecorder,
+    CaseTimeout,
+    _code_of,
+    forbidden_message,
+    is_student_file,
+    not_students,
+    time_limit,
+)
+
 LOG_ENV_VAR = "LLMLAB_CHECK_LOG"
+
+#: Seconds one case may run before it fails as "timed out" (a check may give its own).
+CASE_TIME_S = 20.0
 
 NOT_IMPLEMENTED = "not implemented yet: fill in the function above"
 
@@ -83,6 +96,7 @@ class CheckResult:
     n_cases: int
     failed_case: str | None = None
     fn: Callable | None = None
+    kind: str = ""  # passed / wrong / error / timed out / not implemented / not yours / flagged
 
     def __bool__(self) -> bool:
         return self.passed
@@ -102,6 +116,7 @@ class CheckResult:
             "message": self.message,
             "n_cases": self.n_cases,
             "failed_case": self.failed_case,
+            "kind": self.kind,
         }
 
 
@@ -153,41 +168,140 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def describe(value: Any) -> str:
-    """A short description of ``value``: ``tensor of shape (2, 3) float32``, ``None``, ..."""
+    """A short description of ``value``: ``a tensor of shape (2, 3) float32``, ``None``, ..."""
     if isinstance(value, torch.Tensor):
-        return f"tensor of shape {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+        return f"a tensor of shape {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
     if value is None:
         return "None"
     if isinstance(value, (list, tuple)):
         return f"a {type(value).__name__} of length {len(value)}"
     if isinstance(value, (bool, int, float)):
         return f"{type(value).__name__} {value!r}"
+    if isinstance(value, str):
+        return f"a str {value!r}" if len(value) <= 40 else f"a str of {len(value)} characters"
+    if isinstance(value, dict):
+        keys = "key" if len(value) == 1 else "keys"
+        return f"{_a(value)} with {len(value)} {keys}"
+    if isinstance(value, (set, frozenset)):
+        items = "item" if len(value) == 1 else "items"
+        return f"{_a(value)} of {len(value)} {items}"
     shape = getattr(value, "shape", None)
     if shape is not None:
         return f"a {type(value).__module__}.{type(value).__name__} of shape {tuple(shape)}"
-    return f"a {type(value).__name__}"
+    return _a(value)
 
 
 def _short(text: str, limit: int = 160) -> str:
-    """``text`` on one line, cut to ``limit`` characters."""
+    """``text`` on one line, cut to ``limit`` characters at a space (never inside a number)."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    if text[limit - 3] != " " and " " in cut:  # the cut falls inside a word: drop that word
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(",;: ") + "..."
 
 
 def describe_inputs(args: Sequence[Any], kwargs: dict[str, Any], names: Sequence[str] = ()) -> str:
     """The inputs of a case in words: ``x: shape (2, 3, 5) float32, dim=1``.
 
     ``names`` are the parameter names of the positional arguments (``arg0``... otherwise).
+    Numbers, None and short values are shown whole (``clip_norm=0.05``); a tensor by its shape
+    and dtype; a long list, dict, set or string by what it holds (``weights: a dict with 9 keys
+    ('input_layernorm.weight', ...)``, ``signatures: a list of 30 lists``); an object with its
+    own ``repr`` (a case's settings) by that repr, cut only between its comma-separated parts.
     """
-    parts = []
-    for i, arg in enumerate(args):
-        name = names[i] if i < len(names) else f"arg{i}"
-        if isinstance(arg, torch.Tensor):
-            dtype = str(arg.dtype).removeprefix("torch.")
-            parts.append(f"{name}: shape {tuple(arg.shape)} {dtype}")
-        else:
-            parts.append(f"{name}={_short(repr(arg), 40)}")
-    parts += [f"{key}={_short(repr(val), 40)}" for key, val in kwargs.items()]
+    limit = 60
+    plural = {str: "strings", int: "ints", float: "floats", bool: "bools", bytes: "bytes"}
+
+    def kind_of(items: list) -> str:
+        kinds = set()
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                kinds.add("tensors")
+            elif type(item) in plural:
+                kinds.add(plural[type(item)])
+            else:
+                kinds.add(f"{type(item).__name__}s")
+        return kinds.pop() if len(kinds) == 1 else "items"
+
+    def preview(items: list) -> str:
+        """`` (1, 2, 3, ...)``: the first items that fit, each whole; "" if none fits."""
+        shown: list[str] = []
+        for item in items:
+            if isinstance(item, (torch.Tensor, list, tuple, dict, set, frozenset)):
+                return ""  # nested containers: the count says enough
+            text = repr(item)
+            if len(", ".join([*shown, text])) > limit - 20:
+                break
+            shown.append(text)
+        if not shown:
+            return ""
+        more = ", ..." if len(shown) < len(items) else ""
+        return f" ({', '.join(shown)}{more})"
+
+    def has_tensor(value: Any) -> bool:
+        if isinstance(value, torch.Tensor):
+            return True
+        if isinstance(value, dict):
+            return any(has_tensor(v) for v in value.values())
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return any(has_tensor(v) for v in value)
+        return False
+
+    def container(value: Any) -> str:
+        """A list, tuple, dict or set too long (or too tensor-filled) to show whole."""
+        name = _a(value)
+        if isinstance(value, dict):
+            keys = list(value)
+            word = "key" if len(keys) == 1 else "keys"
+            return f"{name} with {len(keys)} {word}{preview(keys)}"
+        items = list(value)
+        if isinstance(value, (set, frozenset)):
+            try:
+                items = sorted(items)
+            except TypeError:
+                items = sorted(items, key=repr)
+        if not items:
+            return f"an empty {type(value).__name__}"
+        kind = kind_of(items)
+        if len(items) == 1 and kind.endswith("s"):
+            kind = kind[:-1]
+        return f"{name} of {len(items)} {kind}{preview(items)}"
+
+    def show(name: str, value: Any) -> str:
+        if isinstance(value, torch.Tensor):
+            dtype = str(value.dtype).removeprefix("torch.")
+            return f"{name}: shape {tuple(value.shape)} {dtype}"
+        if value is None or isinstance(value, (bool, int, float, complex)):
+            return f"{name}={value!r}"
+        if isinstance(value, (str, bytes)):
+            text = repr(value)
+            if len(text) <= limit:
+                return f"{name}={text}"
+            start = value[: limit - 10]
+            space = " " if isinstance(value, str) else b" "
+            if space in start:
+                start = start[: start.rindex(space)]
+            unit = "characters" if isinstance(value, str) else "bytes"
+            return f"{name}={start!r}... ({len(value)} {unit})"
+        if isinstance(value, (list, tuple, dict, set, frozenset)):
+            text = " ".join(repr(value).split())
+            if len(text) <= limit and not has_tensor(value):
+                return f"{name}={text}"
+            return f"{name}: {container(value)}"
+        if type(value).__repr__ is object.__repr__:  # <Foo object at 0x...> says nothing
+            return f"{name}: {describe(value)}"
+        text = " ".join(repr(value).split())
+        if len(text) > 2 * limit:  # cut between parts "a, b, c", never inside one
+            parts = text.split(", ")
+            while len(parts) > 1 and len(", ".join(parts)) > 2 * limit - 5:
+                parts.pop()
+            text = ", ".join(parts) + ", ..."
+        return f"{name}={text}"
+
+    parts = [show(names[i] if i < len(names) else f"arg{i}", arg) for i, arg in enumerate(args)]
+    parts += [show(key, val) for key, val in kwargs.items()]
     return ", ".join(parts)
 
 
@@ -327,34 +441,166 @@ def _where_raised(exc: BaseException) -> str:
     return ""
 
 
+def _raised_in_student_code(exc: BaseException) -> bool:
+    """Whether the student's code was running when ``exc`` was raised (on its traceback)."""
+    return any(is_student_file(frame.filename) for frame in traceback.extract_tb(exc.__traceback__))
+
+
+@dataclass
+class Outcome:
+    """What one call of the student's function did, as the check needs to judge it.
+
+    The same record comes from a call in this process (:func:`call_student`) and from the
+    grader's sandbox, where the student's code runs apart from the check.
+    """
+
+    value: Any = None
+    error: str = ""  # "ValueError: boom" when the call raised
+    error_types: tuple[str, ...] = ()  # names of the exception's classes, most derived first
+    where: str = ""  # " at `line`" where it raised
+    in_student: bool = True  # raised inside the student's code (else in the check's driver)
+    not_implemented: bool = False
+    timed_out: float | None = None  # the budget, when the call ran out of it
+    calls: tuple[str, ...] = ()  # forbidden calls the student's code made
+    tampered: str = ""  # how the student's code interfered with the recording
+    mutated: bool = False  # the call changed its inputs in place
+
+
+def call_student(
+    fn: Callable,
+    args: tuple,
+    kwargs: dict[str, Any],
+    *,
+    time_s: float | None,
+    forbid: Sequence[str] = (),
+    reference: Callable | None = None,
+) -> Outcome:
+    """Call ``fn(*args, **kwargs)`` under a time budget, recording forbidden calls.
+
+    ``args``/``kwargs`` are the call's own copies; an unchanged copy is kept to notice a
+    function that writes into its input.
+    """
+    before_args, before_kwargs = _copy(args), _copy(kwargs)
+    recorder = CallRecorder(forbid, reference)
+    outcome = Outcome()
+    try:
+        with time_limit(time_s) as alarm, recorder:
+            outcome.value = fn(*args, **kwargs)
+    except CaseTimeout:
+        outcome.timed_out = time_s
+    except NotImplementedError:
+        outcome.not_implemented = True
+    except Exception as exc:
+        outcome.error = _short(f"{type(exc).__name__}: {exc}")
+        outcome.error_types = tuple(cls.__name__ for cls in type(exc).__mro__)
+        outcome.where = _where_raised(exc)
+        outcome.in_student = _raised_in_student_code(exc)
+    if alarm["fired"]:
+        outcome.timed_out = time_s  # the student's code caught the timeout and went on
+    outcome.calls = tuple(recorder.calls)
+    # A timer that fires inside the recorder switches it off: that is the timeout, not tampering.
+    outcome.tampered = "" if outcome.timed_out is not None else recorder.tampered
+    outcome.mutated = not (_same(args, before_args) and _same(kwargs, before_kwargs))
+    return outcome
+
+
+_TYPE_HINTS = {
+    "none": "your function returned None: is a `return` missing?",
+    "type": "return {expected}, as the exercise's docstring says.",
+    "error": "the error is in your code, at the line shown; call your function on the inputs "
+    "above to reproduce it.",
+    # Raised in a check's driver (run=), whose output is not what the function returns: the
+    # error says what the check received, the docstring what it expects.
+    "check error": "return what the exercise's docstring asks for, of the type it names (the "
+    "error above says what the check received instead).",
+}
+
+
+def _a(value: Any) -> str:
+    """``value``'s kind with an article: ``a bool torch.Tensor``, ``a float``, ``a list`` ..."""
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"{'an' if dtype[0] in 'aeiou' else 'a'} {dtype} torch.Tensor"
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"an {name}" if name[0].lower() in "aeiou" else f"a {name}"
+
+
+def _mismatch_kind(received: Any, expected: Any) -> str:
+    """``"none"``, ``"type"`` or ``"value"``: which hint fits a failed comparison."""
+    if received is None and expected is not None:
+        return "none"
+    numbers = (int, float, bool)
+    if isinstance(expected, torch.Tensor) != isinstance(received, torch.Tensor):
+        return "type"
+    if isinstance(expected, torch.Tensor) and expected.dtype != received.dtype:
+
+        def kind(t: torch.Tensor) -> str:
+            if t.dtype == torch.bool:
+                return "bool"
+            return "float" if t.is_floating_point() or t.is_complex() else "int"
+
+        # A float mask for a bool one is the wrong kind of tensor; float32 for float64 is a
+        # precision slip, which the case's own hint (if any) names.
+        if kind(expected) != kind(received):
+            return "type"
+    if isinstance(expected, numbers) and not isinstance(received, numbers):
+        return "type"
+    for kind in (list, tuple, dict, set, frozenset, str):
+        if isinstance(expected, kind) != isinstance(received, kind) and not (
+            isinstance(expected, (list, tuple)) and isinstance(received, (list, tuple))
+        ):
+            return "type"
+    return "value"
+
+
 def _check_case(
     case: Case,
-    student_fn: Callable,
+    call: Callable[[tuple, dict], Outcome],
     reference_fn: Callable,
     compare: Callable[[Any, Any], str | None],
-) -> str | None:
-    """Run one case; None when the student's function passes, else what went wrong (words)."""
-    args, kwargs = _copy(case.args), _copy(case.kwargs)
-    expected = None if case.raises else reference_fn(*_copy(case.args), **_copy(case.kwargs))
-    try:
-        received = student_fn(*args, **kwargs)
-    except NotImplementedError:
-        raise  # reported once for the whole check, not per case
-    except Exception as exc:
-        if case.raises is not None and isinstance(exc, case.raises):
-            return None
+) -> tuple[str, str, str, Any] | None:
+    """Run one case; None when it passes, else (kind, problem, hint kind, expected value).
+
+    The student's function runs first and the reference only afterwards, so no expected value
+    exists while the student's code runs. Raises NotImplementedError for an unfilled stub.
+    """
+    outcome = call(_copy(case.args), _copy(case.kwargs))
+    if outcome.calls or outcome.tampered:
+        return "flagged", forbidden_message(outcome.calls, outcome.tampered), "", None
+    if outcome.timed_out is not None:
+        return "timed out", f"timed out after {outcome.timed_out:g} s", "", None
+    if outcome.not_implemented:
+        raise NotImplementedError
+    if outcome.error and case.raises is not None and case.raises.__name__ in outcome.error_types:
+        return None
+    if outcome.error and outcome.in_student:
         expected_exc = f" (expected {case.raises.__name__})" if case.raises else ""
-        error = _short(f"{type(exc).__name__}: {exc}")
-        return f"your function raised {error}{_where_raised(exc)}{expected_exc}"
+        problem = f"your function raised {outcome.error}{outcome.where}{expected_exc}"
+        return "error", problem, "error", None
     if case.raises is not None:
-        return f"expected your function to raise {case.raises.__name__}, it returned {describe(received)}"
-    if not (_same(args, case.args) and _same(kwargs, case.kwargs)):
-        return "your function changed its input in place; compute the result in a new tensor"
+        problem = (
+            f"expected your function to raise {case.raises.__name__}, it returned "
+            f"{describe(outcome.value)}"
+        )
+        return "wrong", problem, "value", None
+    expected = reference_fn(*_copy(case.args), **_copy(case.kwargs))
+    if outcome.error:  # raised in the check's driver, on what the student's code returned
+        problem = f"the check could not use what your function returned ({outcome.error})"
+        return "wrong", problem, "check error", expected
+    if outcome.mutated:
+        problem = "your function changed its input in place; compute the result in a new tensor"
+        return "wrong", problem, "value", expected
+    received = outcome.value
     try:
-        return compare(received, expected)
+        problem = compare(received, expected)
     except Exception as exc:  # garbage that even the comparison cannot handle
         error = _short(f"{type(exc).__name__}: {exc}")
-        return f"could not compare your output ({describe(received)}): {error}"
+        problem = f"could not compare your output ({describe(received)}): {error}"
+    if problem is None:
+        return None
+    return "wrong", problem, _mismatch_kind(received, expected), expected
 
 
 def compare_with(
@@ -380,6 +626,12 @@ def _driven(run: Callable[..., Any], fn: Callable) -> Callable[..., Any]:
     return driven
 
 
+def _exercise_function_name(reference_fn: Callable, exercise: str) -> str:
+    """The lab's name for the exercise's function: the reference's, minus ``reference_``."""
+    name = getattr(reference_fn, "__name__", "") or exercise
+    return name.removeprefix("reference_")
+
+
 def evaluate(
     exercise: str,
     student_fn: Any,
@@ -391,16 +643,26 @@ def evaluate(
     run: Callable[..., Any] | None = None,
     expect: Callable[..., Any] | None = None,
     arg_names: Sequence[str] | None = None,
+    forbid: Sequence[str] = (),
+    time_s: float | None = CASE_TIME_S,
 ) -> CheckResult:
     """Run ``student_fn`` on every case, stopping at the first failure. Records nothing.
 
     A case calls ``fn(*args, **kwargs)``, or ``run(fn, *args, **kwargs)`` when ``run`` is given
     (a driver that calls ``fn`` over many steps and returns what to compare). The expected
-    value is the reference's, or ``expect(*args, **kwargs)`` when given. ``arg_names`` name
-    the case's arguments in a failure message (default: the reference's parameters).
+    value is the reference's, or ``expect(*args, **kwargs)`` when given, and is computed only
+    after the student's function returned. ``arg_names`` name the case's arguments in a
+    failure message (default: the reference's parameters).
+
+    Before any case, a function that is not the student's own (the reference handed back by
+    an earlier failure, an ``llmlab`` or library function) fails with what to re-run. Each case
+    runs within ``time_s`` seconds and records the calls the student's code makes: a call into
+    ``llmlab.checks`` or into ``forbid`` (e.g. ``"torch.softmax"``) flags the case.
 
     The message is one line: ``✅ NAME: passed all N cases.`` or ``❌ NAME: case 'CASE'
-    (INPUTS): WHAT WENT WRONG. Hint: ... The rest of the lab uses the reference.``
+    (INPUTS): WHAT WENT WRONG. Hint: ... The rest of the lab uses the reference.`` The hint
+    fits the failure: a case's own hint for wrong values, others for None, a wrong type, an
+    exception in the student's code or one the check hit on what the student returned.
     Either way the result's ``.fn`` is a plain function for the lab: the student's on a pass,
     ``reference_fn`` otherwise (never a driver).
     """
@@ -408,7 +670,7 @@ def evaluate(
         raise ValueError(f"check {exercise!r} has no cases: a check that cannot fail is a defect")
     fallback = " The rest of the lab uses the reference implementation."
 
-    def failed(message: str, case: str | None) -> CheckResult:
+    def failed(message: str, case: str | None, kind: str) -> CheckResult:
         return CheckResult(
             exercise,
             False,
@@ -416,25 +678,66 @@ def evaluate(
             len(cases),
             failed_case=case,
             fn=reference_fn,
+            kind=kind,
         )
 
     if not callable(student_fn):
-        return failed(f"expected a function, received {describe(student_fn)}.", None)
-    student = student_fn if run is None else _driven(run, student_fn)
+        return failed(f"expected a function, received {describe(student_fn)}.", None, "wrong")
+    name = _exercise_function_name(reference_fn, exercise)
+    remote = getattr(student_fn, "llmlab_remote", None)
+    if remote is not None:  # the grader: the student's function runs in its sandbox
+        not_yours = remote.provenance(reference_fn, name)
+
+        def call(args: tuple, kwargs: dict) -> Outcome:
+            return remote.call(
+                run, args, kwargs, time_s=time_s, forbid=forbid, reference=reference_fn
+            )
+
+    else:
+        not_yours = not_students(student_fn, reference_fn, name)
+        student = student_fn if run is None else _driven(run, student_fn)
+
+        def call(args: tuple, kwargs: dict) -> Outcome:
+            return call_student(
+                student, args, kwargs, time_s=time_s, forbid=forbid, reference=reference_fn
+            )
+
+    if not_yours is not None:
+        return failed(f"{not_yours}.", None, "not yours")
+    if remote is None and _code_of(student_fn) is _code_of(reference_fn):
+        # only where provenance was waived (the checks' own tests): the reference may run
+        def call(args: tuple, kwargs: dict) -> Outcome:
+            return call_student(student, args, kwargs, time_s=time_s, forbid=forbid)
+
     reference = expect or (reference_fn if run is None else _driven(run, reference_fn))
     names = list(arg_names) if arg_names is not None else _parameter_names(reference_fn)
     for case in cases:
         try:
-            problem = _check_case(case, student, reference, compare)
+            problem = _check_case(case, call, reference, compare)
         except NotImplementedError:
-            return failed(f"{NOT_IMPLEMENTED}.", case.name)
-        if problem is not None:
+            return failed(f"{NOT_IMPLEMENTED}.", case.name, "not implemented")
+        if problem is None:
+            continue
+        kind, what, hint_kind, expected = problem
+        if hint_kind == "value":
             case_hint = case.hint or hint
-            hint_text = f" Hint: {case_hint}" if case_hint else ""
-            inputs = describe_inputs(case.args, case.kwargs, names)
-            return failed(f"case {case.name!r} ({inputs}): {problem}.{hint_text}", case.name)
+        elif hint_kind:
+            wanted = (
+                _a(expected)
+                if expect is None and expected is not None
+                else ("what the exercise's docstring asks for")
+            )
+            case_hint = _TYPE_HINTS[hint_kind].format(expected=wanted)
+            if hint_kind == "error" and case.hint:  # the case may be there to provoke it
+                case_hint = f"{case_hint} {case.hint}"
+        else:
+            case_hint = ""
+        hint_text = f" Hint: {case_hint}" if case_hint else ""
+        inputs = describe_inputs(case.args, case.kwargs, names)
+        message = f"case {case.name!r} ({inputs}): {what}.{hint_text}"
+        return failed(message, case.name, kind)
     message = f"✅ {exercise}: passed all {len(cases)} cases."
-    return CheckResult(exercise, True, message, len(cases), fn=student_fn)
+    return CheckResult(exercise, True, message, len(cases), fn=student_fn, kind="passed")
 
 
 def run_check(
@@ -448,6 +751,8 @@ def run_check(
     run: Callable[..., Any] | None = None,
     expect: Callable[..., Any] | None = None,
     arg_names: Sequence[str] | None = None,
+    forbid: Sequence[str] = (),
+    time_s: float | None = CASE_TIME_S,
 ) -> CheckResult:
     """:func:`evaluate`, then record the result (registry and log) and print its message.
 
@@ -463,6 +768,8 @@ def run_check(
         run=run,
         expect=expect,
         arg_names=arg_names,
+        forbid=forbid,
+        time_s=time_s,
     )
     record(result)
     print(result.message)

@@ -28,6 +28,16 @@ from llmlab.tokenization import CHINESE_PROSE, pretokenize
 
 Pair = tuple[int, int]
 
+#: Library tokenizers that train, encode or decode for the student: an answer that calls one is
+#: flagged. ``pretokenize`` stays allowed (the lab uses it).
+FORBID_TOKENIZERS = (
+    "llmlab.tokenization.BPETokenizer",
+    "llmlab.tokenization.train_bpe",
+    "llmlab.tokenization.train_bpe_with_tokenizers",
+    "llmlab.tokenization.tokenizers_merges",
+    "tokenizers",
+)
+
 # --------------------------------------------------------------------------------------------
 # References
 
@@ -327,6 +337,12 @@ def check_train_bpe(train_bpe: Callable) -> CheckResult:
         ),
         Case("empty text", ("", 3)),
         Case(
+            "no merge asked: 'abc abc', 0 merges",
+            ("abc abc", 0),
+            hint="n_merges = 0 asks for no merge at all: test the count BEFORE merging "
+            "(for i in range(n_merges)), not after.",
+        ),
+        Case(
             "multi-byte UTF-8: 'héllo héllo wörld', 5 merges",
             ("héllo héllo wörld", 5),
             hint="work on the UTF-8 bytes of each piece: list(piece.encode('utf-8')).",
@@ -342,6 +358,7 @@ def check_train_bpe(train_bpe: Callable) -> CheckResult:
         compare=_compare_merges,
         hint="count pairs, take the most frequent, merge it into every word, "
         "give it id 256 + i, repeat.",
+        forbid=FORBID_TOKENIZERS,
     )
 
 
@@ -379,6 +396,7 @@ def check_encode(encode: Callable) -> CheckResult:
         cases,
         compare=_compare_ids,
         hint="for each piece: bytes, then repeatedly merge the lowest-rank pair.",
+        forbid=FORBID_TOKENIZERS,
     )
 
 
@@ -410,5 +428,11 @@ def check_decode(decode: Callable) -> CheckResult:
         Case("no ids", ([], vocab)),
     ]
     return run_check(
-        "decode", decode, reference_decode, cases, compare=_compare_text, hint=join_hint
+        "decode",
+        decode,
+        reference_decode,
+        cases,
+        compare=_compare_text,
+        hint=join_hint,
+        forbid=FORBID_TOKENIZERS,
     )

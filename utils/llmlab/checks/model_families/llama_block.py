@@ -43,6 +43,25 @@ LAYER_WEIGHTS = (
     "mlp.down_proj.weight",
 )
 
+#: Library layers that compute a whole answer: an answer that calls one is flagged.
+_HF_LLAMA = "transformers.models.llama.modeling_llama"
+FORBID_RMS_NORM = (
+    "torch.nn.functional.rms_norm",
+    "torch.nn.modules.normalization.RMSNorm",
+    "llmlab.nn.norms",
+    f"{_HF_LLAMA}.LlamaRMSNorm",
+)
+FORBID_SWIGLU = ("llmlab.nn.ffn", f"{_HF_LLAMA}.LlamaMLP")
+_LLMLAB_MODELS = ("llmlab.models.causal_lm", "llmlab.models.llama")
+FORBID_LLAMA_ATTENTION = (
+    "torch.nn.functional.scaled_dot_product_attention",
+    "llmlab.nn.attention",
+    "llmlab.nn.positional",
+    *_LLMLAB_MODELS,
+    _HF_LLAMA,
+)
+FORBID_LLAMA_BLOCK = ("llmlab.nn.blocks", *_LLMLAB_MODELS, _HF_LLAMA)
+
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns
 
@@ -201,6 +220,7 @@ def check_rms_norm(rms_norm: Callable) -> CheckResult:
         hint="weight * x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps): the mean of "
         "squares over the LAST dim, eps inside the root, then multiply by the weight.",
         compare=_tolerance,
+        forbid=FORBID_RMS_NORM,
     )
 
 
@@ -232,6 +252,7 @@ def check_swiglu_mlp(swiglu_mlp: Callable) -> CheckResult:
         hint="(F.silu(x @ gate_w.T) * (x @ up_w.T)) @ down_w.T: SiLU on the GATE projection "
         "only, multiplied by the up projection.",
         compare=_tolerance,
+        forbid=FORBID_SWIGLU,
     )
 
 
@@ -288,6 +309,7 @@ def check_llama_attention(llama_attention: Callable) -> CheckResult:
         "repeat kv heads (repeat_interleave), softmax(q k^T / sqrt(head_dim) + causal) v, "
         "merge heads, @ o_w.T.",
         compare=_tolerance,
+        forbid=FORBID_LLAMA_ATTENTION,
     )
 
 
@@ -328,4 +350,5 @@ def check_llama_block(llama_block: Callable) -> CheckResult:
         "input_layernorm), ...); x = x + swiglu_mlp(rms_norm(x, post_attention_layernorm), "
         "...). No norm after the additions.",
         compare=_tolerance,
+        forbid=FORBID_LLAMA_BLOCK,
     )

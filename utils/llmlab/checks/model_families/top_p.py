@@ -19,13 +19,17 @@ notebook's seed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from llmlab.checks import Case, CheckResult, run_check
+from llmlab.checks import Case, CheckResult, compare_tensors, run_check
 from llmlab.checks._inputs import SeededGenerator, randn
 from llmlab.inference import generation
 from llmlab.inference.generation import NEG_INF
+
+#: Library logits processors and samplers: an answer that calls one is flagged.
+FORBID_PROCESSORS = ("llmlab.inference", "transformers.generation.logits_process")
 
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns
@@ -78,6 +82,31 @@ def _peaked_and_flat(vocab: int = 12, seed: int = 0) -> torch.Tensor:
     return torch.cat([peaked, 0.1 * randn(1, vocab, seed=seed + 1)])
 
 
+def _probabilities(t: torch.Tensor) -> bool:
+    """Whether every row of ``t`` is a probability distribution (in [0, 1], summing to 1)."""
+    if not t.is_floating_point() or t.numel() == 0 or not t.isfinite().all():
+        return False
+    sums = t.double().sum(dim=-1)
+    return bool((t >= 0).all() and (t <= 1).all() and torch.allclose(sums, torch.ones_like(sums)))
+
+
+def _compare_logits(received: Any, expected: torch.Tensor) -> str | None:
+    """:func:`compare_tensors`, saying so when the answer returned probabilities, not logits."""
+    problem = compare_tensors(received, expected)
+    if (
+        problem is not None
+        and isinstance(received, torch.Tensor)
+        and received.shape == expected.shape
+        and _probabilities(received)
+        and not _probabilities(expected)
+    ):
+        problem += (
+            " (your output looks like probabilities, each row summing to 1: return LOGITS, "
+            "the softmax comes later, when sampling)"
+        )
+    return problem
+
+
 # --------------------------------------------------------------------------------------------
 # The checks
 
@@ -106,6 +135,8 @@ def check_apply_temperature(apply_temperature: Callable) -> CheckResult:
         reference_apply_temperature,
         cases,
         hint="return logits / temperature: still logits (not probabilities), in a new tensor.",
+        compare=_compare_logits,
+        forbid=FORBID_PROCESSORS,
     )
 
 
@@ -139,6 +170,8 @@ def check_top_k_filter(top_k_filter: Callable) -> CheckResult:
         cases,
         hint="find the k-th largest logit of each row (torch.topk) and set every smaller logit "
         "to -inf; return logits, in a new tensor.",
+        compare=_compare_logits,
+        forbid=FORBID_PROCESSORS,
     )
 
 
@@ -200,6 +233,8 @@ def check_top_p_filter(top_p_filter: Callable) -> CheckResult:
         cases,
         hint="sort the logits in descending order, softmax, cumsum; keep a token while the mass "
         "before it is < p; set the others to -inf in the ORIGINAL order; return logits.",
+        compare=_compare_logits,
+        forbid=FORBID_PROCESSORS,
     )
 
 
@@ -236,4 +271,5 @@ def check_sample(sample: Callable) -> CheckResult:
         hint="probs = logits.softmax(dim=-1); return torch.multinomial(probs, num_samples=1, "
         "generator=generator).squeeze(-1): int64 token ids of shape (batch,), drawn with "
         "the given generator (so a seed reproduces them).",
+        forbid=FORBID_PROCESSORS,
     )

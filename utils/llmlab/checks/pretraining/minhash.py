@@ -44,6 +44,10 @@ PRIME = dedup.HASH_PRIME
 
 Pair = tuple[int, int]
 
+#: Library near-duplicate detection: an answer that calls it is flagged. (minhash_signature and
+#: estimate_jaccard have no library twin: the library hashes whole documents with its own family.)
+FORBID_DEDUP = ("llmlab.data.dedup",)
+
 # --------------------------------------------------------------------------------------------
 # References
 
@@ -235,7 +239,13 @@ def check_shingle(shingle: Callable) -> CheckResult:
         Case("empty text", ("", 2), hint="a text without words has no shingles: return set()."),
     ]
     return run_check(
-        "shingle", shingle, reference_shingle, cases, compare=_compare_shingles, hint=word_hint
+        "shingle",
+        shingle,
+        reference_shingle,
+        cases,
+        compare=_compare_shingles,
+        hint=word_hint,
+        forbid=FORBID_DEDUP,
     )
 
 
@@ -274,6 +284,7 @@ def check_jaccard(jaccard: Callable) -> CheckResult:
         cases,
         compare=_compare_float,
         hint="len(a & b) / len(a | b).",
+        forbid=FORBID_DEDUP,
     )
 
 
@@ -402,4 +413,5 @@ def check_lsh_buckets(lsh_buckets: Callable) -> CheckResult:
         cases,
         compare=_compare_pairs,
         hint=band_hint,
+        forbid=FORBID_DEDUP,
     )

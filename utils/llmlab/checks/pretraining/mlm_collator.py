@@ -46,6 +46,10 @@ from llmlab.checks import Case, CheckResult, _inputs, describe, run_check
 from llmlab.training import objectives
 from llmlab.training.losses import IGNORE_INDEX
 
+#: Library collators: an answer that calls one is flagged.
+FORBID_MLM = ("llmlab.training.objectives", "transformers.data.data_collator")
+FORBID_SEGMENTATION = ("llmlab.training.objectives",)
+
 MASK_FRAC, RANDOM_FRAC = 0.8, 0.1
 #: Rates are only tested where at least this many positions are eligible (else too noisy).
 MIN_FOR_RATES = 2000
@@ -144,6 +148,12 @@ def _run(fn: Callable, input_ids, vocab_size, mask_id, special_ids, mlm_prob, se
         mlm_prob,
         _inputs.generator(seed),
     )
+    # A value of the wrong type fails as one, not with a hint about the masking rules.
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"mlm_mask returned {describe(out)}, expected a tuple (inputs, labels)")
+    for name, t in zip(("inputs", "labels"), out, strict=True):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64:
+            raise TypeError(f"{name} is {describe(t)}, expected an int64 torch.Tensor of ids")
     return {
         "out": out,
         "ids": original,
@@ -253,6 +263,7 @@ def check_mlm_mask(mlm_mask: Callable) -> CheckResult:
         run=_run,
         compare=_problem,
         arg_names=("input_ids", "vocab_size", "mask_id", "special_ids", "mlm_prob", "seed"),
+        forbid=FORBID_MLM,
     )
 
 
@@ -273,7 +284,21 @@ def reference_random_segmentation(
 
 def _run_segmentation(fn: Callable, n: int, k: int, seed: int, repeats: int) -> dict:
     g = _inputs.generator(seed)
-    return {"out": [fn(n, k, g) for _ in range(repeats)], "n": n, "k": k}
+    out = []
+    for _ in range(repeats):
+        got = fn(n, k, g)
+        ints = (
+            not got.is_floating_point() and got.dim() == 1
+            if isinstance(got, torch.Tensor)
+            else isinstance(got, (list, tuple))
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in got)
+        )
+        if not ints:  # a type slip fails as one, not with a hint about the cut points
+            raise TypeError(
+                f"random_segmentation returned {describe(got)}, expected a list of ints"
+            )
+        out.append(got)
+    return {"out": out, "n": n, "k": k}
 
 
 def _segmentation_problem(received: dict, expected: dict) -> str | None:
@@ -328,4 +353,5 @@ def check_random_segmentation(random_segmentation: Callable) -> CheckResult:
         run=_run_segmentation,
         compare=_segmentation_problem,
         arg_names=("n", "k", "seed", "repeats"),
+        forbid=FORBID_SEGMENTATION,
     )

@@ -38,6 +38,9 @@ import numpy as np
 from llmlab.checks import Case, CheckResult, describe, run_check
 from llmlab.training import scaling
 
+#: The library's fits: an answer that calls them is flagged.
+FORBID_SCALING = ("llmlab.training.scaling",)
+
 # --------------------------------------------------------------------------------------------
 # References
 
@@ -111,6 +114,8 @@ def _as_floats(received: Any, n: int) -> tuple[list[float] | None, str | None]:
         return None, f"expected a tuple of {n} numbers, received {describe(received)}"
     values = []
     for item in received:
+        if isinstance(item, (str, bytes)):  # float("6.9e10") would hide a str
+            return None, f"expected numbers, received {describe(item)} in the tuple"
         try:
             value = float(item)
         except (TypeError, ValueError):
@@ -140,8 +145,21 @@ def _compare(received: Any, expected: Any) -> str | None:
 # fit_pure_power_law
 
 
+def _numbers(result: Any, n: int) -> Any:
+    """``result`` when it holds ``n`` numbers; otherwise a TypeError: the check cannot use it
+    (a type slip then fails as such, not with a hint about the maths)."""
+    _, problem = _as_floats(result, n)
+    if problem:
+        raise TypeError(problem)
+    return result
+
+
+def _run_pure_fit(fn: Callable, case: LawCase) -> Any:
+    return _numbers(fn(*case.points()), 2)
+
+
 def _run_fit(fn: Callable, case: LawCase) -> Any:
-    return fn(*case.points())
+    return _numbers(fn(*case.points()), 3)
 
 
 def check_fit_pure_power_law(fit_pure_power_law: Callable) -> CheckResult:
@@ -184,10 +202,11 @@ def check_fit_pure_power_law(fit_pure_power_law: Callable) -> CheckResult:
         reference_fit_pure_power_law,
         cases,
         hint="slope, b = np.polyfit(np.log(N), np.log(L), 1); return np.exp(b), -slope.",
-        run=_run_fit,
+        run=_run_pure_fit,
         expect=lambda case: ((case.a, case.alpha), tol),
         compare=_compare,
         arg_names=("law",),
+        forbid=FORBID_SCALING,
     )
 
 
@@ -245,6 +264,7 @@ def check_fit_power_law(fit_power_law: Callable) -> CheckResult:
         expect=expect,
         compare=_compare,
         arg_names=("law",),
+        forbid=FORBID_SCALING,
     )
 
 
@@ -253,7 +273,7 @@ def check_fit_power_law(fit_power_law: Callable) -> CheckResult:
 
 
 def _run_split(fn: Callable, compute: float, tokens_per_param: float | None) -> Any:
-    return fn(compute) if tokens_per_param is None else fn(compute, tokens_per_param)
+    return _numbers(fn(compute) if tokens_per_param is None else fn(compute, tokens_per_param), 2)
 
 
 def check_chinchilla_split(chinchilla_split: Callable) -> CheckResult:
@@ -294,4 +314,5 @@ def check_chinchilla_split(chinchilla_split: Callable) -> CheckResult:
         expect=expect,
         compare=_compare,
         arg_names=("compute", "tokens_per_param"),
+        forbid=FORBID_SCALING,
     )

@@ -33,15 +33,21 @@ from :mod:`llmlab.checks._inputs`, so a check never moves the notebook's seed.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from llmlab.checks import Case, CheckResult, compare_with, run_check
+from llmlab.checks import Case, CheckResult, compare_with, describe, run_check
 from llmlab.checks._inputs import generator
 from llmlab.training import optim, schedule
+
+#: Library schedules and optimizers: an answer that calls one is flagged.
+FORBID_SCHEDULE = ("llmlab.training.schedule", "transformers.optimization")
+FORBID_ADAMW = ("torch.optim", "llmlab.training.optim")
+FORBID_ORTHOGONALIZE = ("llmlab.training.optim",)
 
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer does
@@ -54,7 +60,6 @@ def reference_warmup_cosine(
     return schedule.warmup_cosine(step, total_steps, warmup_frac, min_ratio)
 
 
-@torch.no_grad()
 def reference_adamw_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -72,26 +77,29 @@ def reference_adamw_step(
     function over lists of tensors that keeps its moments in the caller's ``state`` dict,
     while the library's is a ``torch.optim.Optimizer`` that reads ``.grad`` and owns its state.
     """
-    beta1, beta2 = betas
-    if not state:
-        state["step"] = 0
-        state["m"] = [torch.zeros_like(p) for p in params]
-        state["v"] = [torch.zeros_like(p) for p in params]
-    state["step"] += 1
-    t = state["step"]
-    for p, g, m, v in zip(params, grads, state["m"], state["v"], strict=True):
-        p.mul_(1 - lr * weight_decay)  # decoupled: shrink the weight, not the gradient
-        m.mul_(beta1).add_(g, alpha=1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        m_hat = m / (1 - beta1**t)
-        v_hat = v / (1 - beta2**t)
-        p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+    # no_grad inside rather than as a decorator: the check recognises its reference by its
+    # code, and a decorator's wrapper would stand between the student's call and that code.
+    with torch.no_grad():
+        beta1, beta2 = betas
+        if not state:
+            state["step"] = 0
+            state["m"] = [torch.zeros_like(p) for p in params]
+            state["v"] = [torch.zeros_like(p) for p in params]
+        state["step"] += 1
+        t = state["step"]
+        for p, g, m, v in zip(params, grads, state["m"], state["v"], strict=True):
+            p.mul_(1 - lr * weight_decay)  # decoupled: shrink the weight, not the gradient
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            m_hat = m / (1 - beta1**t)
+            v_hat = v / (1 - beta2**t)
+            p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
 
 
-@torch.no_grad()
 def reference_orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Muon's Newton-Schulz iteration: about U V^T for g = U S V^T, g's shape and dtype."""
-    return optim.orthogonalize(g, steps)
+    with torch.no_grad():  # not a decorator: see reference_adamw_step
+        return optim.orthogonalize(g, steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,8 +107,16 @@ def reference_orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 def _schedule(fn: Callable, total_steps: int, warmup_frac: float, min_ratio: float) -> torch.Tensor:
-    values = [fn(step, total_steps, warmup_frac, min_ratio) for step in range(total_steps)]
-    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+    values = []
+    for step in range(total_steps):
+        value = fn(step, total_steps, warmup_frac, min_ratio)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"the multiplier at step {step} is {describe(value)}, expected a Python float "
+                "(math.cos, not torch.cos)"
+            )
+        values.append(float(value))
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
@@ -113,7 +129,8 @@ def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
             "no warmup: 50 steps, warmup_frac 0",
             (50, 0.0, 0.0),
             hint="the cosine must reach min_ratio exactly at the LAST step, total_steps - 1: "
-            "progress = (step - warmup) / (total_steps - 1 - warmup) runs from 0 to 1.",
+            "progress = (step - warmup) / (total_steps - 1 - warmup) runs from 0 to 1, and "
+            "0.5 * (1 + cos(pi * progress)) from 1 to 0.",
         ),
         Case(
             "100 steps, 10% warmup, down to 0",
@@ -130,6 +147,22 @@ def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
         ),
         Case("20 steps, 25% warmup, down to 50%", (20, 0.25, 0.5)),
         Case("long warmup: 40 steps, 50% warmup, down to 0", (40, 0.5, 0.0)),
+        Case(
+            "37 steps, 10% warmup: round(3.7) = 4 warmup steps",
+            (37, 0.1, 0.0),
+            hint="warmup = round(warmup_frac * total_steps): int() and math.floor cut 3.7 to 3.",
+        ),
+        Case(
+            "32 steps, 10% warmup: round(3.2) = 3 warmup steps",
+            (32, 0.1, 0.0),
+            hint="warmup = round(warmup_frac * total_steps): math.ceil turns 3.2 into 4.",
+        ),
+        Case(
+            "one step after the warmup: 10 steps, 90% warmup",
+            (10, 0.9, 0.0),
+            hint="with warmup = total_steps - 1 the decay has 0 steps: divide by "
+            "max(1, total_steps - 1 - warmup), so that the last step gives progress 0.",
+        ),
         Case("1000 steps, 10% warmup, down to 0.1", (1000, 0.1, 0.1)),
     ]
     return run_check(
@@ -143,6 +176,7 @@ def check_warmup_cosine(warmup_cosine: Callable) -> CheckResult:
         run=_schedule,
         compare=compare_with(1e-6, 1e-6),
         arg_names=("total_steps", "warmup_frac", "min_ratio"),
+        forbid=FORBID_SCHEDULE,
     )
 
 
@@ -171,8 +205,10 @@ class AdamWCase:
     seed: int = 0
 
     def __repr__(self) -> str:
+        tensors = "tensor" if len(self.shapes) == 1 else "tensors"
+        steps = "step" if self.steps == 1 else "steps"
         return (
-            f"{len(self.shapes)} tensor(s), {self.steps} steps, lr={self.lr:g}, "
+            f"{len(self.shapes)} {tensors}, {self.steps} {steps}, lr={self.lr:g}, "
             f"betas={self.betas}, eps={self.eps:g}, weight_decay={self.weight_decay:g}"
         )
 
@@ -255,7 +291,8 @@ def check_adamw_step(adamw_step: Callable) -> CheckResult:
         "Update the tensors in place.",
         run=_adamw_trajectory,
         compare=compare_with(1e-5, 1e-4),
-        arg_names=("run",),
+        arg_names=("problem",),
+        forbid=FORBID_ADAMW,
     )
 
 
@@ -346,4 +383,5 @@ def check_orthogonalize(orthogonalize: Callable) -> CheckResult:
         run=_orthogonalized,
         compare=compare_with(1e-5, 1e-4),
         arg_names=("matrix",),
+        forbid=FORBID_ORTHOGONALIZE,
     )

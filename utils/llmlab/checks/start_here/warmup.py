@@ -15,12 +15,38 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from llmlab.checks import Case, CheckResult, compare_tensors, run_check
 from llmlab.checks._inputs import randn, token_ids
+
+#: Library ops that compute a whole answer: an answer that calls one is flagged.
+FORBID_SOFTMAX = (
+    "torch.softmax",
+    "torch.Tensor.softmax",
+    "torch.nn.functional.softmax",
+    "torch.special.softmax",
+    "torch.nn.modules.activation.Softmax",
+)
+FORBID_LOG_SOFTMAX = (
+    "torch.log_softmax",
+    "torch.Tensor.log_softmax",
+    "torch.nn.functional.log_softmax",
+    "torch.special.log_softmax",
+    "torch.nn.modules.activation.LogSoftmax",
+)
+FORBID_CROSS_ENTROPY = (
+    "torch.nn.functional.cross_entropy",
+    "torch.nn.functional.nll_loss",
+    "torch.nn.modules.loss.CrossEntropyLoss",
+    "torch.nn.modules.loss.NLLLoss",
+    "torch._C._nn.cross_entropy_loss",
+    "torch._C._nn.nll_loss",
+)
+FORBID_TEMPERATURE = ("llmlab.inference", "transformers.generation.logits_process")
 
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns (built on PyTorch's own implementations)
@@ -135,6 +161,7 @@ def check_stable_softmax(softmax: Callable) -> CheckResult:
         reference_softmax,
         _logit_cases(),
         hint="exp(x - max) / sum of exp(x - max), both along `dim` with keepdim=True.",
+        forbid=FORBID_SOFTMAX,
     )
 
 
@@ -160,7 +187,27 @@ def check_log_softmax(log_softmax: Callable) -> CheckResult:
         "and m the max along `dim`.",
         # x - logsumexp(x) is right but subtracts two numbers near 1000: float32 keeps ~6e-5
         compare=functools.partial(compare_tensors, atol=1e-4),
+        forbid=FORBID_LOG_SOFTMAX,
     )
+
+
+def _compare_loss(received: Any, expected: torch.Tensor) -> str | None:
+    """:func:`compare_tensors`, naming the two usual slips: a sum, a missing minus sign."""
+    problem = compare_tensors(received, expected)
+    if problem is None or not isinstance(received, torch.Tensor) or received.numel() != 1:
+        return problem
+    if received.shape != expected.shape or received.dtype != expected.dtype:
+        return problem
+    got, want = float(received), float(expected)
+    if want != 0 and math.isclose(got, -want, rel_tol=1e-4):
+        return f"{problem} (the expected value with the wrong sign: negate the log-probabilities)"
+    ratio = got / want if want else 0.0
+    if ratio > 1.5 and math.isclose(ratio, round(ratio), rel_tol=1e-4):
+        return (
+            f"{problem} ({round(ratio)} times the expected value: the sum over the examples, "
+            "not their mean)"
+        )
+    return problem
 
 
 def check_cross_entropy(cross_entropy: Callable) -> CheckResult:
@@ -171,7 +218,8 @@ def check_cross_entropy(cross_entropy: Callable) -> CheckResult:
         Case(
             "(4, 10) logits",
             (randn(4, 10, seed=11), token_ids(4, vocab=10, seed=12)),
-            hint="average over the examples (mean, not sum).",
+            hint="take log_softmax along the LAST dim (the vocabulary), pick each target's "
+            "log-probability, negate, and average over the examples (mean, not sum).",
         ),
         Case("one example (1, 5)", (randn(1, 5, seed=14), token_ids(1, vocab=5, seed=15))),
         Case(
@@ -196,6 +244,8 @@ def check_cross_entropy(cross_entropy: Callable) -> CheckResult:
         cases,
         hint="-log_softmax(logits, dim=-1) at each target id, averaged over positions "
         "(a 0-dim tensor).",
+        compare=_compare_loss,
+        forbid=FORBID_CROSS_ENTROPY,
     )
 
 
@@ -230,6 +280,13 @@ def check_apply_temperature(apply_temperature: Callable) -> CheckResult:
             raises=ValueError,
             hint=validate,
         ),
+        Case(
+            "NaN temperature is rejected",
+            (randn(5, seed=27), float("nan")),
+            raises=ValueError,
+            hint="NaN is not a finite number and compares False with everything: test "
+            "math.isfinite(temperature) and temperature > 0, so that NaN fails the test.",
+        ),
     ]
     return run_check(
         "apply_temperature",
@@ -237,4 +294,5 @@ def check_apply_temperature(apply_temperature: Callable) -> CheckResult:
         reference_apply_temperature,
         cases,
         hint="return logits / temperature.",
+        forbid=FORBID_TEMPERATURE,
     )

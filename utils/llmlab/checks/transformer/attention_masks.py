@@ -22,6 +22,15 @@ from llmlab.checks import Case, CheckResult, run_check
 from llmlab.checks._inputs import lengths, randn
 from llmlab.nn import attention
 
+#: Library ops that compute a whole answer: an answer that calls one is flagged.
+FORBID_ATTENTION = (
+    "torch.nn.functional.scaled_dot_product_attention",
+    "torch.nn.functional.multi_head_attention_forward",
+    "torch.nn.modules.activation.MultiheadAttention",
+    "llmlab.nn.attention",
+)
+FORBID_MASKS = ("llmlab.nn.attention", "torch.nn.modules.transformer")
+
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns (the chapter's tested functions)
 
@@ -126,6 +135,7 @@ def check_scaled_dot_product_attention(scaled_dot_product_attention: Callable) -
         cases,
         hint="softmax(q @ k.transpose(-2, -1) / sqrt(head_dim), dim=-1) @ v, with masked "
         "scores set to -inf before the softmax.",
+        forbid=FORBID_ATTENTION,
     )
 
 
@@ -152,6 +162,7 @@ def check_causal_mask(causal_mask: Callable) -> CheckResult:
         cases,
         hint="return a bool tensor (seq_q, seq_k), True where key j is not in the query's "
         "future (a lower triangle).",
+        forbid=FORBID_MASKS,
     )
 
 
@@ -173,4 +184,5 @@ def check_padding_mask(padding_mask: Callable) -> CheckResult:
         hint="right padding puts the real tokens first: keep = torch.arange(seq)[None, :] < "
         "lengths[:, None], a bool (batch, seq); return keep[:, None, None, :] so it "
         "broadcasts over heads and queries.",
+        forbid=FORBID_MASKS,
     )

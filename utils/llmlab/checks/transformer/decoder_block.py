@@ -24,6 +24,10 @@ from llmlab.nn import attention
 from llmlab.nn.blocks import BlockConfig, DecoderBlock
 from llmlab.nn.norms import RMSNorm
 
+#: Library blocks that compute a whole answer: an answer that builds one is flagged (the
+#: solution uses llmlab.nn.attention's causal_mask and the given parts).
+FORBID_BLOCK = ("llmlab.nn.blocks", "torch.nn.modules.transformer")
+
 #: The sub-modules of a decoder block, in the order a pre-norm forward uses them.
 DECODER_PARTS = ("self_attn_norm", "self_attn", "cross_attn_norm", "cross_attn", "mlp_norm", "mlp")
 
@@ -188,4 +192,5 @@ def check_decoder_block(decoder_block: Callable) -> CheckResult:
         "x = x + cross_attn(cross_attn_norm(x), context=memory, mask=memory_mask); "
         "x = x + mlp(mlp_norm(x)).",
         compare=FLOAT32_TOLERANCE,
+        forbid=FORBID_BLOCK,
     )

@@ -25,6 +25,18 @@ from llmlab.checks._inputs import lengths, randn
 from llmlab.checks.transformer import FLOAT32_TOLERANCE
 from llmlab.nn import attention
 
+#: Library ops that compute a whole answer: an answer that calls one is flagged. The lab's
+#: multi_head_attention may call llmlab's scaled_dot_product_attention (the solution does).
+FORBID_MHA = (
+    "llmlab.nn.attention.MultiHeadAttention",
+    "torch.nn.modules.activation.MultiheadAttention",
+    "torch.nn.functional.multi_head_attention_forward",
+)
+FORBID_REPEAT_KV = (
+    "llmlab.nn.attention.repeat_kv",
+    "transformers.models.llama.modeling_llama.repeat_kv",
+)
+
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns
 
@@ -165,6 +177,7 @@ def check_multi_head_attention(multi_head_attention: Callable) -> CheckResult:
         hint="q = split_heads(x @ w_q.T, n_heads) (same for k, v); attention per head with the "
         "mask; merge_heads; then @ w_o.T.",
         compare=FLOAT32_TOLERANCE,
+        forbid=FORBID_MHA,
     )
 
 
@@ -185,4 +198,5 @@ def check_repeat_kv(repeat_kv: Callable) -> CheckResult:
         cases,
         hint="query head h uses kv head h // n_rep, so each kv head is copied n_rep times IN A "
         "ROW: x.repeat_interleave(n_rep, dim=1) (x.repeat tiles them instead).",
+        forbid=FORBID_REPEAT_KV,
     )

@@ -20,6 +20,18 @@ from llmlab.checks import Case, CheckResult, compare_tensors, describe, run_chec
 from llmlab.checks._inputs import randn
 from llmlab.nn import positional
 
+#: Library ops that compute a whole answer: an answer that calls one is flagged.
+FORBID_ROPE_TABLES = (
+    "llmlab.nn.positional",
+    "transformers.modeling_rope_utils",
+    "transformers.models.llama.modeling_llama.LlamaRotaryEmbedding",
+)
+FORBID_ROTARY = (
+    "llmlab.nn.positional",
+    "transformers.models.llama.modeling_llama.apply_rotary_pos_emb",
+    "transformers.models.llama.modeling_llama.rotate_half",
+)
+
 # --------------------------------------------------------------------------------------------
 # References: what a correct answer returns (the chapter's tested functions)
 
@@ -102,6 +114,7 @@ def check_rope_frequencies(rope_frequencies: Callable) -> CheckResult:
         "positions 0 .. max_seq-1 (outer) theta, (max_seq, head_dim/2); rotate-half layout: "
         "emb = torch.cat((angles, angles), dim=-1); return emb.cos(), emb.sin() in float32.",
         compare=_pair_compare(("cos", "sin"), atol=1e-4, rtol=1e-4),
+        forbid=FORBID_ROPE_TABLES,
     )
 
 
@@ -130,4 +143,5 @@ def check_apply_rotary(apply_rotary: Callable) -> CheckResult:
         cases,
         hint="x * cos + rotate_half(x) * sin, where rotate_half(x) = cat((-x2, x1), dim=-1) for "
         "the two HALVES x1, x2 of the last dim (not the even/odd pairs).",
+        forbid=FORBID_ROTARY,
     )

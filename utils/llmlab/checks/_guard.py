@@ -1,0 +1,234 @@
+"""What a check needs to trust a pass: whose function it was given, what that function called,
+and how long one case may take.
+
+- :func:`not_students` says when a function is not the student's own code: the reference a
+  failed check handed back, any ``llmlab`` function, or a function of an installed library
+  (``torch.softmax`` given as the answer to the softmax exercise).
+- :class:`CallRecorder` records, while one case runs, the calls that the student's code makes
+  to the check's own reference and to the functions a check forbids (the library op that *is*
+  the answer, e.g. ``torch.softmax``). References of *other* exercises stay allowed: after a
+  failed check the lab hands them back, and a later exercise may use them. A call counts only when its caller is the
+  student's code, so a library calling its own helpers is never blamed on the student.
+- :func:`time_limit` stops a case after a budget with :class:`CaseTimeout` (a signal timer on
+  Linux and macOS; where the platform has none, :data:`TIME_LIMITS_WORK` is False and cases
+  run unbounded).
+
+"Student code" is any code whose file lies outside the ``llmlab`` package, the Python standard
+library and installed packages: a notebook cell, a script, a test. The grader runs the same
+functions in its sandbox and re-checks their reports in the trusted process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import signal
+import sys
+import sysconfig
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../llmlab
+_CHECKS_DIR = os.path.dirname(os.path.abspath(__file__))  # .../llmlab/checks
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    """Folders whose code is never the student's: llmlab, the standard library, packages."""
+    dirs = {_PACKAGE_DIR, os.path.dirname(os.__file__), os.path.dirname(torch.__file__)}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.add(path)
+    for path in sys.path:
+        if path.endswith(("site-packages", "dist-packages")):
+            dirs.add(path)
+    return tuple(sorted(os.path.abspath(d) + os.sep for d in dirs))
+
+
+@functools.lru_cache(maxsize=4096)
+def is_student_file(filename: str) -> bool:
+    """Whether code compiled from ``filename`` is the student's (not llmlab, stdlib, packages).
+
+    ``<cell 3>``, ``/tmp/ipykernel_81/2716.py`` and a test file are; ``<frozen ...>`` and
+    ``<string>`` (code built by a library) are not.
+    """
+    if filename.startswith("<"):
+        return filename.startswith("<cell") or filename.startswith("<ipython-input")
+    return not os.path.abspath(filename).startswith(_library_dirs())
+
+
+def _qualified_name(fn: Any) -> str:
+    """``module.qualname`` of a function, method or builtin, as well as Python can tell."""
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({_qualified_name(fn.func)})"
+    try:
+        name = torch.overrides.resolve_name(fn)
+    except Exception:
+        name = None
+    if name:
+        return name
+    module = getattr(fn, "__module__", None)
+    self = getattr(fn, "__self__", None)
+    if module is None and self is not None:
+        module = getattr(self, "__module__", None) or getattr(self, "__name__", None)
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def _code_of(fn: Any) -> types.CodeType | None:
+    """The code object a callable runs: a function's, a bound method's or a partial's."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)  # bound method
+    fn = inspect.unwrap(fn)  # a decorated function (e.g. @torch.no_grad) runs the original
+    return getattr(fn, "__code__", None)
+
+
+def not_students(fn: Any, reference_fn: Callable, name: str) -> str | None:
+    """Why ``fn`` is not the student's own function, in words; None when it is.
+
+    ``name`` is the exercise's function name, as the lab calls it (``softmax``).
+    """
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = getattr(target, "__func__", target)
+    rerun = f"re-run the cell that defines `{name}`, then this check"
+    if target is reference_fn:
+        return (
+            f"`{name}` is the reference implementation that this check handed back after an "
+            f"earlier failure, not your function: {rerun}"
+        )
+    code = _code_of(target)
+    if code is None:
+        return (
+            f"`{name}` is `{_qualified_name(target)}`, which is not a function written in this "
+            f"notebook: write `{name}` yourself (a `def` in the exercise cell), then {rerun[3:]}"
+        )
+    if not is_student_file(code.co_filename):
+        if code.co_filename.startswith(_PACKAGE_DIR):
+            where = "llmlab"
+        elif code.co_filename.startswith("<"):
+            where = f"code built outside this notebook ({code.co_filename})"
+        else:
+            where = "an installed library"
+        return (
+            f"`{name}` is `{_qualified_name(target)}` from {where}, not a function written in "
+            f"this notebook: write `{name}` yourself, then {rerun[3:]}"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Recording the calls the student's code makes
+
+
+class CallRecorder:
+    """Record, while active, the student's calls to the check's ``reference`` and to ``forbid``.
+
+    ``forbid``: qualified names or prefixes (``"torch.softmax"``, ``"torch.Tensor.softmax"``,
+    ``"torch.nn.functional.softmax"``, ``"llmlab.nn.attention"``). A name matches a forbidden
+    entry equal to it or to one of its dotted prefixes. ``calls`` lists each forbidden name once,
+    in the order first seen. ``tampered`` is set when the student's code removed the recorder
+    (``sys.setprofile``) while it ran. Calls are seen through ``sys.setprofile``: a Python
+    function's ``call`` event and a builtin's ``c_call`` (``torch.softmax``, ``Tensor.exp``).
+    """
+
+    def __init__(self, forbid: Sequence[str] = (), reference: Callable | None = None):
+        self.forbid = tuple(forbid)
+        self.reference = _code_of(reference) if reference is not None else None
+        self.calls: list[str] = []
+        self.tampered = ""
+        self._previous_profile: Any = None
+        self._hook = self._profile  # one bound method, so that `is` can tell it was replaced
+
+    def _note(self, name: str) -> None:
+        if name not in self.calls and any(
+            name == f or name.startswith(f + ".") for f in self.forbid
+        ):
+            self.calls.append(name)
+
+    def _profile(self, frame: types.FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            caller = frame.f_back
+            if frame.f_code is self.reference:  # whoever calls it: a wrapper hides nothing
+                name = f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname}"
+                if name not in self.calls:
+                    self.calls.append(name)
+            elif caller is not None and is_student_file(caller.f_code.co_filename):
+                module = frame.f_globals.get("__name__", "?")
+                self._note(f"{module}.{frame.f_code.co_qualname}")
+        elif event == "c_call" and is_student_file(frame.f_code.co_filename):
+            self._note(_qualified_name(arg))
+
+    def __enter__(self) -> CallRecorder:
+        self._previous_profile = sys.getprofile()
+        sys.setprofile(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if sys.getprofile() is not self._hook:
+            self.tampered = "the profiler that records calls was replaced (sys.setprofile)"
+        sys.setprofile(self._previous_profile)
+
+
+def forbidden_message(calls: Sequence[str], tampered: str = "") -> str:
+    """Why a case is flagged, in words."""
+    if tampered:
+        return f"{tampered} while your function ran; checks cannot trust this run"
+    names = ", ".join(f"`{c}`" for c in calls[:3])
+    if any(c.startswith("llmlab.checks.") for c in calls):
+        return f"your function called {names}, the check's own code: write the answer yourself"
+    return (
+        f"your function called {names}, which computes the answer for you: this exercise asks "
+        "you to write it from simpler operations"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Time limits
+
+
+class CaseTimeout(BaseException):
+    """A case ran past its time budget (a BaseException, so ``except Exception`` cannot eat it)."""
+
+
+TIME_LIMITS_WORK = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[dict[str, bool]]:
+    """Raise :class:`CaseTimeout` in the block after ``seconds`` (None: no limit).
+
+    Yields a dict whose ``"fired"`` turns True when the budget ran out, even if the student's
+    code caught the exception and carried on. Works in the main thread on platforms with
+    ``signal.setitimer``; elsewhere the block runs unbounded (see :data:`TIME_LIMITS_WORK`).
+    """
+    state = {"fired": False}
+    usable = (
+        seconds is not None
+        and TIME_LIMITS_WORK
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield state
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        state["fired"] = True
+        raise CaseTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield state
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
