@@ -7,6 +7,7 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       assets          the offline models (SmolLM2, MiniLM) and the course cache
       validate        input checks for configs and entry points (require_*)
       progress, plotting
+      sandbox         run untrusted code isolated: the grader, ch07's Python tool, ch09's pass@k
     what the course teaches
       nn/             ch01  attention, positional, norms, ffn, blocks, cache (the KV cache)
       models/         ch02  GPT, BERT, LLaMA, PaLM, encoder_decoder (+ T5), configs,
@@ -46,6 +47,7 @@ _SUBMODULES = {
     "plotting",
     "progress",
     "validate",
+    "sandbox",
     # what the course teaches, by concept
     "nn",
     "models",

@@ -5,6 +5,7 @@ assets fetch [KEY...]   download and prepare the offline models
 assets status           which assets are ready, and where
 labs [--check]          regenerate labs/ and the README's chapter map (or check them)
 grade PATH... [...]     grade students' lab notebooks (see: python -m llmlab grade --help)
+selfcheck NOTEBOOK      the grader's verdict on your own lab notebook
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from llmlab.course import grading
 
         return grading.main(rest)
+    if command == "selfcheck":
+        from llmlab.course import grading
+
+        return grading.self_check(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -27,8 +27,11 @@ can also use nbgrader or otter-grader on the solutions.
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -76,11 +79,117 @@ def strip_solutions(source: str, where: str = "cell") -> str:
     return "\n".join(lab_lines) + ("\n" if source.endswith("\n") else "")
 
 
-def generate_lab(solution_nb: NotebookNode, name: str = "notebook") -> NotebookNode:
-    """The lab for ``solution_nb``: answers replaced by stubs, outputs cleared, metadata kept.
+# --------------------------------------------------------------------------------------------
+# A lab's structure: which cells are exercises, which check each, and the lab's identity
+
+#: A check cell, the one form the labs use: ``softmax = check_stable_softmax(softmax).fn``.
+_CHECK_CELL = re.compile(r"^\s*(\w+)\s*=\s*(check_(\w+))\(\s*(\w+)\s*\)\.fn\s*$")
+METADATA_KEY = "llmlab"
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise of a lab: the function the student writes and the check that judges it.
+
+    ``answer_cell`` and ``check_cell`` index the lab's cells; ``check`` is the check's module
+    and function name (``("llmlab.checks.start_here.warmup", "check_stable_softmax")``).
+    """
+
+    name: str  # the exercise, as checks record it: "stable_softmax"
+    function: str  # the function the student defines: "softmax"
+    check: tuple[str, str]
+    answer_cell: int
+    check_cell: int
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    """A lab's identity (``"00_start_here/01_warmup"``) and its exercises, in order."""
+
+    lab_id: str
+    exercises: tuple[Exercise, ...]
+
+
+def _check_imports(nb: NotebookNode) -> dict[str, str]:
+    """``{check name: module}`` for every ``from llmlab.checks.X import check_...`` of ``nb``."""
+    found: dict[str, str] = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llmlab.checks"):
+                for alias in node.names:
+                    if alias.name.startswith("check_"):
+                        found[alias.asname or alias.name] = node.module
+    return found
+
+
+def _is_answer_cell(cell: NotebookNode) -> bool:
+    """A solution's cell with an answer block, or a generated lab's marked answer cell."""
+    role = cell.get("metadata", {}).get(METADATA_KEY, {}).get("role")
+    return cell.cell_type == "code" and (role == "answer" or BEGIN in cell.source)
+
+
+def lab_structure(nb: NotebookNode, lab_id: str = "") -> LabInfo:
+    """The exercises of a lab or solution notebook, read from its cells (never from names
+    that other functions could match): each check cell ``F = check_X(F).fn`` whose check is
+    imported from ``llmlab.checks``, paired with the nearest answer cell before it.
+
+    ``lab_id`` defaults to the notebook's own ``metadata.llmlab.lab``. Raises ValueError when a
+    check cell has no answer cell before it or its check is not imported.
+    """
+    imports = _check_imports(nb)
+    exercises: list[Exercise] = []
+    last_answer: int | None = None
+    for index, cell in enumerate(nb.cells):
+        if _is_answer_cell(cell):
+            last_answer = index
+            continue
+        match = _CHECK_CELL.match(cell.source) if cell.cell_type == "code" else None
+        if match is None:
+            continue
+        target, check, name, argument = match.groups()
+        if check not in imports:
+            raise ValueError(f"cell {index}: {check} is not imported from llmlab.checks")
+        if last_answer is None:
+            raise ValueError(f"cell {index}: the check {check} has no exercise cell before it")
+        if target != argument:
+            raise ValueError(f"cell {index}: {target} = {check}({argument}).fn mixes two names")
+        exercises.append(Exercise(name, argument, (imports[check], check), last_answer, index))
+        last_answer = None
+    lab_id = lab_id or nb.metadata.get(METADATA_KEY, {}).get("lab", "")
+    return LabInfo(lab_id, tuple(exercises))
+
+
+def mark_cells(nb: NotebookNode, info: LabInfo) -> None:
+    """Write ``info`` into ``nb``'s metadata: the lab's id and exercises, and on each answer and
+    check cell its role and exercise, so a grader finds a student's answers by their mark."""
+    nb.metadata[METADATA_KEY] = {
+        "lab": info.lab_id,
+        "exercises": [exercise.name for exercise in info.exercises],
+    }
+    for exercise in info.exercises:
+        for index, role in ((exercise.answer_cell, "answer"), (exercise.check_cell, "check")):
+            nb.cells[index].metadata[METADATA_KEY] = {
+                "role": role,
+                "exercise": exercise.name,
+                "function": exercise.function,
+            }
+
+
+def generate_lab(
+    solution_nb: NotebookNode, name: str = "notebook", lab_id: str = ""
+) -> NotebookNode:
+    """The lab for ``solution_nb``: answers replaced by stubs, outputs cleared, metadata kept,
+    and the lab's id and exercises marked in the metadata (:func:`mark_cells`).
 
     name: names the notebook in error messages. ``solution_nb`` is not modified.
     """
+    info = lab_structure(solution_nb, lab_id=lab_id)
     lab = copy.deepcopy(solution_nb)
     for index, cell in enumerate(lab.cells):
         if cell.cell_type != "code":
@@ -88,7 +197,14 @@ def generate_lab(solution_nb: NotebookNode, name: str = "notebook") -> NotebookN
         cell.source = strip_solutions(cell.source, where=f"{name}, cell {index}")
         cell.outputs = []
         cell.execution_count = None
+    if info.exercises:
+        mark_cells(lab, info)
     return lab
+
+
+def lab_id(solution: Path, root: Path) -> str:
+    """``"00_start_here/01_warmup"`` for ``root/solutions/00_start_here/01_warmup.ipynb``."""
+    return solution.relative_to(root / "solutions").with_suffix("").as_posix()
 
 
 def render(nb: NotebookNode) -> str:
@@ -117,7 +233,9 @@ def generate_all(root: Path, check: bool = False) -> list[Path]:
     for solution in solution_notebooks(root):
         target = lab_path(solution, root)
         name = str(solution.relative_to(root))
-        text = render(generate_lab(nbformat.read(solution, as_version=4), name=name))
+        solution_nb = nbformat.read(solution, as_version=4)
+        lab = generate_lab(solution_nb, name=name, lab_id=lab_id(solution, root))
+        text = render(lab)
         current = target.read_text(encoding="utf-8") if target.is_file() else None
         if text == current:
             continue
