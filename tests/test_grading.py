@@ -95,6 +95,7 @@ def test_generated_labs_mark_their_exercise_cells():
         ("import llmlab.checks as c\nc.compare_tensors = None", "llmlab.checks"),
         ("def f(x):\n    import sys\n    return sys._getframe(1).f_locals['expected']", "stack"),
         ("import inspect\ndef f(x):\n    return inspect.stack()", "inspect"),
+        ("def f(x):\n    return CheckResult('f', True, 'ok', 1)", "by hand"),
         ("import sys\nsys.setprofile(None)", "profiler"),
         ("open(os.environ['LLMLAB_CHECK_LOG'], 'a')", "check log"),
         ("p = '../../solutions/00_start_here/01_warmup.ipynb'", "solutions"),
@@ -105,11 +106,12 @@ def test_tampering_is_seen_in_the_code(source, words):
     assert any(words in found for found in grading.tampering(source)), grading.tampering(source)
 
 
-def test_honest_code_is_not_tampering():
-    source = SOLUTION.read_text(encoding="utf-8")
-    for cell in nbformat.reads(source, as_version=4).cells:
+@pytest.mark.parametrize("solution", sorted((ROOT / "solutions").rglob("*.ipynb")), ids=str)
+def test_honest_code_is_not_tampering(solution):
+    # Every answer of every lab (torch.stack, a variable named `record` ...) is clean.
+    for cell in nbformat.read(solution, as_version=4).cells:
         if "BEGIN SOLUTION" in cell.source:
-            assert grading.tampering(cell.source) == []
+            assert grading.tampering(cell.source) == [], cell.source[:200]
 
 
 def test_values_come_back_as_plain_data():
