@@ -100,6 +100,7 @@ def test_generated_labs_mark_their_exercise_cells():
         ("open(os.environ['LLMLAB_CHECK_LOG'], 'a')", "check log"),
         ("p = '../../solutions/00_start_here/01_warmup.ipynb'", "solutions"),
         ("import gc\ngc.get_objects()", "garbage collector"),
+        ("import threading\nthreading.Thread(target=print).start()", "threading"),
     ],
 )
 def test_tampering_is_seen_in_the_code(source, words):

@@ -198,7 +198,9 @@ def tampering(source: str) -> list[str]:
             modules += [alias.name for alias in node.names]
             if any(m == "llmlab.checks" or m.startswith("llmlab.checks.") for m in modules):
                 found.append(f"imports from llmlab.checks (line {line})")
-            if any(m.split(".")[0] in ("inspect", "gc", "ctypes", "signal") for m in modules):
+            roots = ("inspect", "gc", "ctypes", "signal", "threading", "_thread")
+            roots += ("multiprocessing", "concurrent", "subprocess")  # calls no recorder sees
+            if any(m.split(".")[0] in roots for m in modules):
                 found.append(f"imports {modules[-1].split('.')[0]} (line {line})")
             names = [alias.name for alias in node.names]
             if any(name.startswith("reference_") for name in names):
