@@ -489,3 +489,11 @@ def test_without_lab_the_grader_warns_and_never_grades_a_notebook_against_itself
     assert "WARNING: no --lab given" in capsys.readouterr().err
     row = next(iter(_rows(tmp_path / "g").values()))
     assert "cannot tell which lab" in row["notes"] and row["score"] == "0"
+
+
+@pytest.mark.slow
+def test_selfcheck_gives_the_graders_verdict(tmp_path, capsys):
+    nbformat.write(CORPUS["one_wrong"][0], tmp_path / "mine.ipynb")
+    assert grading.self_check([str(tmp_path / "mine.ipynb")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# 00_start_here/01_warmup: 3/4") and "mean, not sum" in out

@@ -475,17 +475,16 @@ def call_student(
     forbid: Sequence[str] = (),
     reference: Callable | None = None,
 ) -> Outcome:
-    """Call ``fn(*args, **kwargs)`` under a time budget, recording forbidden calls.
-
-    ``args``/``kwargs`` are the call's own copies; an unchanged copy is kept to notice a
-    function that writes into its input.
+    """Call ``fn`` on a copy of ``args``/``kwargs`` under a time budget, recording forbidden
+    calls. ``args``/``kwargs`` stay untouched: against them, a function that writes into its
+    input is noticed.
     """
-    before_args, before_kwargs = _copy(args), _copy(kwargs)
+    call_args, call_kwargs = _copy(args), _copy(kwargs)
     recorder = CallRecorder(forbid, reference)
     outcome = Outcome()
     try:
         with time_limit(time_s) as alarm, recorder:
-            outcome.value = fn(*args, **kwargs)
+            outcome.value = fn(*call_args, **call_kwargs)
     except CaseTimeout:
         outcome.timed_out = time_s
     except NotImplementedError:
@@ -500,7 +499,7 @@ def call_student(
     outcome.calls = tuple(recorder.calls)
     # A timer that fires inside the recorder switches it off: that is the timeout, not tampering.
     outcome.tampered = "" if outcome.timed_out is not None else recorder.tampered
-    outcome.mutated = not (_same(args, before_args) and _same(kwargs, before_kwargs))
+    outcome.mutated = not (_same(call_args, args) and _same(call_kwargs, kwargs))
     return outcome
 
 
@@ -566,7 +565,7 @@ def _check_case(
     The student's function runs first and the reference only afterwards, so no expected value
     exists while the student's code runs. Raises NotImplementedError for an unfilled stub.
     """
-    outcome = call(_copy(case.args), _copy(case.kwargs))
+    outcome = call(case.args, case.kwargs)  # the call works on copies
     if outcome.calls or outcome.tampered:
         return "flagged", forbidden_message(outcome.calls, outcome.tampered), "", None
     if outcome.timed_out is not None:
@@ -696,18 +695,17 @@ def evaluate(
     else:
         not_yours = not_students(student_fn, reference_fn, name)
         student = student_fn if run is None else _driven(run, student_fn)
+        # The reference running counts against the student, unless the student's function is
+        # the reference: only where provenance was waived (the checks' own tests).
+        watched = None if _code_of(student_fn) is _code_of(reference_fn) else reference_fn
 
         def call(args: tuple, kwargs: dict) -> Outcome:
             return call_student(
-                student, args, kwargs, time_s=time_s, forbid=forbid, reference=reference_fn
+                student, args, kwargs, time_s=time_s, forbid=forbid, reference=watched
             )
 
     if not_yours is not None:
         return failed(f"{not_yours}.", None, "not yours")
-    if remote is None and _code_of(student_fn) is _code_of(reference_fn):
-        # only where provenance was waived (the checks' own tests): the reference may run
-        def call(args: tuple, kwargs: dict) -> Outcome:
-            return call_student(student, args, kwargs, time_s=time_s, forbid=forbid)
 
     reference = expect or (reference_fn if run is None else _driven(run, reference_fn))
     names = list(arg_names) if arg_names is not None else _parameter_names(reference_fn)

@@ -7,8 +7,9 @@ and how long one case may take.
 - :class:`CallRecorder` records, while one case runs, the calls that the student's code makes
   to the check's own reference and to the functions a check forbids (the library op that *is*
   the answer, e.g. ``torch.softmax``). References of *other* exercises stay allowed: after a
-  failed check the lab hands them back, and a later exercise may use them. A call counts only when its caller is the
-  student's code, so a library calling its own helpers is never blamed on the student.
+  failed check the lab hands them back, and a later exercise may use them. A forbidden call
+  counts only when its caller is the student's code, so a library calling its own helpers is
+  never blamed on the student.
 - :func:`time_limit` stops a case after a budget with :class:`CaseTimeout` (a signal timer on
   Linux and macOS; where the platform has none, :data:`TIME_LIMITS_WORK` is False and cases
   run unbounded).
@@ -35,7 +36,6 @@ from typing import Any
 import torch
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../llmlab
-_CHECKS_DIR = os.path.dirname(os.path.abspath(__file__))  # .../llmlab/checks
 
 
 @functools.cache
@@ -82,13 +82,17 @@ def _qualified_name(fn: Any) -> str:
     return f"{module}.{qualname}" if module else str(qualname)
 
 
-def _code_of(fn: Any) -> types.CodeType | None:
-    """The code object a callable runs: a function's, a bound method's or a partial's."""
+def _target(fn: Any) -> Any:
+    """The function a callable stands for: a partial's function, a bound method's function."""
     while isinstance(fn, functools.partial):
         fn = fn.func
-    fn = getattr(fn, "__func__", fn)  # bound method
-    fn = inspect.unwrap(fn)  # a decorated function (e.g. @torch.no_grad) runs the original
-    return getattr(fn, "__code__", None)
+    return getattr(fn, "__func__", fn)
+
+
+def _code_of(fn: Any) -> types.CodeType | None:
+    """The code object a callable runs: a function's, a bound method's or a partial's."""
+    # a decorated function (e.g. @torch.no_grad) runs the original
+    return getattr(inspect.unwrap(_target(fn)), "__code__", None)
 
 
 def not_students(fn: Any, reference_fn: Callable, name: str) -> str | None:
@@ -96,10 +100,7 @@ def not_students(fn: Any, reference_fn: Callable, name: str) -> str | None:
 
     ``name`` is the exercise's function name, as the lab calls it (``softmax``).
     """
-    target = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    target = getattr(target, "__func__", target)
+    target = _target(fn)
     rerun = f"re-run the cell that defines `{name}`, then this check"
     if target is reference_fn:
         return (
@@ -149,22 +150,22 @@ class CallRecorder:
         self._previous_profile: Any = None
         self._hook = self._profile  # one bound method, so that `is` can tell it was replaced
 
-    def _note(self, name: str) -> None:
-        if name not in self.calls and any(
-            name == f or name.startswith(f + ".") for f in self.forbid
+    def _note(self, name: str, always: bool = False) -> None:
+        """Keep ``name`` once if it is forbidden (or ``always``: the check's reference)."""
+        if name not in self.calls and (
+            always or any(name == f or name.startswith(f + ".") for f in self.forbid)
         ):
             self.calls.append(name)
 
     def _profile(self, frame: types.FrameType, event: str, arg: Any) -> None:
         if event == "call":
+            # The reference counts whoever calls it (a wrapper hides nothing); anything else
+            # only when the student's code calls it.
+            is_reference = frame.f_code is self.reference
             caller = frame.f_back
-            if frame.f_code is self.reference:  # whoever calls it: a wrapper hides nothing
-                name = f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname}"
-                if name not in self.calls:
-                    self.calls.append(name)
-            elif caller is not None and is_student_file(caller.f_code.co_filename):
+            if is_reference or (caller is not None and is_student_file(caller.f_code.co_filename)):
                 module = frame.f_globals.get("__name__", "?")
-                self._note(f"{module}.{frame.f_code.co_qualname}")
+                self._note(f"{module}.{frame.f_code.co_qualname}", always=is_reference)
         elif event == "c_call" and is_student_file(frame.f_code.co_filename):
             self._note(_qualified_name(arg))
 

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import torch
 
 from llmlab import checks
-from llmlab.checks import Outcome, call_student
+from llmlab.checks import Outcome, _driven, call_student
 
 _FRAME = struct.Struct(">Q")
 _MAX_STDOUT = 20_000  # characters of a cell's output kept for the executed notebook
@@ -183,7 +183,7 @@ class Worker:
         fn = self.namespace.get(message["name"])
         run = _resolve(message["run"])
         args, kwargs = pickle.loads(message["args"]), pickle.loads(message["kwargs"])
-        student = fn if run is None else (lambda *a, **k: run(fn, *a, **k))
+        student = fn if run is None else _driven(run, fn)
         outcome = call_student(
             student,
             args,

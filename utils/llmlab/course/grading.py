@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import io
 import json
@@ -58,6 +59,7 @@ from typing import Any
 import nbformat
 from nbformat import NotebookNode
 
+from llmlab.course import labs
 from llmlab.course.labs import METADATA_KEY, Exercise, LabInfo, lab_structure
 
 PASSED, WRONG, NOT_IMPLEMENTED, ERROR = "passed", "wrong", "not implemented", "error"
@@ -146,9 +148,9 @@ def lab_info(path: Path) -> LabInfo:
     """The structure of the instructor's lab at ``path`` (its id from its place or metadata)."""
     nb = nbformat.read(path, as_version=4)
     lab_id = nb.metadata.get(METADATA_KEY, {}).get("lab", "")
-    if not lab_id and "solutions" in path.resolve().parts:
-        parts = path.resolve().parts
-        lab_id = "/".join(parts[len(parts) - parts[::-1].index("solutions") :])[: -len(".ipynb")]
+    solutions = [p for p in path.resolve().parents if p.name == "solutions"]
+    if not lab_id and solutions:
+        lab_id = labs.lab_id(path.resolve(), solutions[0].parent)
     return lab_structure(nb, lab_id=lab_id)
 
 
@@ -248,7 +250,6 @@ class Step:
     source: str = ""
     cell: int = 0  # index in the graded notebook
     exercise: Exercise | None = None
-    student_cell: bool = False
 
 
 @dataclass
@@ -317,13 +318,11 @@ def build_plan(lab: NotebookNode, info: LabInfo, student: NotebookNode) -> Plan:
             exercise, student_index = answers[index]
             for helper in [h for h in helpers if student_index is None or h < student_index]:
                 helpers.remove(helper)
-                steps.append(
-                    Step("cell", student.cells[helper].source, len(graded.cells), None, True)
-                )
+                steps.append(Step("cell", student.cells[helper].source, len(graded.cells)))
                 graded.cells.append(nbformat.v4.new_code_cell(student.cells[helper].source))
                 flags.setdefault(exercise.name, []).extend(tampering(student.cells[helper].source))
             source = student.cells[student_index].source if student_index is not None else ""
-            steps.append(Step("cell", source, len(graded.cells), exercise, True))
+            steps.append(Step("cell", source, len(graded.cells), exercise))
             graded.cells.append(nbformat.v4.new_code_cell(source, metadata=cell.metadata))
         elif index in check_cells:
             steps.append(Step("check", cell.source, len(graded.cells), check_cells[index]))
@@ -403,14 +402,12 @@ class WorkerHandle:
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one order and wait at most ``timeout`` s for its reply; WorkerDied otherwise."""
-        from llmlab.course.grade_worker import _FRAME, load_reply
+        from llmlab.course.grade_worker import _FRAME, load_reply, write_frame
 
         if not self.alive:
             raise WorkerDied("the worker is not running")
         try:
-            payload = pickle.dumps(message)
-            self.process.stdin.write(_FRAME.pack(len(payload)) + payload)
-            self.process.stdin.flush()
+            write_frame(self.process.stdin, pickle.dumps(message))
             deadline = time.monotonic() + timeout
             header = self._read(_FRAME.size, deadline)
             (size,) = _FRAME.unpack(header)
@@ -454,6 +451,21 @@ class WorkerHandle:
             os.unlink(self.stderr.name)
 
 
+def _location(fn: Any) -> tuple[str, str] | None:
+    """``(module, qualname)``: how the worker finds a function of the checks (None: none)."""
+    return None if fn is None else (fn.__module__, fn.__qualname__)
+
+
+def _exec(step: Step, time_s: float) -> dict[str, Any]:
+    """The worker's order to run a step's cell, named as the executed notebook numbers it."""
+    return {
+        "op": "exec",
+        "source": step.source,
+        "filename": f"<cell {step.cell}>",
+        "time_s": time_s,
+    }
+
+
 class RemoteFunction:
     """The student's function as a check sees it in the grader: each call runs in the worker.
 
@@ -464,18 +476,13 @@ class RemoteFunction:
     def __init__(self, worker: WorkerHandle, name: str, deadline: float):
         self.worker, self.name, self.deadline = worker, name, deadline
         self.llmlab_remote = self
-        self.hung = False
         self.missing = ""  # why the function is missing, when the notebook does not define it
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # a callable, as checks require
         raise TypeError("a RemoteFunction is called through llmlab.checks only")
 
-    @staticmethod
-    def _where(fn: Any) -> tuple[str, str] | None:
-        return None if fn is None else (fn.__module__, fn.__qualname__)
-
     def provenance(self, reference: Any, name: str) -> str | None:
-        message = {"op": "provenance", "name": self.name, "reference": self._where(reference)}
+        message = {"op": "provenance", "name": self.name, "reference": _location(reference)}
         reply = self.worker.request(message, max(1.0, self.deadline - time.monotonic()))
         if reply.get("missing"):
             self.missing = reply["problem"]
@@ -488,17 +495,16 @@ class RemoteFunction:
         message = {
             "op": "call",
             "name": self.name,
-            "run": self._where(run),
+            "run": _location(run),
             "args": pickle.dumps(args),
             "kwargs": pickle.dumps(kwargs),
             "time_s": max(budget, 0.1),
             "forbid": list(forbid),
-            "reference": self._where(reference),
+            "reference": _location(reference),
         }
         try:
             reply = self.worker.request(message, max(budget, 0.1) + WorkerHandle.GRACE_S)
         except WorkerDied:
-            self.hung = True
             return Outcome(timed_out=round(max(budget, 0.1), 1))
         fields = reply["outcome"]
         fields["calls"] = tuple(fields.get("calls", ()))
@@ -547,8 +553,6 @@ def grade_submission(
     executed_dir: Path | None = None,
 ) -> Grade:
     """Grade the notebook at ``path`` against the instructor's lab at ``lab_path``."""
-    import contextlib
-
     start = time.monotonic()
     info = lab_info(lab_path)
     grade = Grade(student=str(path), lab=info.lab_id)
@@ -588,15 +592,8 @@ def grade_submission(
             if step.kind == "cell":
                 if step.cell in timed_out_cells:
                     continue
-                handle.request(
-                    {
-                        "op": "exec",
-                        "source": step.source,
-                        "filename": f"<cell {step.cell}>",
-                        "time_s": limits.cell_timeout,
-                    },
-                    limits.cell_timeout + WorkerHandle.GRACE_S,
-                )
+                timeout = limits.cell_timeout
+                handle.request(_exec(step, timeout), timeout + WorkerHandle.GRACE_S)
             else:
                 fn = step.exercise.function
                 handle.request({"op": "bind", "name": fn, "to": bound.get(fn)}, 30)
@@ -621,14 +618,8 @@ def grade_submission(
                 limit = min(limit, remaining)
                 if exercise:
                     started[exercise.name] = time.monotonic()
-                message = {
-                    "op": "exec",
-                    "source": step.source,
-                    "filename": f"<cell {step.cell}>",
-                    "time_s": limit,
-                }
                 try:
-                    reply = worker.request(message, limit + WorkerHandle.GRACE_S)
+                    reply = worker.request(_exec(step, limit), limit + WorkerHandle.GRACE_S)
                 except WorkerDied:
                     reply = {"timed_out": True, "stdout": "", "error": ""}
                 text = reply.get("stdout", "")
@@ -655,7 +646,7 @@ def grade_submission(
                 continue
             # a check, run here against the worker
             if grade.exercises[exercise.name].status == TIMED_OUT:
-                bound[exercise.function] = RemoteFunction._where(_reference_of(exercise))
+                bound[exercise.function] = _location(_reference_of(exercise))
                 _bind(worker, exercise.function, bound[exercise.function])
                 continue
             check = _check_function(exercise)
@@ -681,18 +672,18 @@ def grade_submission(
                     status, "" if status == PASSED else _reason(result.message), result.passed
                 )
                 cell.outputs.append(_stream(result.message + "\n"))
-            passed = result is not None and result.passed
-            reference = RemoteFunction._where(_reference_of(exercise))
-            bound[exercise.function] = None if passed else reference
+            if result is None:  # the worker died: no result to take the reference from
+                bound[exercise.function] = _location(_reference_of(exercise))
+            else:  # a failed check hands back its reference
+                bound[exercise.function] = None if result.passed else _location(result.fn)
             _bind(worker, exercise.function, bound[exercise.function])
     finally:
         if worker is not None:
             worker.close()
 
     for name, reasons in plan.flags.items():
-        result = grade.exercises[name]
-        result.check_passed = result.status == PASSED
-        grade.exercises[name] = ExerciseResult(FLAGGED, "; ".join(reasons), result.check_passed)
+        check_passed = grade.exercises[name].check_passed
+        grade.exercises[name] = ExerciseResult(FLAGGED, "; ".join(reasons), check_passed)
     for result in grade.exercises.values():
         result.points = 1.0 if result.status == PASSED else 0.0
     grade.note = "; ".join(notes)
@@ -714,7 +705,6 @@ def _bind(worker: WorkerHandle, function: str, to: tuple[str, str] | None) -> No
 
 def _reference_of(exercise: Exercise) -> Any:
     """The reference a check hands back: what the check returns for an unfilled stub."""
-    import contextlib
 
     def stub(*args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
@@ -1010,9 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     from llmlab import sandbox
-    from llmlab.course.labs import default_root
 
-    root = default_root()
+    root = labs.default_root()
     hide = [
         root / "solutions",
         args.out.resolve(),
@@ -1078,18 +1067,18 @@ def self_check(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("notebook", type=Path)
     args = parser.parse_args(argv)
-    from llmlab.course.labs import default_root
 
     if not args.notebook.is_file():
         print(f"error: no such notebook: {args.notebook}", file=sys.stderr)
         return 2
-    lab = find_lab(read_notebook(args.notebook), args.notebook, default_root())
+    root = labs.default_root()
+    lab = find_lab(read_notebook(args.notebook), args.notebook, root)
     if lab is None:
         print(f"error: cannot tell which lab {args.notebook} is", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         grade = grade_submission(
-            args.notebook, lab, hide=[default_root() / "solutions"], executed_dir=Path(tmp)
+            args.notebook, lab, hide=[root / "solutions"], executed_dir=Path(tmp)
         )
     apply_points(grade, {}, set())
     print(feedback(grade, {}), end="")
