@@ -344,6 +344,76 @@ FORBIDDEN = [
 ]
 
 
+def softmax_in_a_thread_pool(x, dim=-1):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(torch.softmax, x, dim).result()
+
+
+def softmax_in_a_thread(x, dim=-1):
+    import threading
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("y", torch.softmax(x, dim)))
+    worker.start()
+    worker.join()
+    return out["y"]
+
+
+def softmax_after_a_process(x, dim=-1):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return softmax_by_hand(x, dim)
+
+
+@pytest.mark.parametrize("answer", [softmax_in_a_thread_pool, softmax_in_a_thread])
+def test_a_forbidden_call_moved_to_another_thread_is_still_seen(answer):
+    result = sh.check_stable_softmax(answer)
+    assert result.kind == "flagged" and "`torch.softmax`" in result.message
+
+
+def test_a_case_that_starts_a_process_is_flagged():
+    result = sh.check_stable_softmax(softmax_after_a_process)
+    assert result.kind == "flagged"
+    assert "started a process" in result.message and "no recorder sees" in result.message
+
+
+def test_a_slow_case_says_it_is_still_running(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(checks, "PROGRESS_AFTER_S", 0.05)
+
+    def slow_softmax(x, dim=-1):
+        time.sleep(0.12)
+        return softmax_by_hand(x, dim)
+
+    result = sh.check_stable_softmax(slow_softmax)
+    out = capsys.readouterr().out
+    assert result.passed
+    assert "⏳ stable_softmax: case" in out and "still running after 0.05 s" in out
+    assert "timed out at 20 s" in out
+
+
+def test_where_cases_cannot_be_time_limited_the_check_says_so_once(monkeypatch, capsys):
+    import threading
+
+    monkeypatch.setattr(checks, "_SAID_UNLIMITED", False)
+    results = []
+
+    def run_two() -> None:  # outside the main thread no signal timer can stop a case
+        results.extend(sh.check_stable_softmax(softmax_by_hand) for _ in range(2))
+
+    worker = threading.Thread(target=run_two)
+    worker.start()
+    worker.join()
+    out = capsys.readouterr().out
+    assert all(r.passed for r in results)
+    assert out.count("cannot time-limit your functions here") == 1
+
+
 def test_cross_entropy_names_a_sum_and_a_sign_only_when_they_are_the_slip():
     assert "4 times the expected value" in sh.check_cross_entropy(cross_entropy_sum).message
     assert "wrong sign" in sh.check_cross_entropy(cross_entropy_no_minus).message

@@ -101,6 +101,9 @@ def test_generated_labs_mark_their_exercise_cells():
         ("p = '../../solutions/00_start_here/01_warmup.ipynb'", "solutions"),
         ("import gc\ngc.get_objects()", "garbage collector"),
         ("import threading\nthreading.Thread(target=print).start()", "threading"),
+        ("t = __import__('thr' + 'eading')", "built at run time"),
+        ("import importlib\nm = importlib.import_module('sub' + 'process')", "importlib"),
+        ("exec(bytes.fromhex('7072696e74282931').decode())", "built at run time"),
     ],
 )
 def test_tampering_is_seen_in_the_code(source, words):
@@ -113,6 +116,10 @@ def test_honest_code_is_not_tampering(solution):
     for cell in nbformat.read(solution, as_version=4).cells:
         if "BEGIN SOLUTION" in cell.source:
             assert grading.tampering(cell.source) == [], cell.source[:200]
+
+
+def test_a_method_named_like_a_builtin_is_not_tampering():
+    assert grading.tampering("model.eval()\nfn = torch.compile(fn)") == []
 
 
 def test_values_come_back_as_plain_data():
@@ -315,8 +322,12 @@ CORPUS = {
     "wraps_the_reference": (
         _submission(
             {
-                "softmax": SOFTMAX_HEAD + "    w = __import__('llmlab.checks.start_here.warmup', "
-                "fromlist=['w'])\n    return getattr(w, 'reference_' + 'softmax')(x, dim)"
+                # `__import__` reached through a computed name: no reading of the cell sees it,
+                # the call recorder does.
+                "softmax": SOFTMAX_HEAD
+                + "    b = getattr(__builtins__, '__dict__', __builtins__)\n"
+                "    w = b['__imp' + 'ort__']('llmlab.checks.start_here.warmup', fromlist=['w'])\n"
+                "    return getattr(w, 'reference_' + 'softmax')(x, dim)"
             }
         ),
         {**dict.fromkeys(EXERCISES, PASSED), "stable_softmax": FLAGGED},

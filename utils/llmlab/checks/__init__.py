@@ -39,14 +39,16 @@ exercises of a lab from the ``check_NAME(`` calls in its cells).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
 import os
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,12 +62,16 @@ from llmlab.checks._guard import (
     is_student_file,
     not_students,
     time_limit,
+    time_limits_apply,
 )
 
 LOG_ENV_VAR = "LLMLAB_CHECK_LOG"
 
 #: Seconds one case may run before it fails as "timed out" (a check may give its own).
 CASE_TIME_S = 20.0
+
+#: Seconds a case runs before a check says it is still working (then again at each multiple).
+PROGRESS_AFTER_S = 5.0
 
 NOT_IMPLEMENTED = "not implemented yet: fill in the function above"
 
@@ -616,6 +622,41 @@ def compare_with(
     return compare
 
 
+@contextlib.contextmanager
+def _progress(
+    say: Callable[[str], None] | None, exercise: str, case: str, time_s: float | None
+) -> Iterator[None]:
+    """While a case runs, ``say`` every :data:`PROGRESS_AFTER_S` seconds that it still runs.
+
+    The message comes from a timer thread started before the student's code runs, so the call
+    recorder does not watch it; it says how long the case may still take.
+    """
+    if say is None:
+        yield
+        return
+    limited = time_s is not None and time_limits_apply()
+    stop = threading.Event()
+
+    def report() -> None:
+        waited = 0.0
+        while not stop.wait(PROGRESS_AFTER_S):
+            waited += PROGRESS_AFTER_S
+            limit = (
+                f"it fails as timed out at {time_s:g} s"
+                if limited
+                else "no time limit here: interrupt the kernel to stop it"
+            )
+            say(f"⏳ {exercise}: case {case!r} still running after {waited:g} s ({limit})")
+
+    timer = threading.Thread(target=report, name="llmlab-check-progress", daemon=True)
+    timer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        timer.join()
+
+
 def _driven(run: Callable[..., Any], fn: Callable) -> Callable[..., Any]:
     """``fn`` as a case sees it: ``run(fn, *args, **kwargs)``."""
 
@@ -644,6 +685,7 @@ def evaluate(
     arg_names: Sequence[str] | None = None,
     forbid: Sequence[str] = (),
     time_s: float | None = CASE_TIME_S,
+    progress: Callable[[str], None] | None = None,
 ) -> CheckResult:
     """Run ``student_fn`` on every case, stopping at the first failure. Records nothing.
 
@@ -656,7 +698,8 @@ def evaluate(
     Before any case, a function that is not the student's own (the reference handed back by
     an earlier failure, an ``llmlab`` or library function) fails with what to re-run. Each case
     runs within ``time_s`` seconds and records the calls the student's code makes: a call into
-    ``llmlab.checks`` or into ``forbid`` (e.g. ``"torch.softmax"``) flags the case.
+    ``llmlab.checks`` or into ``forbid`` (e.g. ``"torch.softmax"``) flags the case. A case
+    still running after :data:`PROGRESS_AFTER_S` seconds is reported through ``progress``.
 
     The message is one line: ``✅ NAME: passed all N cases.`` or ``❌ NAME: case 'CASE'
     (INPUTS): WHAT WENT WRONG. Hint: ... The rest of the lab uses the reference.`` The hint
@@ -711,7 +754,8 @@ def evaluate(
     names = list(arg_names) if arg_names is not None else _parameter_names(reference_fn)
     for case in cases:
         try:
-            problem = _check_case(case, call, reference, compare)
+            with _progress(progress, exercise, case.name, time_s):
+                problem = _check_case(case, call, reference, compare)
         except NotImplementedError:
             return failed(f"{NOT_IMPLEMENTED}.", case.name, "not implemented")
         if problem is None:
@@ -738,6 +782,14 @@ def evaluate(
     return CheckResult(exercise, True, message, len(cases), fn=student_fn, kind="passed")
 
 
+UNLIMITED_NOTE = (
+    "ℹ️ Checks cannot time-limit your functions here (no signal timer on this platform, or "
+    "the check runs outside the main thread): a function that never returns keeps its check "
+    "cell running; interrupt the kernel to stop it."
+)
+_SAID_UNLIMITED = False
+
+
 def run_check(
     exercise: str,
     student_fn: Any,
@@ -754,8 +806,14 @@ def run_check(
 ) -> CheckResult:
     """:func:`evaluate`, then record the result (registry and log) and print its message.
 
-    Every ``check_NAME`` of the labs is one call of this function.
+    Every ``check_NAME`` of the labs is one call of this function. It prints, while a case runs
+    long, that it is still running; and once per session, where cases cannot be time-limited
+    (no signal timer on Windows, or a check run outside the main thread), that they are not.
     """
+    global _SAID_UNLIMITED
+    if time_s is not None and not time_limits_apply() and not _SAID_UNLIMITED:
+        _SAID_UNLIMITED = True
+        print(UNLIMITED_NOTE, flush=True)
     result = evaluate(
         exercise,
         student_fn,
@@ -768,6 +826,7 @@ def run_check(
         arg_names=arg_names,
         forbid=forbid,
         time_s=time_s,
+        progress=lambda line: print(line, flush=True),
     )
     record(result)
     print(result.message)

@@ -8,8 +8,9 @@ and how long one case may take.
   to the check's own reference and to the functions a check forbids (the library op that *is*
   the answer, e.g. ``torch.softmax``). References of *other* exercises stay allowed: after a
   failed check the lab hands them back, and a later exercise may use them. A forbidden call
-  counts only when its caller is the student's code, so a library calling its own helpers is
-  never blamed on the student.
+  counts only when its caller is the student's code or the standard library running what the
+  student handed it (a thread pool), so a library calling its own helpers is never blamed on
+  the student.
 - :func:`time_limit` stops a case after a budget with :class:`CaseTimeout` (a signal timer on
   Linux and macOS; where the platform has none, :data:`TIME_LIMITS_WORK` is False and cases
   run unbounded).
@@ -62,6 +63,32 @@ def is_student_file(filename: str) -> bool:
     if filename.startswith("<"):
         return filename.startswith("<cell") or filename.startswith("<ipython-input")
     return not os.path.abspath(filename).startswith(_library_dirs())
+
+
+@functools.cache
+def _stdlib_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The standard library's folders, and the package folders that may lie inside them."""
+    paths = sysconfig.get_paths()
+    stdlib = {os.path.dirname(os.__file__)} | {
+        paths[k] for k in ("stdlib", "platstdlib") if k in paths
+    }
+    packages = {paths[k] for k in ("purelib", "platlib") if k in paths}
+    packages |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
+    norm = lambda dirs: tuple(sorted(os.path.abspath(d) + os.sep for d in dirs))  # noqa: E731
+    return norm(stdlib), norm(packages)
+
+
+@functools.lru_cache(maxsize=4096)
+def acts_for_student(filename: str) -> bool:
+    """Whether a call made from ``filename`` is made on the student's behalf: from the
+    student's code, or from the standard library running what the student handed it (a thread
+    pool's worker, ``functools.reduce``, ``contextlib``), never from ``llmlab`` or a package.
+    """
+    if is_student_file(filename):
+        return True
+    path = os.path.abspath(filename)
+    stdlib, packages = _stdlib_dirs()
+    return path.startswith(stdlib) and not path.startswith(packages)
 
 
 def _qualified_name(fn: Any) -> str:
@@ -140,6 +167,11 @@ class CallRecorder:
     in the order first seen. ``tampered`` is set when the student's code removed the recorder
     (``sys.setprofile``) while it ran. Calls are seen through ``sys.setprofile``: a Python
     function's ``call`` event and a builtin's ``c_call`` (``torch.softmax``, ``Tensor.exp``).
+
+    Work moved elsewhere is seen too: threads started through ``threading`` (thread pools
+    included) run under the same recorder (``threading.setprofile``), and a case that starts
+    a process (``os.fork``, ``subprocess``, ``multiprocessing``, ``os.system``) or a bare
+    ``_thread`` thread, whose calls no recorder here sees, is ``tampered``.
     """
 
     def __init__(self, forbid: Sequence[str] = (), reference: Callable | None = None):
@@ -148,6 +180,7 @@ class CallRecorder:
         self.calls: list[str] = []
         self.tampered = ""
         self._previous_profile: Any = None
+        self._previous_thread_profile: Any = None
         self._hook = self._profile  # one bound method, so that `is` can tell it was replaced
 
     def _note(self, name: str, always: bool = False) -> None:
@@ -163,21 +196,53 @@ class CallRecorder:
             # only when the student's code calls it.
             is_reference = frame.f_code is self.reference
             caller = frame.f_back
-            if is_reference or (caller is not None and is_student_file(caller.f_code.co_filename)):
+            if is_reference or (caller is not None and acts_for_student(caller.f_code.co_filename)):
                 module = frame.f_globals.get("__name__", "?")
                 self._note(f"{module}.{frame.f_code.co_qualname}", always=is_reference)
-        elif event == "c_call" and is_student_file(frame.f_code.co_filename):
-            self._note(_qualified_name(arg))
+        elif event == "c_call" and acts_for_student(frame.f_code.co_filename):
+            # Processes come from the stdlib (subprocess, multiprocessing) or the student.
+            name = _qualified_name(arg)
+            if name in _UNWATCHED_STARTS and (
+                name not in _THREAD_STARTS or is_student_file(frame.f_code.co_filename)
+            ):
+                self.tampered = self.tampered or (
+                    f"it started {_UNWATCHED_STARTS[name]} (`{name}`), where no recorder sees "
+                    "its calls"
+                )
+            else:
+                self._note(name)
 
     def __enter__(self) -> CallRecorder:
         self._previous_profile = sys.getprofile()
+        self._previous_thread_profile = threading.getprofile()
         sys.setprofile(self._hook)
+        threading.setprofile(self._hook)  # threads started while the case runs
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if sys.getprofile() is not self._hook:
             self.tampered = "the profiler that records calls was replaced (sys.setprofile)"
         sys.setprofile(self._previous_profile)
+        threading.setprofile(self._previous_thread_profile)
+
+
+# Builtins that start work no profiler in this process sees. A process is flagged whoever
+# starts it (subprocess's own code calls fork_exec); a bare thread only from the student's code
+# (threading.Thread.start calls _thread too, and threading's threads are recorded).
+_THREAD_STARTS = {
+    "_thread.start_new_thread": "a thread",
+    "_thread.start_joinable_thread": "a thread",
+    "_thread.start_new": "a thread",
+}
+_UNWATCHED_STARTS = {
+    **_THREAD_STARTS,
+    **{
+        f"posix.{name}": "a process"
+        for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv")
+    },
+    "posix.execve": "a process",
+    "_posixsubprocess.fork_exec": "a process",
+}
 
 
 def forbidden_message(calls: Sequence[str], tampered: str = "") -> str:
@@ -204,6 +269,11 @@ class CaseTimeout(BaseException):
 TIME_LIMITS_WORK = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
 
 
+def time_limits_apply() -> bool:
+    """Whether :func:`time_limit` can stop a case here: a signal timer, in the main thread."""
+    return TIME_LIMITS_WORK and threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None) -> Iterator[dict[str, bool]]:
     """Raise :class:`CaseTimeout` in the block after ``seconds`` (None: no limit).
@@ -213,12 +283,7 @@ def time_limit(seconds: float | None) -> Iterator[dict[str, bool]]:
     ``signal.setitimer``; elsewhere the block runs unbounded (see :data:`TIME_LIMITS_WORK`).
     """
     state = {"fired": False}
-    usable = (
-        seconds is not None
-        and TIME_LIMITS_WORK
-        and threading.current_thread() is threading.main_thread()
-    )
-    if not usable:
+    if seconds is None or not time_limits_apply():
         yield state
         return
 

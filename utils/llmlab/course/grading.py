@@ -23,9 +23,11 @@ How a submission is graded (learnt from nbgrader's autograde and otter-grader):
    and grading goes on: a hang costs only its exercise.
 5. An exercise is **flagged** (0 points, reason shown, pending your review) when its answer
    is not the student's own function (a reference, an ``llmlab`` or library function), when
-   its code called the check's reference or the library op that is the answer, when it
+   its code called the check's reference or the library op that is the answer (directly, in
+   a thread or a thread pool), when it started a process while a case ran, when it
    interfered with the check machinery, when its cell uses a tampering tool (stack frames,
-   ``sys.setprofile``, imports from ``llmlab.checks``, the check log ...), or when its check
+   ``sys.setprofile``, imports from ``llmlab.checks``, the check log, ``exec`` or
+   ``__import__`` of a computed name ...), or when its check
    cell was changed or deleted. ``--accept STUDENT:EXERCISE`` re-scores a flagged exercise
    by its check's verdict.
 
@@ -186,6 +188,10 @@ _TAMPER_NAMES = {
 }
 
 
+# Builtins that run or import code whose names no reading of the cell can see.
+_HIDING_BUILTINS = ("eval", "exec", "compile", "__import__")
+
+
 def tampering(source: str) -> list[str]:
     """What in an exercise cell's code reaches into the check machinery, in words (line N)."""
     try:
@@ -202,6 +208,7 @@ def tampering(source: str) -> list[str]:
                 found.append(f"imports from llmlab.checks (line {line})")
             roots = ("inspect", "gc", "ctypes", "signal", "threading", "_thread")
             roots += ("multiprocessing", "concurrent", "subprocess")  # calls no recorder sees
+            roots += ("importlib", "builtins")  # imports by a computed name
             if any(m.split(".")[0] in roots for m in modules):
                 found.append(f"imports {modules[-1].split('.')[0]} (line {line})")
             names = [alias.name for alias in node.names]
@@ -213,6 +220,8 @@ def tampering(source: str) -> list[str]:
                 found.append(f"reaches for the solutions folder: {node.value[:40]!r} (line {line})")
             if "LLMLAB_CHECK_LOG" in node.value:
                 found.append(f"writes to the check log (line {line})")
+        if isinstance(node, ast.Name) and node.id in _HIDING_BUILTINS:  # `model.eval()` is fine
+            found.append(f"runs code built at run time: `{node.id}` (line {line})")
         if name in _TAMPER_NAMES:
             found.append(f"{_TAMPER_NAMES[name]}: `{name}` (line {line})")
         elif isinstance(name, str) and name.startswith("reference_"):
