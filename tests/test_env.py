@@ -93,6 +93,19 @@ def test_doctor_flags_missing_assets(monkeypatch, tmp_path):
     assert "fix: python -m llmlab assets fetch" in str(report)
 
 
+def test_doctor_shows_no_machine_path():
+    # A saved notebook output must not show where the author's checkout or home folder is.
+    from pathlib import Path
+
+    from llmlab import course
+
+    text = str(doc.doctor())
+    assert str(Path.home()) not in text and str(course.repo_root()) not in text
+    assert doc.short_path(Path.home() / "x") == "~/x"
+    assert doc.short_path(course.repo_root() / "a" / "b") == "a/b"
+    assert doc.short_path("/usr/bin/python3") == "/usr/bin/python3"
+
+
 def test_doctor_command_exit_status(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "llmlab", "doctor"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -120,3 +133,17 @@ def _environ() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_peak_allocated_bytes_on_the_cpu_counts_what_lives_at_once():
+    n = 256
+
+    def two_matrices_at_once():
+        a = torch.ones(n, n)
+        b = a * 2  # a and b live together: 2 * n * n * 4 bytes
+        del a, b
+        c = torch.ones(n, n)  # after both are freed: no new peak
+        del c
+
+    peak = env.peak_allocated_bytes(two_matrices_at_once)
+    assert 2 * n * n * 4 <= peak < 2 * n * n * 4 + 1024  # plus a scalar or two

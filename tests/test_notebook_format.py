@@ -70,3 +70,93 @@ def test_solutions_and_labs_are_clean(path):
     nb = nbformat.read(path, as_version=4)
     for cell in _code_cells(nb):
         assert cell.outputs == [] and cell.execution_count is None, "commit labs without outputs"
+
+
+# --------------------------------------------------------------------------------------------
+# Second edition (issue 13): the code on the page stays the package's, figures, exercises,
+# linked labs, no frozen widgets, no machine paths.
+
+
+def _text_outputs(cell) -> list[str]:
+    texts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            texts.append(out.text)
+        elif "data" in out:
+            texts.extend(v for k, v in out.data.items() if k.startswith("text/"))
+    return texts
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_id)
+def test_shown_source_still_matches_the_package(path):
+    from llmlab.source import HEADER, resolve, source_of
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in _code_cells(nb):
+        for out in cell.outputs:
+            text = out.get("data", {}).get("text/plain", "")
+            if not text.startswith(HEADER):
+                continue
+            for block in text.split("\n\n" + HEADER):
+                header = block.removeprefix(HEADER).splitlines()[0]
+                name, _, note = header.partition("  ")
+                current = source_of(resolve(name), docstring="docstrings omitted" not in note)
+                assert current.removeprefix(HEADER) == block.removeprefix(HEADER), (
+                    f"{name}'s source changed since the chapter was run: re-run the chapter"
+                )
+
+
+# Chapters revised for the second edition; each new or revised notebook joins this list.
+SECOND_EDITION = {
+    "chapters/00_start_here/00_start_here.ipynb",
+}
+FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
+MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")
+
+
+@pytest.mark.parametrize("path", [p for p in CHAPTERS if _id(p) in SECOND_EDITION], ids=_id)
+def test_second_edition_chapter(path):
+    nb = nbformat.read(path, as_version=4)
+    outputs = [o for c in _code_cells(nb) for o in c.outputs]
+    for out in outputs:
+        assert not any(key in str(out) for key in FROZEN), "a saved widget shows frozen"
+    for cell in _code_cells(nb):
+        for text in _text_outputs(cell):
+            assert " 0%|" not in text, "a progress bar saved at 0%"
+            found = [p for p in MACHINE_PATHS if p in text]
+            assert not found, f"a machine path in a saved output: {found[0]!r}"
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    assert any(s.lstrip().startswith("## Try it yourself") for s in markdown[-3:]), (
+        "end with a '## Try it yourself' section"
+    )
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
+    assert nb.cells[0].source.startswith("# "), "the first cell is the title"
+
+
+@pytest.mark.parametrize("chapter", sorted({p.parent for p in CHAPTERS}), ids=lambda p: p.name)
+def test_every_lab_is_linked_from_its_chapter(chapter):
+    revised = [p for p in chapter.glob("*.ipynb") if _id(p) in SECOND_EDITION]
+    if not revised or len(revised) < len(list(chapter.glob("*.ipynb"))):
+        pytest.skip("chapter not yet revised for the second edition")
+    text = "\n".join(c.source for p in revised for c in nbformat.read(p, as_version=4).cells)
+    for lab in sorted((ROOT / "labs" / chapter.name).glob("*.ipynb")):
+        link = f"labs/{chapter.name}/{lab.name}"
+        assert link in text, f"no notebook of {chapter.name} links its lab {lab.name}"
+
+
+def test_saved_outputs_show_final_states_not_widgets():
+    # tools/run_chapters.py: a text bar keeps its last redraw; a widget becomes a note.
+    import importlib.util
+
+    from nbformat.v4 import new_output
+
+    spec = importlib.util.spec_from_file_location("run_chapters", ROOT / "tools" / "run_chapters.py")
+    run_chapters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_chapters)
+    bar = new_output("stream", name="stderr", text="train:   0%|\rtrain:  50%|\rtrain: 100%|\ndone\r\n")
+    assert run_chapters.static(bar).text == "train: 100%|\ndone\n"
+    widget = new_output(
+        "display_data",
+        data={run_chapters.WIDGET: {"model_id": "x"}, "text/plain": "interactive(children=...)"},
+    )
+    assert run_chapters.static(widget).data == {"text/plain": run_chapters.WIDGET_NOTE}

@@ -24,6 +24,7 @@ def run(path: Path) -> float:
     nb = nbformat.read(path, as_version=4)
     os.environ.pop("LLMLAB_SMOKE", None)  # full size: what a student sees
     os.environ["HF_HUB_OFFLINE"] = "1"  # as in CI: the course never needs the hub
+    os.environ["LLMLAB_PROGRESS"] = "text"  # saved bars show their final state, not a widget
     start = time.perf_counter()
     NotebookClient(
         nb,
@@ -34,12 +35,34 @@ def run(path: Path) -> float:
     ).execute()
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = merge_streams(cell.outputs)
+            cell.outputs = [static(out) for out in merge_streams(cell.outputs)]
         for key in ("execution", "ExecuteTime", "collapsed", "scrolled"):
             cell.metadata.pop(key, None)
     nb.metadata.pop("widgets", None)
     nbformat.write(nb, path)
     return time.perf_counter() - start
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = (
+    "(An interactive widget was here; it needs a running kernel. Run the notebook to use it: "
+    "the figure above shows its starting state.)"
+)
+
+
+def static(out):
+    """An output as it reads without a kernel: a bar's final line, a widget as a note."""
+    if out.output_type == "stream":
+        out.text = final_lines(out.text)
+    elif WIDGET in out.get("data", {}):
+        out.data = {"text/plain": WIDGET_NOTE}
+    return out
+
+
+def final_lines(text: str) -> str:
+    """What a terminal shows for ``text``: each line's last carriage-return rewrite."""
+    rewrites = (line.split("\r") for line in text.split("\n"))
+    return "\n".join(next((p for p in reversed(parts) if p), "") for parts in rewrites)
 
 
 def merge_streams(outputs: list) -> list:

@@ -7,6 +7,8 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       assets          the offline models (SmolLM2, MiniLM) and the course cache
       validate        input checks for configs and entry points (require_*)
       progress, plotting
+      source          show(obj): the real source of what a chapter teaches, in the notebook
+      diagrams        figures of structure (blocks, caches, tiling, pipelines) drawn by code
       sandbox         run untrusted code isolated: the grader, ch07's Python tool, ch09's pass@k
     what the course teaches
       nn/             ch01  attention, positional, norms, ffn, blocks, cache (the KV cache)
@@ -47,6 +49,8 @@ _SUBMODULES = {
     "plotting",
     "progress",
     "validate",
+    "source",
+    "diagrams",
     "sandbox",
     # what the course teaches, by concept
     "nn",

@@ -1,4 +1,4 @@
-"""Where code runs: device choice, seeding, and what is installed.
+"""Where code runs: device choice, seeding, what is installed, and the memory a call takes.
 
     >>> from llmlab import env
     >>> env.pick_device()            # cuda > mps > cpu, or $LLMLAB_DEVICE
@@ -93,3 +93,39 @@ def package_version(dist: str) -> str | None:
 def has_module(name: str) -> bool:
     """True when ``import name`` would find a module, without importing it."""
     return importlib.util.find_spec(name) is not None
+
+
+def peak_allocated_bytes(fn, device: str = "cpu") -> int:
+    """Most bytes PyTorch held allocated at once while ``fn()`` ran, above what it held before.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` after a reset. On the CPU PyTorch keeps no
+    running peak, but its profiler records every allocation and free (``profile_memory=True``):
+    replaying them in time order gives the peak. Counts tensors only (not Python objects, not
+    memory the allocator keeps cached), so it is the number a formula from the shapes predicts.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    stderr = os.dup(2)  # the profiler's C++ side logs a line or two to stderr: hide them
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                fn()
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()  # positive when allocated, negative when freed
+        peak = max(peak, live)
+    return peak

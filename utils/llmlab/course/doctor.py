@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llmlab import env
 
@@ -99,13 +100,28 @@ def locked_versions() -> dict[str, str]:
     return course.read_requirements(lock)
 
 
+def short_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a reader can share it: relative to the course checkout when inside it,
+    ``~/...`` under the home folder, else as it is (``/usr/bin/python3`` names no person)."""
+    from llmlab import course
+
+    full = Path(path).expanduser().absolute()
+    root = course.repo_root()
+    if root is not None and full.is_relative_to(root.absolute()):
+        return full.relative_to(root.absolute()).as_posix() or "."
+    home = Path.home().absolute()
+    if full.is_relative_to(home):
+        return "~/" + full.relative_to(home).as_posix()
+    return str(full)
+
+
 def doctor(check_assets: bool = True) -> Report:
     """Inspect this machine and return a :class:`Report` (print it to read it)."""
     report = Report()
     py = sys.version_info
     report.add(
         "python",
-        f"{platform.python_version()} ({sys.executable})",
+        f"{platform.python_version()} ({short_path(sys.executable)})",
         ok=py[:2] >= MIN_PYTHON,
         fix=f"install Python >= {'.'.join(map(str, MIN_PYTHON))}",
     )
@@ -172,7 +188,7 @@ def _check_assets(report: Report) -> None:
         where = assets.cached_path(asset.key)
         report.add(
             f"asset {asset.key}",
-            f"ready at {where}" if where else f"missing ({asset.title})",
+            f"ready at {short_path(where)}" if where else f"missing ({asset.title})",
             ok=where is not None,
             fix="python -m llmlab assets fetch",
         )
