@@ -18,6 +18,11 @@ the cos and sin rows of the token's position::
 For tables built from angles (``c1 = c2 = cos(theta)``, ``s1 = s2 = sin(theta)``) each pair
 ``(x1_i, x2_i)`` is turned by ``theta_i``.
 
+Only this layout. The interleaved layout (adjacent pairs ``(2i, 2i+1)``: RoFormer, Meta's
+LLaMA, GPT-J; ``apply_rotary(..., layout="interleaved")``) needs no second kernel: permute the
+rows of the checkpoint's q and k projections once at load time with
+:func:`llmlab.nn.positional.interleaved_to_half`, and this kernel computes the same scores.
+
 **Why a kernel.** RoPE does four multiplies and two adds per pair of elements but must read
 and write every element of q and k: it is *memory bound*, and its speed is the bytes it moves.
 Eager PyTorch writes the formula as five kernels (``x * cos``, the negation and the

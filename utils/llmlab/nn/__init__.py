@@ -7,6 +7,8 @@
 - :mod:`llmlab.nn.ffn`: the feed-forward sub-layer (ReLU, GELU, SwiGLU).
 - :mod:`llmlab.nn.blocks`: encoder and decoder blocks, pre- or post-norm, parallel.
 - :mod:`llmlab.nn.cache`: the KV cache of generation (chapter 08's paged cache extends it).
+- :mod:`llmlab.nn.sparse_attention`: sliding-window attention with global tokens, blocked in
+  O(seq * window) and equal to the dense masked reference.
 
 Import the module you need (``from llmlab.nn.attention import MultiHeadAttention``).
 """

@@ -11,12 +11,21 @@ not change), so every Transformer injects positions somewhere:
   learned bias per bucket of relative distance, see :func:`relative_position_bucket` and
   :class:`RelativePositionBias`.
 
-RoPE convention. Here RoPE uses the **rotate-half** layout of HF LLaMA (GPT-NeoX): dimension i
-of the first half pairs with dimension i + head_dim/2, and the pair rotates by angle
-position * theta_i, theta_i = base^(-2i/head_dim). The RoFormer paper (and Meta's original
-LLaMA code) pairs *adjacent* dimensions (2i, 2i+1) instead; the two differ by a fixed
-permutation of q's and k's dimensions, which leaves q.k unchanged, but checkpoints are saved in
-one layout or the other. This one matches ``transformers`` and SmolLM2 exactly.
+RoPE layouts. RoPE turns pairs of q's and k's dimensions by angle position * theta_i,
+theta_i = base^(-2i/head_dim); which dimensions form pair i is a convention, and checkpoints are
+saved in one or the other (``layout=`` of :func:`apply_rotary`, :func:`rope_frequencies`,
+:class:`RotaryEmbedding`):
+
+- ``"half"`` (the default): pair i is (i, i + head_dim/2), rotated by :func:`rotate_half`.
+  GPT-NeoX, Hugging Face's LLaMA and SmolLM2; this one matches ``transformers`` exactly.
+- ``"interleaved"``: pair i is the adjacent (2i, 2i+1), rotated by :func:`rotate_interleaved`.
+  The RoFormer paper, Meta's original LLaMA (complex multiplication of adjacent pairs) and
+  GPT-J (``rotate_every_two``).
+
+The two differ by a fixed permutation of each head's dimensions (:func:`rope_permutation`), and
+a permutation applied to q and k alike leaves q.k unchanged. So a checkpoint trained with
+interleaved RoPE runs in a rotate-half model once the rows of its q and k projections are
+permuted (:func:`interleaved_to_half`, what Hugging Face's LLaMA conversion script does).
 """
 
 from __future__ import annotations
@@ -36,8 +45,12 @@ __all__ = [
     "rope_inverse_frequencies",
     "rope_frequencies",
     "rotate_half",
+    "rotate_interleaved",
     "apply_rotary",
     "RotaryEmbedding",
+    "rope_permutation",
+    "interleaved_to_half",
+    "half_to_interleaved",
     "alibi_slopes",
     "alibi_bias",
     "relative_position_bucket",
@@ -132,11 +145,14 @@ def rope_inverse_frequencies(
 
 
 def _rope_cos_sin(
-    positions: torch.Tensor, inv_freq: torch.Tensor
+    positions: torch.Tensor, inv_freq: torch.Tensor, layout: str = "half"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # The same float32 operations as transformers' LlamaRotaryEmbedding, so results are bitwise equal.
     freqs = positions[..., None].float() * inv_freq  # (..., head_dim / 2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout: angle i serves dims i and i + d/2
+    if layout == "half":  # angle i serves dims i and i + head_dim/2
+        emb = torch.cat((freqs, freqs), dim=-1)
+    else:  # interleaved: angle i serves dims 2i and 2i + 1 (GPT-J's repeat_interleave)
+        emb = freqs.repeat_interleave(2, dim=-1)
     return emb.cos(), emb.sin()
 
 
@@ -145,15 +161,18 @@ def rope_frequencies(
     max_seq: int,
     base: float = 10000.0,
     device: torch.device | str | None = None,
+    layout: str = "half",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for positions 0 .. max_seq - 1, each (max_seq, head_dim), float32.
 
-    Row m holds cos(m * theta_i) and sin(m * theta_i), with angle i repeated at dims i and
-    i + head_dim/2 (the rotate-half layout; see the module docstring).
+    Row m holds cos(m * theta_i) and sin(m * theta_i) at the two dims of pair i: dims i and
+    i + head_dim/2 for ``layout="half"``, dims 2i and 2i+1 for ``layout="interleaved"`` (see
+    the module docstring). Apply them with :func:`apply_rotary` in the same layout.
     """
     require_positive_int(max_seq, "max_seq")
+    _require_layout(layout)
     inv_freq = rope_inverse_frequencies(head_dim, base, device)
-    return _rope_cos_sin(torch.arange(max_seq, device=device), inv_freq)
+    return _rope_cos_sin(torch.arange(max_seq, device=device), inv_freq, layout)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -162,13 +181,28 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): a 90-degree turn of each adjacent pair.
+
+    GPT-J's ``rotate_every_two``. Read pair (x_2i, x_2i+1) as the complex number
+    x_2i + i x_2i+1: this is multiplication by i, so ``x * cos + rotate_interleaved(x) * sin``
+    is multiplication by e^(i angle), Meta's LLaMA ``x * freqs_cis``.
+    """
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+_ROTATIONS = {"half": rotate_half, "interleaved": rotate_interleaved}
+
+
 def apply_rotary(
     x: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     positions: torch.Tensor | None = None,
+    layout: str = "half",
 ) -> torch.Tensor:
-    """Rotate q or k by their positions: x * cos + rotate_half(x) * sin.
+    """Rotate q or k by their positions: x * cos + rotate(x) * sin.
 
     x: (batch, heads, seq, head_dim). cos, sin: a table (max_seq, head_dim) from
     :func:`rope_frequencies`, or per-batch values (batch, seq, head_dim) from
@@ -176,10 +210,15 @@ def apply_rotary(
     of a table), or (seq,) / (batch, seq) integer positions to look up in the table (e.g. the
     offset positions of new tokens with a KV cache, or left-padded batches).
 
+    layout: ``"half"`` (rotate = :func:`rotate_half`, HF LLaMA) or ``"interleaved"``
+    (rotate = :func:`rotate_interleaved`, RoFormer, Meta's LLaMA, GPT-J). cos and sin must be
+    built in the same layout; the values are not checked (a table of a position 0 fits both).
+
     Afterwards (R_m q) . (R_n k) = q . R_(n-m) k: the score depends on the offset n - m only.
     Computed in x's dtype, as in transformers.
     """
     _require_rotary(x, cos, sin, positions)
+    _require_layout(layout)
     if positions is not None:
         cos, sin = _lookup(cos, positions), _lookup(sin, positions)  # ([batch,] seq, head_dim)
     elif cos.dim() == 2:
@@ -187,7 +226,7 @@ def apply_rotary(
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    return x * cos + _ROTATIONS[layout](x) * sin
 
 
 class RotaryEmbedding(nn.Module):
@@ -196,25 +235,74 @@ class RotaryEmbedding(nn.Module):
     Computed on the fly from the inverse frequencies (no length limit, for length-extrapolation
     experiments), exactly as transformers' ``LlamaRotaryEmbedding``. A model computes (cos, sin)
     once per forward and hands them to every attention layer
-    (``MultiHeadAttention(..., rope=(cos, sin))``).
+    (``MultiHeadAttention(..., rope=(cos, sin))``, which rotates in the ``"half"`` layout).
+    With ``layout="interleaved"`` the tables are for ``apply_rotary(..., layout="interleaved")``.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, base: float = 10000.0, layout: str = "half"):
         super().__init__()
+        _require_layout(layout)
         self.head_dim = head_dim
         self.base = base
+        self.layout = layout
         self.register_buffer("inv_freq", rope_inverse_frequencies(head_dim, base), persistent=False)
 
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = _rope_cos_sin(positions, self.inv_freq)
+        cos, sin = _rope_cos_sin(positions, self.inv_freq, self.layout)
         if dtype is not None:
             cos, sin = cos.to(dtype), sin.to(dtype)
         return cos, sin
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, base={self.base}"
+        return f"head_dim={self.head_dim}, base={self.base}, layout={self.layout!r}"
+
+
+def rope_permutation(head_dim: int) -> torch.Tensor:
+    """The order of dims that turns the interleaved layout into rotate-half, int64 (head_dim,).
+
+    perm = [0, 2, 4, ..., head_dim-2, 1, 3, ..., head_dim-1]: ``x[..., perm]`` puts the first
+    dim of every adjacent pair (2i, 2i+1) in the first half and the second in the second half,
+    so interleaved pair i lands on the rotate-half pair (i, i + head_dim/2). With tables of the
+    matching layouts::
+
+        apply_rotary(x[..., perm], cos_h, sin_h, layout="half")
+            == apply_rotary(x, cos_i, sin_i, layout="interleaved")[..., perm]
+
+    and ``torch.argsort(perm)`` undoes it.
+    """
+    require_positive_int(head_dim, "head_dim")
+    if head_dim % 2:
+        raise ValueError(
+            f"head_dim: expected an even number (dimensions rotate in pairs), got {head_dim}"
+        )
+    return torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
+
+
+def interleaved_to_half(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """A q or k projection trained with interleaved RoPE, for a model that uses rotate-half.
+
+    weight: (n_heads * head_dim, d_in), a ``q_proj``/``k_proj`` weight in nn.Linear's
+    (out, in) layout, or its bias (n_heads * head_dim,). Returns a copy whose rows are permuted
+    by :func:`rope_permutation` within each head. The projection then outputs q[..., perm],
+    rotate-half RoPE turns it exactly as interleaved RoPE turned q, and since k gets the same
+    permutation every score q.k, hence the model's output, is unchanged. Pass ``n_kv_heads``
+    for k in grouped-query attention. (Hugging Face's ``convert_llama_weights_to_hf.py`` does
+    this to Meta's ``wq`` and ``wk`` in its ``permute``.) v and the output projection stay as
+    they are: RoPE never touches v.
+    """
+    return _permute_head_rows(weight, n_heads, "interleaved_to_half")
+
+
+def half_to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of :func:`interleaved_to_half`: a rotate-half q/k projection for interleaved RoPE.
+
+    weight: (n_heads * head_dim, d_in) or a bias (n_heads * head_dim,); rows permuted within
+    each head by ``argsort(rope_permutation(head_dim))`` (what exporting a Hugging Face LLaMA
+    back to Meta's layout does).
+    """
+    return _permute_head_rows(weight, n_heads, "half_to_interleaved")
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +374,38 @@ def _lookup(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
             f"positions: expected values in [0, {max_seq}) (max_seq={max_seq}), "
             f"got min {int(positions.min())}, max {int(positions.max())}"
         ) from None
+
+
+def _require_layout(layout) -> None:
+    if not isinstance(layout, str) or layout not in _ROTATIONS:
+        raise ValueError(
+            "layout: expected 'half' (pairs (i, i + head_dim/2): GPT-NeoX, HF LLaMA) or "
+            f"'interleaved' (pairs (2i, 2i+1): RoFormer, Meta's LLaMA, GPT-J), got {layout!r}"
+        )
+
+
+def _permute_head_rows(weight, n_heads, direction: str) -> torch.Tensor:
+    """Permute the rows of each head's block of a q/k projection weight (or bias)."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() not in (1, 2):
+        raise ValueError(
+            "weight: expected a projection weight (n_heads * head_dim, d_in) or bias "
+            f"(n_heads * head_dim,), got shape {tuple(weight.shape)}"
+        )
+    require_positive_int(n_heads, "n_heads")
+    rows = weight.shape[0]
+    if rows % n_heads or (rows // n_heads) % 2:
+        raise ValueError(
+            f"weight: expected n_heads={n_heads} heads of an even head_dim "
+            f"(rows divisible by {2 * n_heads}), got {rows} rows"
+        )
+    head_dim = rows // n_heads
+    perm = rope_permutation(head_dim).to(weight.device)
+    if direction == "half_to_interleaved":
+        perm = torch.argsort(perm)
+    per_head = weight.reshape(n_heads, head_dim, *weight.shape[1:])
+    return per_head[:, perm].reshape(weight.shape)
 
 
 def _require_rotary(x, cos, sin, positions) -> None:
