@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from llmlab.validate import require_positive_int
 
-__all__ = ["ToyTask", "Seq2SeqDataset"]
+__all__ = ["ToyTask", "Seq2SeqDataset", "copy_batch"]
 
 _SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"
 _KINDS = ("copy", "reverse", "sort")
@@ -152,3 +152,19 @@ class Seq2SeqDataset:
         """Yield collated (src, tgt_in, tgt_out) batches in order."""
         for start in range(0, len(self.pairs), batch_size):
             yield self.task.collate(self.pairs[start : start + batch_size])
+
+
+def copy_batch(generator, batch: int, gap: int = 20, n_symbols: int = 4, n_noise: int = 8):
+    """A long-range dependency in its purest form, (batch, gap + 3) token ids.
+
+    Each row is [symbol, ``gap`` noise tokens, query, symbol]: the last token copies the first.
+    Symbols are ids 0 .. n_symbols-1, noise n_symbols .. n_symbols+n_noise-1, the query the next
+    id (vocabulary n_symbols + n_noise + 1). A model that cannot see ``gap + 2`` tokens back
+    scores log(n_symbols) nats on the last token at best. ``generator``: a torch.Generator.
+    """
+    import torch
+
+    symbol = torch.randint(0, n_symbols, (batch, 1), generator=generator)
+    noise = torch.randint(n_symbols, n_symbols + n_noise, (batch, gap), generator=generator)
+    query = torch.full((batch, 1), n_symbols + n_noise)
+    return torch.cat([symbol, noise, query, symbol], dim=1)

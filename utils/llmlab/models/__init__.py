@@ -32,6 +32,19 @@ from llmlab.models.llama import (
     llama_state_dict,
     load_smollm2_llama,
 )
+from llmlab.models.neural_lm import (
+    ElmanCell,
+    LSTMCell,
+    MLPLanguageModel,
+    MLPLMConfig,
+    RNNLanguageModel,
+    RNNLMConfig,
+    RNNState,
+    WindowState,
+    gradient_by_distance,
+    loss_by_position,
+    recurrent_scan,
+)
 from llmlab.models.palm import PaLM
 from llmlab.models.t5 import T5, t5_state_dict
 from llmlab.nn.cache import KVCache
@@ -63,4 +76,15 @@ __all__ = [
     "matmul_parameters",
     "flops_per_token",
     "PUBLISHED",
+    "MLPLMConfig",
+    "MLPLanguageModel",
+    "RNNLMConfig",
+    "RNNLanguageModel",
+    "WindowState",
+    "RNNState",
+    "ElmanCell",
+    "LSTMCell",
+    "recurrent_scan",
+    "loss_by_position",
+    "gradient_by_distance",
 ]
