@@ -109,6 +109,11 @@ def test_shown_source_still_matches_the_package(path):
 # Chapters revised for the second edition; each new or revised notebook joins this list.
 SECOND_EDITION = {
     "chapters/00_start_here/00_start_here.ipynb",
+    "chapters/01_transformer/01_attention.ipynb",
+    "chapters/01_transformer/02_positional_encodings.ipynb",
+    "chapters/01_transformer/03_blocks.ipynb",
+    "chapters/01_transformer/04_flash_attention.ipynb",
+    "chapters/01_transformer/05_long_context.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")
@@ -130,7 +135,10 @@ def test_second_edition_chapter(path):
         "end with a '## Try it yourself' section"
     )
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
-    assert nb.cells[0].source.startswith("# "), "the first cell is the title"
+    # one title scheme: "# 01.2 · Title" (chapter.notebook), "# 00 · Start here" for chapter 00
+    chapter, number = path.parent.name[:2], path.name[:2]
+    prefix = "# 00 · " if chapter == "00" else f"# {chapter}.{int(number)} · "
+    assert nb.cells[0].source.startswith(prefix), f"the title must start with {prefix!r}"
 
 
 @pytest.mark.parametrize("chapter", sorted({p.parent for p in CHAPTERS}), ids=lambda p: p.name)
@@ -150,10 +158,14 @@ def test_saved_outputs_show_final_states_not_widgets():
 
     from nbformat.v4 import new_output
 
-    spec = importlib.util.spec_from_file_location("run_chapters", ROOT / "tools" / "run_chapters.py")
+    spec = importlib.util.spec_from_file_location(
+        "run_chapters", ROOT / "tools" / "run_chapters.py"
+    )
     run_chapters = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_chapters)
-    bar = new_output("stream", name="stderr", text="train:   0%|\rtrain:  50%|\rtrain: 100%|\ndone\r\n")
+    bar = new_output(
+        "stream", name="stderr", text="train:   0%|\rtrain:  50%|\rtrain: 100%|\ndone\r\n"
+    )
     assert run_chapters.static(bar).text == "train: 100%|\ndone\n"
     widget = new_output(
         "display_data",

@@ -43,7 +43,12 @@ class Chapter:
 
 CHAPTERS = (
     Chapter(0, "start_here", "Start here", "the doctor, how labs and checks work, a first chat"),
-    Chapter(1, "transformer", "Transformer", "attention, positions, blocks, FlashAttention"),
+    Chapter(
+        1,
+        "transformer",
+        "Transformer",
+        "attention, positions, blocks, FlashAttention, long context",
+    ),
     Chapter(
         2, "model_families", "Model families and tokenizers", "n-grams to LLaMA, BPE, decoding"
     ),
