@@ -30,7 +30,13 @@ __all__ = [
 
 
 class _GroupwiseOptimizer(torch.optim.Optimizer):
-    """An optimizer whose step updates each parameter group on its own (:meth:`update_group`)."""
+    """An optimizer whose step updates each parameter group on its own (:meth:`update_group`).
+
+    With ``foreach`` None or True, ``step`` runs :meth:`update_group_foreach` instead: the
+    same update written with multi-tensor ops where a subclass has it (else the same method).
+    """
+
+    foreach: bool | None = None  # how step runs, not a hyperparameter: kept out of state_dict
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -38,12 +44,16 @@ class _GroupwiseOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        update = self.update_group if self.foreach is False else self.update_group_foreach
         for group in self.param_groups:
-            self.update_group(group)
+            update(group)
         return loss
 
     def update_group(self, group: dict) -> None:
         raise NotImplementedError
+
+    def update_group_foreach(self, group: dict) -> None:
+        self.update_group(group)
 
 
 class AdamW(_GroupwiseOptimizer):
@@ -60,6 +70,20 @@ class AdamW(_GroupwiseOptimizer):
     for every weight whatever the gradient's scale; L2 regularisation added to g would be
     rescaled by sqrt(v) too, which is why AdamW applies the decay to p directly.
     Equal to ``torch.optim.AdamW`` with the same arguments (tested over 100 steps).
+
+    :meth:`update_group` is this definition, one tensor at a time (``foreach=False``).
+    The default (``foreach=None`` or ``True``) runs :meth:`update_group_foreach`: the same
+    operations in the same order, each applied to a list of tensors by one
+    ``torch._foreach_*`` call, so the weights come out bit for bit the same (tested).
+    Why that is faster: every tensor operation costs a Python call and a trip through
+    PyTorch's dispatcher (on a GPU also a kernel launch) before it touches a number, which
+    for the many small tensors of a model (biases, norm gains) is most of the cost. Per
+    tensor, chapter 03's GPT (68 parameter tensors) pays it about 68 x 10 times a step; over
+    lists, 10 times a list, and on a GPU one kernel walks the whole list. On the CPU the
+    lists are cut to about 1 MiB each so that a tensor stays in the cache from one line to
+    the next (:func:`_cache_sized`). The price is memory: sqrt(v) exists for a whole list at
+    once. Both forms keep the same state (``step``, ``exp_avg``, ``exp_avg_sq``) and
+    ``foreach`` is not part of it, so a checkpoint of either resumes in the other.
     """
 
     def __init__(
@@ -69,6 +93,7 @@ class AdamW(_GroupwiseOptimizer):
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
+        foreach: bool | None = None,
     ):
         if not lr >= 0.0:
             raise ValueError(f"lr: expected >= 0, got {lr!r}")
@@ -78,7 +103,10 @@ class AdamW(_GroupwiseOptimizer):
             raise ValueError(f"eps: expected > 0, got {eps!r}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay: expected >= 0, got {weight_decay!r}")
+        if foreach not in (None, True, False):
+            raise ValueError(f"foreach: expected None, True or False, got {foreach!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.foreach = foreach
 
     @torch.no_grad()
     def update_group(self, group: dict) -> None:
@@ -108,6 +136,91 @@ class AdamW(_GroupwiseOptimizer):
             step_size = lr / (1 - beta1**t)
             denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
             p.addcdiv_(m, denom, value=-step_size)
+
+    @torch.no_grad()
+    def update_group_foreach(self, group: dict) -> None:
+        """:meth:`update_group`'s step with one ``torch._foreach_*`` call per line, not per tensor.
+
+        The lists hold tensors of one device and dtype (what a multi-tensor kernel takes),
+        on the CPU at most about 1 MiB of each (:func:`_cache_sized`). The bias corrections
+        are per tensor: a parameter that had no gradient at some step is a step behind.
+        """
+        lr, (beta1, beta2), eps, wd = (
+            group["lr"],
+            group["betas"],
+            group["eps"],
+            group["weight_decay"],
+        )
+        kinds: dict[tuple, list[torch.Tensor]] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamW: sparse gradients are not supported")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            kinds.setdefault((p.device, p.dtype), []).append(p)
+        for (device, _), params in kinds.items():
+            decay, beta2_ = _multiplier(1 - lr * wd, device), _multiplier(beta2, device)
+            for ps in _cache_sized(params, device):
+                gs = [p.grad for p in ps]
+                states = [self.state[p] for p in ps]
+                ms = [state["exp_avg"] for state in states]
+                vs = [state["exp_avg_sq"] for state in states]
+                steps = [state["step"] for state in states]
+                torch._foreach_add_(steps, 1.0)
+                ts = [step.item() for step in steps]
+                if wd != 0.0:  # multiplying by 1.0 changes nothing: skip it
+                    torch._foreach_mul_(ps, decay)
+                torch._foreach_lerp_(ms, gs, 1 - beta1)
+                torch._foreach_mul_(vs, beta2_)
+                torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+                denom = torch._foreach_sqrt(vs)
+                torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in ts])
+                torch._foreach_add_(denom, eps)
+                torch._foreach_addcdiv_(ps, ms, denom, [-lr / (1 - beta1**t) for t in ts])
+
+
+CPU_FOREACH_BYTES = 1 << 20  # 1 MiB per list: p, g, m, v and sqrt(v) then fit in a CPU's L2/L3
+
+
+def _cache_sized(tensors: list[torch.Tensor], device: torch.device) -> list[list[torch.Tensor]]:
+    """Consecutive runs of ``tensors``, at most :data:`CPU_FOREACH_BYTES` each, on the CPU.
+
+    A larger tensor is a run of its own; on other devices all tensors are one run. On a GPU
+    a foreach op is one kernel over the whole list. On the CPU PyTorch runs it as a loop over
+    the tensors, so with one run each of AdamW's lines would stream the whole model's p, g,
+    m and v through memory again, where the per-tensor loop applies all of them to a tensor
+    while it sits in the cache. Runs of about 1 MiB keep both advantages. Chapter 03's GPT
+    (1.1M parameters, 2 threads of a shared EPYC): the per-tensor loop 4.1 ms a step, one
+    run 4.3 ms, runs of 1 MiB 3.4 ms (256 KiB: 3.7 ms, 4 MiB: 3.8 ms).
+    """
+    if device.type != "cpu":
+        return [tensors]
+    runs: list[list[torch.Tensor]] = []
+    size = CPU_FOREACH_BYTES
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if size + nbytes > CPU_FOREACH_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(t)
+        size += nbytes
+    return runs
+
+
+def _multiplier(x: float, device: torch.device) -> float | torch.Tensor:
+    """``x`` as :func:`torch._foreach_mul_` should get it to multiply as ``Tensor.mul_(x)`` does.
+
+    On the CPU, ``_foreach_mul_`` rounds a Python number to the tensors' dtype first, which
+    ``mul_`` does not: in bf16, beta2 = 0.95 becomes 0.9492. A 0-d float64 tensor multiplies
+    as ``mul_`` does (tested bit for bit). ``torch.optim.AdamW(foreach=True)`` passes the
+    number, so on the CPU in bf16 or fp16 it differs from its own per-tensor loop.
+    """
+    return torch.tensor(x, dtype=torch.float64) if device.type == "cpu" else x
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,8 +330,11 @@ class Muon(_GroupwiseOptimizer):
     @torch.no_grad()
     def update_group(self, group: dict) -> None:
         """One Muon step for a ``"muon"`` group, one AdamW step (:class:`AdamW`'s) for the others."""
-        if not group["muon"]:
-            AdamW.update_group(self, group)  # the same state layout as an AdamW of its own
+        if not group["muon"]:  # the same state layout as an AdamW of its own
+            if self.foreach is False:
+                AdamW.update_group(self, group)
+            else:
+                AdamW.update_group_foreach(self, group)
             return
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
         for p in group["params"]:
@@ -274,8 +390,11 @@ def muon_param_groups(
 
 
 def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of ``grads``: the norm of the per-tensor norms."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    """The global L2 norm of ``grads``: the norm of the per-tensor norms.
+
+    ``torch._foreach_norm`` is ``[torch.linalg.vector_norm(g) for g in grads]`` in one call.
+    """
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(grads))))
 
 
 def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -289,6 +408,5 @@ def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch
         return torch.tensor(0.0)
     total = grad_norm(grads)
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale)
+    torch._foreach_mul_(grads, scale)  # g.mul_(scale) for every g, in one call
     return total
