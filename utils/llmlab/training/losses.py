@@ -34,9 +34,10 @@ def lm_loss(
     keep = targets != ignore_index
     if not keep.any():
         return logp.sum() * 0.0  # nothing scored: a zero that still has a graph
-    logp, targets = logp[keep], targets[keep]
-    nll = -logp.gather(1, targets[:, None]).squeeze(1)
+    # Pick each row's target first and drop the ignored rows after: logp[keep] would copy the
+    # whole (tokens, vocab) matrix, and its backward write another (a tenth of a CPU step).
+    nll = -logp.gather(1, torch.where(keep, targets, 0)[:, None]).squeeze(1)
     if label_smoothing == 0.0:
-        return nll.mean()
+        return nll[keep].mean()
     uniform = -logp.mean(-1)
-    return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
+    return ((1 - label_smoothing) * nll + label_smoothing * uniform)[keep].mean()
