@@ -21,8 +21,8 @@ the bookkeeping: forward, loss, backward, ``loss.item()``, clip to norm 1, optim
 - with ``--ablations``, our GPT and optimizer with one model-side part swapped for
   nanoGPT's choice: ``llmlab+F.cross_entropy`` (the loss), ``llmlab+exact-gelu``
   (``GPTConfig(activation="gelu")``; GPT-2 and our default use the tanh approximation),
-  ``llmlab+both``; and ``llmlab+lm_loss-gather-first``, a faster ``lm_loss`` that gives the
-  same numbers (:func:`lm_loss_gather_first`);
+  ``llmlab+both`` (``lm_loss`` itself now gathers the targets first, the form an earlier
+  ``llmlab+lm_loss-gather-first`` arm measured);
 - ``nanogpt`` (with ``--nanogpt PATH``): nanoGPT's ``model.py`` read from PATH (a checkout of
   karpathy/nanoGPT; nothing of it is part of this project), its loss, torch's clip, its
   ``configure_optimizers``. Besides the exact GELU it fuses q, k and v into one matrix.
@@ -57,7 +57,6 @@ import torch.nn.functional as F
 
 from llmlab.models import GPT, GPTConfig
 from llmlab.training import AdamW, TrainConfig, clip_grad_norm, lm_loss, make_optimizer
-from llmlab.training.losses import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -126,28 +125,24 @@ def clip_grad_norm_per_tensor(parameters: list[torch.Tensor], max_norm: float) -
     return total
 
 
-def lm_loss_gather_first(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """A proposal for ``lm_loss`` (label smoothing 0 here): pick the targets' log-probs first,
-    drop ignored positions after. ``lm_loss`` drops them from the (tokens, vocab) log-probs
-    first (``logp[keep]``), which copies that matrix forward and scatters it back in backward
-    (``index``, ``index_put_``, a zero fill). Same loss and gradients bit for bit (checked
-    when the arm is built).
-    """
-    logp = logits.float().log_softmax(-1).flatten(0, -2)
-    targets = targets.flatten()
-    keep = targets != IGNORE_INDEX
-    nll = -logp.gather(1, torch.where(keep, targets, 0)[:, None]).squeeze(1)
-    return nll[keep].mean()
+def timed_step(loss_fn: Callable, optimizer, clip: Callable, params: Callable) -> Callable:
+    """One micro-batch of train()'s loop, with ``mark()`` between the parts it times."""
 
+    def step(x, y, mark):
+        mark()
+        loss = loss_fn(x, y)
+        mark()
+        loss.backward()
+        loss.item()
+        mark()
+        clip(params(), CLIP)
+        mark()
+        optimizer.step()
+        mark()
+        optimizer.zero_grad(set_to_none=True)
+        mark()
 
-def _check_gather_first() -> None:
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 11, generator=g, requires_grad=True)
-    targets = torch.randint(0, 11, (3, 5), generator=g)
-    targets[1, 2] = IGNORE_INDEX
-    ours, proposal = lm_loss(logits, targets), lm_loss_gather_first(logits, targets)
-    assert torch.equal(ours, proposal)
-    assert torch.equal(*(torch.autograd.grad(x, logits)[0] for x in (ours, proposal)))
+    return step
 
 
 def llmlab_step(
@@ -168,29 +163,12 @@ def llmlab_step(
         def loss_fn(x, y):
             if loss == "lm_loss":
                 return lm_loss(model(x), y, config.label_smoothing)
-            if loss == "gather-first":
-                return lm_loss_gather_first(model(x), y)
             return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
-        if loss == "gather-first":
-            _check_gather_first()
+        def with_grads():
+            return [p for p in model.parameters() if p.grad is not None]
 
-        def step(x, y, mark):  # the body of train()'s loop for one micro-batch
-            mark()
-            loss = loss_fn(x, y)
-            mark()
-            loss.backward()
-            loss.item()
-            mark()
-            params = [p for p in model.parameters() if p.grad is not None]
-            clip(params, CLIP).item()
-            mark()
-            optimizer.step()
-            mark()
-            optimizer.zero_grad(set_to_none=True)
-            mark()
-
-        return step
+        return timed_step(loss_fn, optimizer, clip, with_grads)
 
     return build
 
@@ -199,21 +177,12 @@ def torch_adamw_step(shape: Shape) -> Callable:
     model = our_gpt(shape)
     optimizer = nanogpt_style_adamw(model)
 
-    def step(x, y, mark):
-        mark()
-        loss = lm_loss(model(x), y)
-        mark()
-        loss.backward()
-        loss.item()
-        mark()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        mark()
-        optimizer.step()
-        mark()
-        optimizer.zero_grad(set_to_none=True)
-        mark()
-
-    return step
+    return timed_step(
+        lambda x, y: lm_loss(model(x), y),
+        optimizer,
+        torch.nn.utils.clip_grad_norm_,
+        model.parameters,
+    )
 
 
 def nanogpt_step(path: str) -> Callable[[Shape], Callable]:
@@ -236,21 +205,13 @@ def nanogpt_step(path: str) -> Callable[[Shape], Callable]:
             model = module.GPT(config).train()
             optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu")
 
-        def step(x, y, mark):  # nanoGPT's train.py, one micro-batch, no GradScaler (CPU, fp32)
-            mark()
-            _, loss = model(x, y)
-            mark()
-            loss.backward()
-            loss.item()
-            mark()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-            mark()
-            optimizer.step()
-            mark()
-            optimizer.zero_grad(set_to_none=True)
-            mark()
-
-        return step
+        # nanoGPT's train.py, one micro-batch, no GradScaler (CPU, fp32)
+        return timed_step(
+            lambda x, y: model(x, y)[1],
+            optimizer,
+            torch.nn.utils.clip_grad_norm_,
+            model.parameters,
+        )
 
     return build
 
@@ -383,7 +344,6 @@ def main(argv: list[str] | None = None) -> None:
         arms["llmlab+F.cross_entropy"] = llmlab_step(loss="F.cross_entropy")
         arms["llmlab+exact-gelu"] = llmlab_step(activation="gelu")
         arms["llmlab+both"] = llmlab_step(loss="F.cross_entropy", activation="gelu")
-        arms["llmlab+lm_loss-gather-first"] = llmlab_step(loss="gather-first")
     if args.nanogpt:
         arms["nanogpt"] = nanogpt_step(args.nanogpt)
     shapes = [SHAPES[name] for name in args.shapes.split(",")]
