@@ -114,6 +114,10 @@ SECOND_EDITION = {
     "chapters/01_transformer/03_blocks.ipynb",
     "chapters/01_transformer/04_flash_attention.ipynb",
     "chapters/01_transformer/05_long_context.ipynb",
+    "chapters/02_model_families/02_tokenizers.ipynb",
+    "chapters/02_model_families/03_families.ipynb",
+    "chapters/02_model_families/05_kernels.ipynb",
+    "chapters/03_pretraining/02_objectives.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")
