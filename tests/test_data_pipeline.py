@@ -173,3 +173,110 @@ def test_loose_lsh_with_exact_verification_finds_every_planted_pair():
     assert data.shingle_hashes("a b c", k=2) == data.shingle_hashes("A b C", k=2)
     with pytest.raises(ValueError, match="verify"):
         data.near_duplicate_pairs(all_docs, verify="fuzzy")
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 03's training data: normalise, filter, dedup, split, decontaminate, cache.
+
+
+def test_normalize_text_can_keep_indentation():
+    text = "def f():\r\n    x  =  1   \r\n\tif  y:\n\n"
+    assert data.normalize_text(text, keep_indent=True) == "def f():\n    x = 1\n\tif y:"
+    assert data.normalize_text(text) == "def f():\n x = 1\n if y:"
+
+
+def test_decontaminate_drops_the_fewest_training_documents():
+    words = [f"w{i}" for i in range(200)]
+    held = " ".join(words[:40])
+    train = [
+        " ".join(words[100:140]),  # unrelated
+        " ".join(words[:30]),  # holds most of the held-out document's 8-grams
+        " ".join(words[25:40]),  # holds a few
+        " ".join(words[150:190]),
+    ]
+    assert data.contamination([held], train)[0] > 0.5
+    drop = data.decontaminate(train, [held])
+    assert drop == [1]
+    kept = [d for i, d in enumerate(train) if i not in drop]
+    assert data.contamination([held], kept)[0] <= 0.5
+    assert data.decontaminate(train, [held], max_share=0.0) == [1, 2]
+    assert data.decontaminate(train, ["nothing shared here at all"]) == []
+    with pytest.raises(ValueError, match="max_share"):
+        data.decontaminate(train, [held], max_share=1.0)
+
+
+@pytest.fixture
+def course_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_pretraining_corpus_is_clean_split_and_cached(course_cache):
+    clean = data.pretraining_corpus(120_000)
+    assert not clean.cached
+    names = [s.name for s in clean.stages]
+    assert names == [
+        "raw",
+        "normalised",
+        "quality filter",
+        "exact dedup",
+        "near dedup",
+        "PII scrubbed",
+        "split",
+        "decontaminated",
+    ]
+    counts = [s.n_documents for s in clean.stages]
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
+    assert clean.stages[0].n_documents == data.docstring_corpus(120_000).n_documents
+    parts = (clean.train, clean.val, clean.test)
+    assert counts[-1] == sum(p.n_documents for p in parts)
+    assert counts[-2] == counts[-1] + clean.near_copies_removed
+    texts = [d for p in (*parts, clean.near_copies) for d in p.documents]
+    assert len(texts) == len(set(texts)) == counts[-2]  # every document in one part
+    # (not sources: a function defined twice, per platform, has two docstrings and one name)
+    quality = data.QualityFilter()
+    assert all(quality.keep(d) for p in parts for d in p.documents)
+    every = [d for p in parts for d in p.documents]
+    assert data.exact_dedup(every)[1] == {}
+    assert data.near_duplicate_pairs(every, 0.8, lsh_threshold=0.6, verify="exact") == set()
+    held_out = clean.val.documents + clean.test.documents
+    assert max(data.contamination(held_out, clean.train.documents)) <= 0.5
+    before = clean.train.documents + clean.near_copies.documents
+    if clean.near_copies_removed:
+        assert max(data.contamination(held_out, before)) > 0.5
+    assert "train" in clean.describe() and "near_copies_removed" in repr(clean)
+
+    files = list((course_cache / "corpora").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"  # no temporary file left behind
+    again = data.pretraining_corpus(120_000)
+    assert again.cached
+    for a, b in zip(
+        (*parts, clean.near_copies),
+        (again.train, again.val, again.test, again.near_copies),
+        strict=True,
+    ):
+        assert (a.name, a.documents, a.sources) == (b.name, b.documents, b.sources)
+    assert again.stages == clean.stages
+    fresh = data.pretraining_corpus(120_000, cache=False)
+    assert not fresh.cached and fresh.train.documents == clean.train.documents
+    other = data.pretraining_corpus(120_000, seed=1)
+    assert not other.cached and other.val.sources != clean.val.sources
+    assert len(list((course_cache / "corpora").iterdir())) == 2
+
+
+def test_pretraining_corpus_rebuilds_a_broken_cache_file(course_cache):
+    clean = data.pretraining_corpus(60_000)
+    (path,) = (course_cache / "corpora").iterdir()
+    path.write_text("{not json")
+    rebuilt = data.pretraining_corpus(60_000)
+    assert not rebuilt.cached and rebuilt.train.documents == clean.train.documents
+    assert data.pretraining_corpus(60_000).cached
+
+
+def test_pretraining_corpus_validates():
+    with pytest.raises(ValueError, match="max_bytes"):
+        data.pretraining_corpus(0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        data.pretraining_corpus(10_000, fractions=(0.5, 0.1, 0.1), cache=False)
+    with pytest.raises(TypeError, match="seed"):
+        data.pretraining_corpus(10_000, seed="0", cache=False)

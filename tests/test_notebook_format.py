@@ -117,6 +117,7 @@ SECOND_EDITION = {
     "chapters/02_model_families/02_tokenizers.ipynb",
     "chapters/02_model_families/03_families.ipynb",
     "chapters/02_model_families/05_kernels.ipynb",
+    "chapters/03_pretraining/01_data.ipynb",
     "chapters/03_pretraining/02_objectives.ipynb",
     "chapters/03_pretraining/04_small_gpt.ipynb",
     "chapters/03_pretraining/06_scaling_laws.ipynb",

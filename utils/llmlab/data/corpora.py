@@ -7,6 +7,10 @@ text source (no downloads, no licences to check beyond the PSF's):
   of the standard library's ``.py`` files. Chapter 03 trains a small GPT on it.
 - ``code_corpus()``: source code, one document per ``.py`` file. Chapter 02 compares tokens
   per byte on prose and code with it.
+- ``reference_corpus()``: the Python Language Reference, as the standard library ships it for
+  ``help()`` (``pydoc_data/topics.py``), one document per topic: prose edited by the
+  documentation team, the "good text" that chapter 03's LM quality filter learns from (the
+  role Wikipedia plays for CCNet).
 
 Files are found by walking ``sysconfig.get_paths()["stdlib"]`` in sorted order and parsed with
 ``ast`` (never imported: no side effects, and fast). Skipped: site-packages, test directories
@@ -49,6 +53,7 @@ __all__ = [
     "Corpus",
     "docstring_corpus",
     "code_corpus",
+    "reference_corpus",
 ]
 
 # -----------------------------------------------------------------------------
@@ -182,6 +187,44 @@ def code_corpus(max_bytes: int | None = None) -> Corpus:
     """
     documents = ((f.text, f.path) for f in _stdlib_files() if f.text.strip())
     return _collect("stdlib-code", documents, _require_max_bytes(max_bytes))
+
+
+REFERENCE_FILE = "pydoc_data/topics.py"  # the Language Reference's text, for help("topics")
+
+
+def reference_corpus() -> Corpus:
+    """Curated prose: the Python Language Reference's topics, one document per topic.
+
+    ``help("assert")`` prints these texts; the standard library keeps them as one dict literal
+    in ``pydoc_data/topics.py`` (about 80 topics, 0.47 MB on Python 3.11), read here with
+    ``ast.literal_eval``, never imported. Each text is cleaned like a docstring. The file is
+    generated from the documentation by Sphinx, so it is not a docstring and never appears in
+    ``docstring_corpus()``; a few topics do repeat docstrings (the ``pdb`` commands).
+
+    Raises FileNotFoundError when this Python was installed without ``pydoc_data``.
+    """
+    stdlib = sysconfig.get_paths()["stdlib"]
+    path = os.path.join(stdlib, *REFERENCE_FILE.split("/"))
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=REFERENCE_FILE)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"reference_corpus: this Python has no {REFERENCE_FILE} (some distributions ship "
+            "the pydoc topics in a separate package); install it or use another reference"
+        ) from None
+    topics = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "topics" for t in node.targets)
+    )
+    names = sorted(name for name, text in topics.items() if text.strip())
+    return Corpus(
+        "pydoc-topics",
+        [_clean(topics[name]) for name in names],
+        [f"{REFERENCE_FILE}:{name}" for name in names],
+    )
 
 
 @dataclass(frozen=True)

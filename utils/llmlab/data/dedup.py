@@ -45,6 +45,7 @@ __all__ = [
     "jaccard",
     "ngram_overlap",
     "contamination",
+    "decontaminate",
     "minhash_signatures",
     "lsh_params",
     "LSHIndex",
@@ -110,6 +111,40 @@ def contamination(documents: Iterable[str], reference: Iterable[str], n: int = 8
         mine = shingles(text, n)
         shares.append(len(mine & seen) / len(mine) if mine else 0.0)
     return shares
+
+
+def decontaminate(
+    train: Sequence[str], held_out: Iterable[str], n: int = 8, max_share: float = 0.5
+) -> list[int]:
+    """Indices of ``train`` documents to drop so that no ``held_out`` document has more than
+    ``max_share`` of its word n-grams in the rest of ``train`` (:func:`contamination`).
+
+    For each held-out document in turn, while its share is above ``max_share``, the training
+    document that holds most of its n-grams (the lowest index on a tie) is dropped: the fewest
+    documents that a greedy choice can find, deterministically. Afterwards
+    ``max(contamination(held_out, kept, n)) <= max_share``.
+    """
+    if not 0.0 <= max_share < 1.0:
+        raise ValueError(f"max_share: expected a float in [0, 1), got {max_share!r}")
+    owners: dict[str, list[int]] = defaultdict(list)
+    for i, text in enumerate(train):
+        for gram in shingles(text, n):
+            owners[gram].append(i)
+    removed: set[int] = set()
+    for text in held_out:
+        grams = shingles(text, n)
+        while grams:
+            held: dict[int, int] = defaultdict(int)  # train index -> how many of the n-grams
+            covered = 0
+            for gram in grams:
+                alive = [i for i in owners.get(gram, ()) if i not in removed]
+                covered += bool(alive)
+                for i in alive:
+                    held[i] += 1
+            if covered <= max_share * len(grams):
+                break
+            removed.add(min(held, key=lambda i: (-held[i], i)))
+    return sorted(removed)
 
 
 def shingle_hashes(text: str, k: int = 5) -> list[int]:
