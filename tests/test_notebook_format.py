@@ -116,6 +116,7 @@ SECOND_EDITION = {
     "chapters/01_transformer/05_long_context.ipynb",
     "chapters/02_model_families/02_tokenizers.ipynb",
     "chapters/02_model_families/03_families.ipynb",
+    "chapters/02_model_families/04_decoding.ipynb",
     "chapters/02_model_families/05_kernels.ipynb",
     "chapters/03_pretraining/01_data.ipynb",
     "chapters/03_pretraining/02_objectives.ipynb",
