@@ -120,8 +120,10 @@ SECOND_EDITION = {
     "chapters/02_model_families/05_kernels.ipynb",
     "chapters/03_pretraining/01_data.ipynb",
     "chapters/03_pretraining/02_objectives.ipynb",
+    "chapters/03_pretraining/03_training_loop.ipynb",
     "chapters/03_pretraining/04_small_gpt.ipynb",
     "chapters/03_pretraining/06_scaling_laws.ipynb",
+    "chapters/03_pretraining/07_kernels.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")
