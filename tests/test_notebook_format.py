@@ -122,6 +122,7 @@ SECOND_EDITION = {
     "chapters/03_pretraining/02_objectives.ipynb",
     "chapters/03_pretraining/03_training_loop.ipynb",
     "chapters/03_pretraining/04_small_gpt.ipynb",
+    "chapters/03_pretraining/05_ablations.ipynb",
     "chapters/03_pretraining/06_scaling_laws.ipynb",
     "chapters/03_pretraining/07_kernels.ipynb",
 }
