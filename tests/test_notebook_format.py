@@ -114,6 +114,7 @@ SECOND_EDITION = {
     "chapters/01_transformer/03_blocks.ipynb",
     "chapters/01_transformer/04_flash_attention.ipynb",
     "chapters/01_transformer/05_long_context.ipynb",
+    "chapters/02_model_families/01_three_eras.ipynb",
     "chapters/02_model_families/02_tokenizers.ipynb",
     "chapters/02_model_families/03_families.ipynb",
     "chapters/02_model_families/04_decoding.ipynb",
