@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+import numpy as np
+
 from llmlab.validate import require_positive_int
 
 __all__ = ["SizeJob", "improvement", "train_until_converged", "run_sweep"]
@@ -86,16 +88,7 @@ def improvement(eval_steps: Sequence[int], eval_losses: Sequence[float]) -> floa
     """
     if len(eval_steps) != len(eval_losses) or not eval_steps:
         raise ValueError("eval_steps, eval_losses: expected two non-empty lists of equal length")
-    target = 0.75 * eval_steps[-1]
-    earlier = eval_losses[0]
-    for (s0, l0), (s1, l1) in zip(
-        zip(eval_steps, eval_losses, strict=True),
-        zip(eval_steps[1:], eval_losses[1:], strict=True),
-        strict=False,
-    ):
-        if s0 <= target <= s1:
-            earlier = l0 + (l1 - l0) * (target - s0) / (s1 - s0)
-            break
+    earlier = float(np.interp(0.75 * eval_steps[-1], eval_steps, eval_losses))
     return (earlier - eval_losses[-1]) / earlier
 
 
@@ -112,6 +105,7 @@ def train_until_converged(job: SizeJob) -> dict:
     from llmlab.data.packing import RandomBatchSampler, TokenFile
     from llmlab.env import seed_everything
     from llmlab.models import GPT, GPTConfig
+    from llmlab.models.counting import parameter_breakdown
     from llmlab.training.loop import TrainConfig, train
     from llmlab.training.losses import lm_loss
 
@@ -149,10 +143,9 @@ def train_until_converged(job: SizeJob) -> dict:
                 break
     with torch.no_grad():
         accuracy = (model(val_x).argmax(-1) == val_y).float().mean().item()
-    embedding = model.embed_tokens.weight.numel() + model.embed_positions.weight.numel()
     return dict(
         size=tuple(job.size),
-        N=model.num_parameters() - embedding,
+        N=model.num_parameters() - parameter_breakdown(model.config)["embedding"],
         total=model.num_parameters(),
         steps=history.eval_step[-1],
         tokens=[s * job.batch * job.seq for s in history.eval_step],
