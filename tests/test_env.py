@@ -147,3 +147,16 @@ def test_peak_allocated_bytes_on_the_cpu_counts_what_lives_at_once():
 
     peak = env.peak_allocated_bytes(two_matrices_at_once)
     assert 2 * n * n * 4 <= peak < 2 * n * n * 4 + 1024  # plus a scalar or two
+
+
+def test_autocast_dtype_follows_the_cpu_flags(monkeypatch):
+    import torch
+
+    from llmlab import env
+
+    assert env.autocast_dtype("cpu") == (torch.bfloat16 if env.cpu_has_fast_bf16() else None)
+    assert env.autocast_dtype("mps") is None
+    monkeypatch.setattr(env, "cpu_has_fast_bf16", lambda: False)
+    assert env.autocast_dtype("cpu") is None
+    monkeypatch.setattr(env, "cpu_has_fast_bf16", lambda: True)
+    assert env.autocast_dtype("cpu:0") == torch.bfloat16

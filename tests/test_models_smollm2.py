@@ -54,3 +54,25 @@ def test_smollm2_greedy_text_equals_generate(models):
             out = torch.cat([out, token], dim=1)
             logits = ours(token, cache=cache)
     assert torch.equal(out, expected)
+
+
+def test_tiny_smollm2_has_smollm2s_names_and_tokenizer(models):
+    from llmlab.assets import tiny_smollm2
+
+    _, hf, tokenizer = models
+    tiny, tiny_tokenizer = tiny_smollm2(seed=3, device="cpu")
+    assert type(tiny) is type(hf)
+    real_names = {n.replace(".layers.29.", ".layers.1.") for n, _ in hf.named_parameters()}
+    tiny_names = {n for n, _ in tiny.named_parameters()}
+    assert tiny_names <= real_names and "model.layers.1.mlp.down_proj.weight" in tiny_names
+    assert tiny.config.vocab_size == hf.config.vocab_size and tiny.config.tie_word_embeddings
+    assert tiny_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert tiny_tokenizer.chat_template == tokenizer.chat_template
+    assert sum(p.numel() for p in tiny.parameters()) < 4_000_000
+    again, _ = tiny_smollm2(seed=3, device="cpu")
+    other, _ = tiny_smollm2(seed=4, device="cpu")
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(tiny.state_dict()[w], again.state_dict()[w])
+    assert not torch.equal(tiny.state_dict()[w], other.state_dict()[w])
+    with pytest.raises(TypeError, match="seed"):
+        tiny_smollm2(seed="0")

@@ -300,6 +300,44 @@ def load_smollm2(dtype=None, device=None):
     return model.to(device or pick_device()).eval(), tokenizer
 
 
+TINY_SMOLLM2 = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+
+
+def tiny_smollm2(seed: int = 0, dtype=None, device=None):
+    """A tiny *random* model shaped like SmolLM2, with SmolLM2's real tokenizer: ``(model, tokenizer)``.
+
+    Same class (``LlamaForCausalLM``), module names, vocabulary, chat template, RoPE base and
+    tied embeddings as :func:`load_smollm2`, but 2 layers of width 64 (3.2M parameters, almost
+    all in the embedding) and weights drawn from ``seed``. Smoke runs (``LLMLAB_SMOKE=1``) use it
+    where a notebook trains or generates with SmolLM2, so CI takes seconds; anything it
+    "learns" means nothing, and cells that compare with the real model keep :func:`load_smollm2`.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    source = SMOLLM2.hub_id if _use_hub() else prepare("smollm2")
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    from llmlab.env import pick_device
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = AutoConfig.from_pretrained(source)
+    for key, value in TINY_SMOLLM2.items():
+        setattr(config, key, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model = model.to(dtype or torch.float32)
+    return model.to(device or pick_device()).eval(), tokenizer
+
+
 @contextlib.contextmanager
 def _quiet_transformers():
     from transformers.utils import logging

@@ -129,3 +129,36 @@ def peak_allocated_bytes(fn, device: str = "cpu") -> int:
         live += event.nbytes()  # positive when allocated, negative when freed
         peak = max(peak, live)
     return peak
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), read from its flags.
+
+    Without those units PyTorch emulates bf16 and a bf16 matmul is *slower* than fp32, so the
+    course trains in bf16 autocast on a CPU only when this is True. Reads ``/proc/cpuinfo``
+    (Linux); elsewhere (macOS, Windows) it answers False.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast_dtype(device: str = "cpu"):
+    """The dtype to autocast training to on ``device``: bf16 where it is fast, else None (fp32).
+
+    CUDA: bf16 when the GPU supports it. CPU: bf16 when :func:`cpu_has_fast_bf16`. Others: None.
+    """
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if kind == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return None
