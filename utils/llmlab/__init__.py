@@ -5,6 +5,7 @@ Where things live (one home per concept; ch = the chapter that teaches it):
     basics (importable by everything)
       env             device choice, seeding, installed versions
       assets          the offline models (SmolLM2, MiniLM) and the course cache
+      results         what one notebook saves for a later one (atomic, in the course cache)
       validate        input checks for configs and entry points (require_*)
       progress, plotting
       source          show(obj): the real source of what a chapter teaches, in the notebook
@@ -23,7 +24,9 @@ Where things live (one home per concept; ch = the chapter that teaches it):
                       ch08 adds batching, the paged cache, speculative decoding, serving
       evaluation/     ch02-03  perplexity, text metrics; ch09 adds benchmarks
       kernels/        ch01-03  Triton kernels beside their PyTorch references
-      (homes to come, created with their chapter: post_training/ ch04, compression/ ch05,
+      posttrain/      ch04  finetune, lora (QLoRA, DoRA), sft, evaluate, logprobs, reward,
+                            dpo, grpo, ppo, constitution
+      (homes to come, created with their chapter: compression/ ch05,
        moe/ ch06, retrieval/ ch07 (RAG and agents), distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)
@@ -45,6 +48,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     # the basics, importable by everything
     "assets",
+    "results",
     "env",
     "plotting",
     "progress",
@@ -61,6 +65,7 @@ _SUBMODULES = {
     "inference",
     "evaluation",
     "kernels",
+    "posttrain",
     # the labs' checks, and the machinery (never imported by the teaching code)
     "checks",
     "course",

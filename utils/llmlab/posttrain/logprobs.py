@@ -1,0 +1,299 @@
+"""Log-probabilities of completions under a causal language model, and the KL to a reference.
+
+Every preference method of chapter 04 scores a completion ``y`` after a prompt ``x`` by its
+sequence log-probability
+
+    log pi(y | x) = sum_t log pi(y_t | x, y_<t),
+
+read off one forward pass over ``x + y``: the logit at position ``t`` predicts the token at
+``t + 1``, so the per-token log-probabilities of a (batch, seq) sequence are (batch, seq - 1),
+and a completion mask shifted by one keeps the completion's tokens only.
+
+The models: a transformers causal LM (its output's ``.logits``, called with the attention
+mask and position ids counted from the first real token, so left padding changes nothing)
+or a :mod:`llmlab.models` model (``model(input_ids)`` returns the logits; it takes no
+attention mask, so its batches may only be padded on the right, where causal attention never
+looks).
+
+Batches of preference pairs use trl's layout: the chosen rows first, then the rejected rows,
+with ``input_ids``, ``attention_mask`` and ``completion_mask`` (1 on the completion's tokens)
+of shape (2 * pairs, seq); :func:`preference_batch` builds one with a chat template.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from llmlab.validate import require_token_ids
+
+__all__ = [
+    "token_logprobs",
+    "sequence_logprobs",
+    "KLEstimate",
+    "kl_to_reference",
+    "preference_batch",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Per-token and per-sequence log-probabilities
+
+
+def _require_mask(mask: Any, name: str, input_ids: torch.Tensor) -> torch.Tensor:
+    """``mask`` as a bool tensor of ``input_ids``' shape holding only 0 and 1."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(mask).__name__}")
+    if mask.shape != input_ids.shape:
+        raise ValueError(
+            f"{name}: expected shape {tuple(input_ids.shape)} (that of input_ids), "
+            f"got {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{name}: expected only 0 and 1, got values {mask.unique().tolist()}")
+    return mask.bool()
+
+
+def _takes_attention_mask(model: nn.Module) -> tuple[bool, bool]:
+    """(takes ``attention_mask``, takes ``position_ids``) from ``model.forward``'s signature."""
+    params = inspect.signature(model.forward).parameters
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return "attention_mask" in params or var_kw, "position_ids" in params or var_kw
+
+
+def _logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """(batch, seq, vocab) logits of ``model`` on ``input_ids``.
+
+    A model whose forward takes ``attention_mask`` gets it, with position ids that count from
+    each row's first real token (left padding then leaves the real tokens' logits unchanged).
+    One that does not is called as ``model(input_ids)``: only right padding is allowed then.
+    """
+    takes_mask, takes_positions = _takes_attention_mask(model)
+    if takes_mask:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.long()
+            if takes_positions:
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(**kwargs)
+    else:
+        if attention_mask is not None and (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
+            raise ValueError(
+                "attention_mask: this model takes no attention mask, so its batch may only be "
+                "padded on the right (1s then 0s in every row); got a row with padding before "
+                "a real token"
+            )
+        out = model(input_ids)
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.shape[:2] != input_ids.shape:
+        raise TypeError(
+            "model: expected logits of shape (batch, seq, vocab) (a tensor, or an output with "
+            f".logits), got {type(out).__name__}"
+        )
+    return logits
+
+
+def token_logprobs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token log-probabilities ``log p(x_{t+1} | x_<=t)``: (batch, seq) ids -> (batch, seq - 1).
+
+    Entry ``[b, t]`` is the log-softmax of the logits at position ``t`` read at the token at
+    ``t + 1`` (computed in float32). Entries whose target is padding are meaningless: mask them
+    with ``attention_mask[:, 1:]`` (or a completion mask shifted the same way).
+    """
+    require_token_ids(input_ids, "input_ids", min_seq=2)
+    if attention_mask is not None:
+        _require_mask(attention_mask, "attention_mask", input_ids)
+    logits = _logits(model, input_ids, attention_mask)[:, :-1].float()
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    completion_mask: torch.Tensor,
+    *,
+    average: bool = False,
+) -> torch.Tensor:
+    """The summed log-probability of each row's completion: (batch, seq) -> (batch,).
+
+        logp[b] = sum_{t >= 1} completion_mask[b, t] * log p(x_t | x_<t)
+
+    The first token of a row has no prediction, so ``completion_mask[:, 0]`` must be 0 (the
+    completion follows a prompt). ``average=True`` divides by the number of completion tokens
+    (the per-token mean, what IPO uses in trl). Masked entries are dropped with ``where``, not
+    multiplied by 0, so NaN logits at padding positions cannot leak into the sum.
+    """
+    require_token_ids(input_ids, "input_ids", min_seq=2)
+    completion = _require_mask(completion_mask, "completion_mask", input_ids)
+    if completion[:, 0].any():
+        raise ValueError(
+            "completion_mask: the first token of a row has no prediction; expected 0 in column 0"
+        )
+    if attention_mask is not None:
+        attention = _require_mask(attention_mask, "attention_mask", input_ids)
+        if (completion & ~attention).any():
+            raise ValueError("completion_mask: expected 1s only where attention_mask is 1")
+    if not completion.any(dim=1).all():
+        raise ValueError("completion_mask: expected at least one completion token in every row")
+    per_token = token_logprobs(model, input_ids, attention_mask)
+    keep = completion[:, 1:]
+    total = torch.where(keep, per_token, torch.zeros_like(per_token)).sum(dim=1)
+    return total / keep.sum(dim=1) if average else total
+
+
+# --------------------------------------------------------------------------------------------
+# KL to a reference model
+
+
+class KLEstimate(NamedTuple):
+    """Two Monte-Carlo estimates of KL(policy || reference) per token (0-dim tensors)."""
+
+    k1: torch.Tensor
+    k3: torch.Tensor
+
+
+def kl_to_reference(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor
+) -> KLEstimate:
+    """KL(pi || pi_ref) per token from per-token log-probs of tokens SAMPLED FROM THE POLICY.
+
+    With ``d = log pi_ref(x_t) - log pi(x_t)`` at each masked token (Schulman's estimators):
+
+    - ``k1 = mean(-d)``: unbiased, but single tokens can be negative, and so can short means;
+    - ``k3 = mean(exp(d) - 1 - d)``: unbiased too, never negative, lower variance.
+
+    Shapes: all three (batch, seq - 1), as :func:`token_logprobs` returns them; ``mask`` selects
+    the completion tokens. On tokens not drawn from the policy (a fixed data set's answers)
+    both are only proxies of the divergence.
+    """
+    for name, x in (("policy_logps", policy_logps), ("ref_logps", ref_logps), ("mask", mask)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if ref_logps.shape != policy_logps.shape or mask.shape != policy_logps.shape:
+        raise ValueError(
+            "ref_logps, mask: expected the shape of policy_logps "
+            f"{tuple(policy_logps.shape)}, got {tuple(ref_logps.shape)} and {tuple(mask.shape)}"
+        )
+    keep = mask.bool()
+    if not keep.any():
+        raise ValueError("mask: expected at least one token to average over, got none")
+    d = (ref_logps - policy_logps)[keep].float()
+    return KLEstimate(k1=(-d).mean(), k3=(d.exp() - 1 - d).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Chat formatting of (prompt, completion) pairs
+
+
+def _messages(prompt: str | Sequence[dict], system: str | None) -> list[dict]:
+    """The chat messages before the answer: a user turn (after ``system`` when given)."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, Sequence) and all(isinstance(m, dict) for m in prompt):
+        messages = list(prompt)
+    else:
+        raise TypeError(
+            f"prompt: expected a str or a list of messages, got {type(prompt).__name__}"
+        )
+    if system is not None:
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def _encode(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def _chat_pair(
+    tokenizer: Any, prompt: str | Sequence[dict], completion: str, system: str | None = None
+) -> tuple[list[int], list[int]]:
+    """(token ids, completion mask) of a prompt and its answer in ``tokenizer``'s chat template.
+
+    The ids are the template's rendering of the prompt with the generation prompt (for
+    SmolLM2 its default system turn, the user turn and ``<|im_start|>assistant\\n``), then the
+    answer and its end-of-turn token (``tokenizer.eos_token``, ``<|im_end|>`` for SmolLM2);
+    what the template writes after that token (a newline) is dropped. The mask is 1 on the
+    answer and the end-of-turn token: the model learns to say the answer and to stop.
+    (trl keeps that trailing newline in the completion; the sft module has the same helper.)
+    """
+    if not isinstance(completion, str):
+        raise TypeError(f"completion: expected a str, got {type(completion).__name__}")
+    messages = _messages(prompt, system)
+    prompt_ids = _encode(tokenizer, messages, generation_prompt=True)
+    full = _encode(tokenizer, [*messages, {"role": "assistant", "content": completion}], False)
+    if full[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(
+            "tokenizer: its chat template renders the prompt differently once the answer "
+            "follows, so the answer's tokens cannot be told apart"
+        )
+    answer = full[len(prompt_ids) :]
+    eot = tokenizer.eos_token_id
+    if eot not in answer:
+        raise ValueError(
+            f"tokenizer: expected the end-of-turn token {tokenizer.eos_token!r} after the answer"
+        )
+    answer = answer[: answer.index(eot) + 1]
+    return prompt_ids + answer, [0] * len(prompt_ids) + [1] * len(answer)
+
+
+def _pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
+    """Rows of different lengths as one (len(rows), longest) int64 tensor padded on ``side``."""
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        if side == "right":
+            out[i, : len(row)] = torch.tensor(row)
+        else:
+            out[i, width - len(row) :] = torch.tensor(row)
+    return out
+
+
+def preference_batch(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    *,
+    system: str | None = None,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
+    """Preference pairs as one batch in the chat template: chosen rows first, then rejected.
+
+    Returns ``input_ids``, ``attention_mask`` and ``completion_mask``, each (2 * pairs, seq):
+    row ``i`` is ``prompts[i]`` answered with ``chosen[i]``, row ``pairs + i`` the same prompt
+    answered with ``rejected[i]``; the completion mask covers the answer and its end-of-turn
+    token. Padding uses ``tokenizer.pad_token_id`` (for SmolLM2 that is ``<|im_end|>`` itself:
+    read where a row ends from ``attention_mask``, never from the pad id).
+    """
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("prompts: expected at least one prompt, got none")
+    if len(chosen) != n or len(rejected) != n:
+        raise ValueError(
+            f"chosen, rejected: expected {n} answers each (one per prompt), "
+            f"got {len(chosen)} and {len(rejected)}"
+        )
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+    pairs = [_chat_pair(tokenizer, p, c, system) for p, c in zip(prompts, chosen, strict=True)]
+    pairs += [_chat_pair(tokenizer, p, r, system) for p, r in zip(prompts, rejected, strict=True)]
+    ids = [row for row, _ in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {
+        "input_ids": _pad(ids, pad_id, padding_side),
+        "attention_mask": _pad([[1] * len(row) for row in ids], 0, padding_side),
+        "completion_mask": _pad([mask for _, mask in pairs], 0, padding_side),
+    }
