@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from llmlab import data
 from llmlab.data import Task, grade_number, grade_numbers, grade_word, make_tasks
+from llmlab.data import tasks as task_module
 
 # -----------------------------------------------------------------------------
 # Corpora (the full parse takes a few seconds once; every later call is memoised)
@@ -158,7 +160,13 @@ def test_corpus_checks_its_fields():
 def _wrong_responses(task: Task) -> list[str]:
     """Plausible mistakes that a checker must reject."""
     wrong = ["", "I don't know."]
-    if task.kind in {"addition", "multiplication", "count_letter", "next_in_sequence"}:
+    if task.kind in {
+        "addition",
+        "multiplication",
+        "count_letter",
+        "next_in_sequence",
+        "larger_number",
+    }:
         value = int(task.answer)
         wrong += [str(value + 1), str(value - 1), f"The answer is {value + 1}."]
     elif task.kind == "sort_numbers":
@@ -173,6 +181,12 @@ def _wrong_responses(task: Task) -> list[str]:
         wrong += [word, task.answer[1:] + task.answer[0], task.answer[:-1]]
     elif task.kind == "uppercase_word":
         wrong += [task.answer.lower(), task.answer.capitalize(), task.answer[:-1]]
+    elif task.kind == "list_item":
+        others = re.search(r"list (.*)\?", task.prompt).group(1).split(", ")
+        wrong += [w for w in others if w != task.answer] + [task.answer[:-1]]
+    elif task.kind == "first_letter":
+        word = re.search(r"'(\w+)'", task.prompt).group(1)
+        wrong += [word, word[-1] if word[-1] != word[0] else "q", "The letter is x."]
     return wrong
 
 
@@ -181,8 +195,19 @@ def test_builtin_kinds_are_registered():
     assert data.task_kinds()[: len(data.BUILTIN_TASK_KINDS)] == list(data.BUILTIN_TASK_KINDS)
 
 
+def test_easy_kinds_are_registered_after_the_builtin_ones_and_protected():
+    n = len(data.BUILTIN_TASK_KINDS)
+    assert data.task_kinds()[n : n + 3] == list(task_module.EASY_TASK_KINDS)
+    assert not set(task_module.EASY_TASK_KINDS) & {t.kind for t in make_tasks(50)}  # not by default
+    with pytest.raises(ValueError, match="built in"):
+        data.register_task_kind("list_item", lambda rng, d: None, replace=True)
+    task = make_tasks(1, seed=0, kinds="larger_number")[0]
+    a, b = map(int, re.findall(r"\d+", task.prompt))
+    assert task.answer == str(max(a, b)) and a != b
+
+
 @pytest.mark.parametrize("difficulty", range(1, data.MAX_DIFFICULTY + 1))
-@pytest.mark.parametrize("kind", data.BUILTIN_TASK_KINDS)
+@pytest.mark.parametrize("kind", data.BUILTIN_TASK_KINDS + task_module.EASY_TASK_KINDS)
 def test_reference_answers_pass_and_mistakes_fail(kind, difficulty):
     for task in make_tasks(20, seed=difficulty, kinds=[kind], difficulty=difficulty):
         assert task.kind == kind and task.prompt.endswith(".") and task.answer

@@ -22,7 +22,9 @@ __all__ = [
     "register_task_kind",
     "task_kinds",
     "BUILTIN_TASK_KINDS",
+    "EASY_TASK_KINDS",
     "MAX_DIFFICULTY",
+    "ANSWER_MARKER",
     "grade_exact",
     "grade_number",
     "grade_numbers",
@@ -80,14 +82,15 @@ def grade_word(response: str, answer: str, case_sensitive: bool = False) -> bool
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")  # "1,234" is one number ...
 _INTEGER = re.compile(r"-?\d+")  # ... but in a list "7,190" is two
 _WORD = re.compile(r"[^\W\d_]+")  # letters only
-_MARKER = re.compile(r"answer\s*(?:is\b|:|=)|####", re.IGNORECASE)
+#: Where a free-form response announces its answer: "The answer is 95", "Answer: 95", "#### 95".
+ANSWER_MARKER = re.compile(r"answer\s*(?:is\b|:|=)|####", re.IGNORECASE)
 
 
 def _answer_span(response: str) -> tuple[str, bool]:
     """The text after the last answer marker (and True), or the whole response (and False)."""
     if not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
-    markers = list(_MARKER.finditer(response))
+    markers = list(ANSWER_MARKER.finditer(response))
     if markers:
         return response[markers[-1].end() :], True
     return response, False
@@ -155,7 +158,7 @@ def register_task_kind(name: str, generator_fn: TaskGenerator, *, replace: bool 
         raise TypeError(
             f"generator_fn must be callable(rng, difficulty) -> Task, got {generator_fn!r}"
         )
-    if name in _BUILTIN_GENERATORS and name in _TASK_KINDS:
+    if name in _LIBRARY_KINDS and name in _TASK_KINDS:
         raise ValueError(
             f"task kind {name!r} is built in and cannot be replaced; pick another name"
         )
@@ -317,6 +320,41 @@ _BUILTIN_GENERATORS: dict[str, TaskGenerator] = {
     "next_in_sequence": _next_in_sequence,
 }
 BUILTIN_TASK_KINDS: tuple[str, ...] = tuple(_BUILTIN_GENERATORS)
-for _name, _fn in _BUILTIN_GENERATORS.items():
+
+
+# Easy kinds (chapter 04): a lookup, a comparison, a letter. A 135M model answers them only now
+# and then out of the box and can learn them within a few hundred SFT steps, and they share the
+# built-in kinds' answer formats, so they also serve as held-out kinds never trained on.
+
+
+def _larger_number(rng: random.Random, difficulty: int) -> Task:
+    a, b = rng.sample(range(10**difficulty, 10 ** (difficulty + 1)), 2)
+    prompt = f"Which number is larger, {a} or {b}? Answer with the number only."
+    return Task("larger_number", prompt, str(max(a, b)), grade_number)
+
+
+def _list_item(rng: random.Random, difficulty: int) -> Task:
+    words = [_pseudo_word(rng, 2) for _ in range(3 + difficulty)]
+    k = rng.randint(1, len(words))
+    prompt = f"What is item number {k} in the list {', '.join(words)}? Answer with the word only."
+    return Task("list_item", prompt, words[k - 1], grade_word)
+
+
+def _first_letter(rng: random.Random, difficulty: int) -> Task:
+    word = _pseudo_word(rng, rng.randint(difficulty + 1, difficulty + 2))
+    prompt = f"What is the first letter of the word '{word}'? Answer with the letter only."
+    return Task("first_letter", prompt, word[0], grade_word)
+
+
+_EASY_GENERATORS: dict[str, TaskGenerator] = {
+    "larger_number": _larger_number,
+    "list_item": _list_item,
+    "first_letter": _first_letter,
+}
+#: Registered after the built-in kinds and, like them, never replaced; not in ``make_tasks``'
+#: default set (``BUILTIN_TASK_KINDS``), whose tasks stay what they were.
+EASY_TASK_KINDS: tuple[str, ...] = tuple(_EASY_GENERATORS)
+_LIBRARY_KINDS = frozenset(BUILTIN_TASK_KINDS + EASY_TASK_KINDS)
+for _name, _fn in {**_BUILTIN_GENERATORS, **_EASY_GENERATORS}.items():
     register_task_kind(_name, _fn)
 del _name, _fn
