@@ -30,6 +30,7 @@ from llmlab.posttrain.logprobs import (
     sequence_logprobs,
     token_logprobs,
 )
+from llmlab.posttrain.sft import format_example
 
 PROMPTS = ["What is 2+2?", "Name a colour."]
 CHOSEN = ["4", "Blue, like the sky."]
@@ -369,7 +370,7 @@ def test_sequence_logprobs_input_checks(tiny):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_completion_mask_is_the_answer_and_its_end_of_turn(tiny, side):
+def test_completion_mask_is_the_answer_and_its_end_of_turn_as_in_sft(tiny, side):
     _, tokenizer = tiny
     batch = preference_batch(tokenizer, PROMPTS, CHOSEN, REJECTED, padding_side=side)
     answers = CHOSEN + REJECTED
@@ -377,24 +378,26 @@ def test_completion_mask_is_the_answer_and_its_end_of_turn(tiny, side):
         ids = batch["input_ids"][row]
         completion = batch["completion_mask"][row].bool()
         attention = batch["attention_mask"][row].bool()
-        assert tokenizer.decode(ids[completion]) == answers[row] + "<|im_end|>"
-        assert completion.sum() == len(tokenizer(answers[row])["input_ids"]) + 1
+        assert tokenizer.decode(ids[completion]) == answers[row] + "<|im_end|>\n"
+        assert completion.sum() == len(tokenizer(answers[row])["input_ids"]) + 2
         context = tokenizer.decode(ids[attention & ~completion])
         assert "You are a helpful AI assistant named SmolLM" in context  # the template's system
         assert PROMPTS[row % 2] in context and context.endswith("<|im_start|>assistant\n")
-        assert not tokenizer.decode(ids[attention]).endswith("\n")  # trailing newline dropped
+        sft_ids, sft_labels = format_example(tokenizer, PROMPTS[row % 2], answers[row])
+        assert torch.equal(ids[attention], sft_ids)  # the tokens and the span SFT trains on
+        assert torch.equal(completion[attention], sft_labels != -100)
     ends = batch["attention_mask"].flip(-1) if side == "left" else batch["attention_mask"]
     assert (ends[:, 0] == 1).all()  # padding on the requested side only
 
 
-def test_chat_pair_with_a_system_prompt_and_messages(tiny):
+def test_chat_pair_with_a_system_prompt(tiny):
     _, tokenizer = tiny
     ids, mask = _chat_pair(tokenizer, "Hi", "Hello!", system="Be brief.")
     text = tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>") and "SmolLM" not in text
-    assert tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m]) == "Hello!<|im_end|>"
-    messages = [{"role": "user", "content": "Hi"}]
-    assert _chat_pair(tokenizer, messages, "Hello!") == _chat_pair(tokenizer, "Hi", "Hello!")
+    assert (
+        tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m]) == "Hello!<|im_end|>\n"
+    )
 
 
 def test_preference_batch_input_checks(tiny):

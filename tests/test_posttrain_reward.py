@@ -179,8 +179,8 @@ def test_rewards_do_not_depend_on_padding(tiny):
 
 
 def test_reward_is_read_at_the_last_real_token_even_when_pad_is_end_of_turn(tiny):
-    # SmolLM2 pads with <|im_end|>, the token that ends every answer: a reward read at "the
-    # last token that is not the pad id" would skip the answer's own end of turn.
+    # SmolLM2 pads with <|im_end|>, the token that ends every answer (followed by the
+    # template's newline): where a row ends must come from the attention mask, not the pad id.
     lm, tokenizer = tiny
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
     model = _reward_model(lm)
@@ -189,7 +189,8 @@ def test_reward_is_read_at_the_last_real_token_even_when_pad_is_end_of_turn(tiny
         hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])
         rewards = model(batch["input_ids"], batch["attention_mask"])
     last = batch["attention_mask"].sum(dim=1) - 1
-    assert (batch["input_ids"][torch.arange(4), last] == tokenizer.eos_token_id).all()
+    assert (batch["input_ids"][torch.arange(4), last - 1] == tokenizer.eos_token_id).all()
+    assert tokenizer.decode(batch["input_ids"][0, last[0]]) == "\n"
     expected = hidden[torch.arange(4), last] @ model.score.weight[0]
     assert torch.allclose(rewards, expected, atol=1e-6)
 

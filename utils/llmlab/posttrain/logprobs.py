@@ -195,58 +195,23 @@ def kl_to_reference(
 # Chat formatting of (prompt, completion) pairs
 
 
-def _messages(prompt: str | Sequence[dict], system: str | None) -> list[dict]:
-    """The chat messages before the answer: a user turn (after ``system`` when given)."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, Sequence) and all(isinstance(m, dict) for m in prompt):
-        messages = list(prompt)
-    else:
-        raise TypeError(
-            f"prompt: expected a str or a list of messages, got {type(prompt).__name__}"
-        )
-    if system is not None:
-        messages = [{"role": "system", "content": system}, *messages]
-    return messages
-
-
-def _encode(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> list[int]:
-    encoded = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
-    )
-    return list(encoded["input_ids"])
-
-
 def _chat_pair(
-    tokenizer: Any, prompt: str | Sequence[dict], completion: str, system: str | None = None
+    tokenizer: Any, prompt: str, completion: str, system: str | None = None
 ) -> tuple[list[int], list[int]]:
     """(token ids, completion mask) of a prompt and its answer in ``tokenizer``'s chat template.
 
-    The ids are the template's rendering of the prompt with the generation prompt (for
-    SmolLM2 its default system turn, the user turn and ``<|im_start|>assistant\\n``), then the
-    answer and its end-of-turn token (``tokenizer.eos_token``, ``<|im_end|>`` for SmolLM2);
-    what the template writes after that token (a newline) is dropped. The mask is 1 on the
-    answer and the end-of-turn token: the model learns to say the answer and to stop.
-    (trl keeps that trailing newline in the completion; the sft module has the same helper.)
+    The same rendering and the same answer span as SFT (:func:`llmlab.posttrain.sft.format_example`):
+    the mask is 1 on the answer, its end-of-turn token and the newline the template writes
+    after it (as trl counts the completion), 0 on the system turn, the user turn and the
+    assistant header. One convention for the whole chapter: a preference pair scores exactly
+    the tokens SFT trained.
     """
+    from llmlab.posttrain.sft import format_example
+
     if not isinstance(completion, str):
         raise TypeError(f"completion: expected a str, got {type(completion).__name__}")
-    messages = _messages(prompt, system)
-    prompt_ids = _encode(tokenizer, messages, generation_prompt=True)
-    full = _encode(tokenizer, [*messages, {"role": "assistant", "content": completion}], False)
-    if full[: len(prompt_ids)] != prompt_ids:
-        raise ValueError(
-            "tokenizer: its chat template renders the prompt differently once the answer "
-            "follows, so the answer's tokens cannot be told apart"
-        )
-    answer = full[len(prompt_ids) :]
-    eot = tokenizer.eos_token_id
-    if eot not in answer:
-        raise ValueError(
-            f"tokenizer: expected the end-of-turn token {tokenizer.eos_token!r} after the answer"
-        )
-    answer = answer[: answer.index(eot) + 1]
-    return prompt_ids + answer, [0] * len(prompt_ids) + [1] * len(answer)
+    ids, labels = format_example(tokenizer, prompt, completion, system=system)
+    return ids.tolist(), (labels != -100).long().tolist()
 
 
 def _pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
