@@ -182,7 +182,7 @@ def _wrong_responses(task: Task) -> list[str]:
     elif task.kind == "uppercase_word":
         wrong += [task.answer.lower(), task.answer.capitalize(), task.answer[:-1]]
     elif task.kind == "list_item":
-        others = re.search(r"list (.*)\?", task.prompt).group(1).split(", ")
+        others = [w.strip("'") for w in re.search(r"list (.*)\?", task.prompt).group(1).split(", ")]
         wrong += [w for w in others if w != task.answer] + [task.answer[:-1]]
     elif task.kind == "first_letter":
         word = re.search(r"'(\w+)'", task.prompt).group(1)

@@ -212,3 +212,14 @@ def test_protocol_and_generation_arguments_are_checked(tiny):
         ev.generate_answers(model, tokenizer, "What is 1 + 1?")
     with pytest.raises(ValueError, match="temperature"):
         ev.sample_answers(model, tokenizer, ["Hi."], k=2, temperature=0.0)
+
+
+def test_every_kind_has_twenty_distinct_held_out_prompts():
+    # Regression: list_item once wrote its words unquoted, so its prompt keys (the numbers and
+    # quoted words) collapsed to the item number and split_tasks ran out of distinct prompts.
+    from llmlab.data.tasks import BUILTIN_TASK_KINDS, EASY_TASK_KINDS
+
+    kinds = list(BUILTIN_TASK_KINDS + EASY_TASK_KINDS)
+    split = ev.split_tasks(kinds, [], 60, 20, seed=0)
+    assert len(split.test) == 20 * len(kinds)
+    assert len({ev.prompt_key(t) for t in split.test}) == len(split.test)

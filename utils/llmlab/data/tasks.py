@@ -336,7 +336,8 @@ def _larger_number(rng: random.Random, difficulty: int) -> Task:
 def _list_item(rng: random.Random, difficulty: int) -> Task:
     words = [_pseudo_word(rng, 2) for _ in range(3 + difficulty)]
     k = rng.randint(1, len(words))
-    prompt = f"What is item number {k} in the list {', '.join(words)}? Answer with the word only."
+    listed = ", ".join(f"'{w}'" for w in words)  # quoted, as every kind writes its inputs
+    prompt = f"What is item number {k} in the list {listed}? Answer with the word only."
     return Task("list_item", prompt, words[k - 1], grade_word)
 
 
