@@ -63,6 +63,7 @@ from nbformat import NotebookNode
 
 from llmlab.course import labs
 from llmlab.course.labs import METADATA_KEY, Exercise, LabInfo, lab_structure
+from llmlab.results import write_atomic
 
 PASSED, WRONG, NOT_IMPLEMENTED, ERROR = "passed", "wrong", "not implemented", "error"
 TIMED_OUT, NOT_RUN, FLAGGED = "timed out", "not run", "flagged"
@@ -833,10 +834,7 @@ def feedback(grade: Grade, points: dict[str, float]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))  # a unique temporary name, flushed, then renamed
 
 
 def save_result(out: Path, grade: Grade) -> None:

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from llmlab.data.corpora import (
 )
 from llmlab.data.dedup import decontaminate, exact_dedup, near_duplicate_pairs
 from llmlab.data.pii import scrub_pii
+from llmlab.results import write_atomic
 
 __all__ = [
     "Stage",
@@ -215,21 +214,6 @@ def _from_json(blob: dict, python_version: str) -> PretrainingCorpus:
     )
 
 
-def _write_atomic(path: Path, blob: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(blob, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, path)  # atomic: a reader sees no file or a whole one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def pretraining_corpus(
     max_bytes: int | None = None,
     *,
@@ -266,5 +250,5 @@ def pretraining_corpus(
             pass  # unreadable or from another layout: build it again
     corpus = clean_and_split(raw, fractions, seed)
     if path is not None:
-        _write_atomic(path, _to_json(corpus))
+        write_atomic(path, json.dumps(_to_json(corpus), ensure_ascii=False).encode("utf-8"))
     return corpus
