@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmlab.posttrain.logprobs import gather_logprobs, k3_kl
 from llmlab.validate import require_dims, require_float, require_positive_int, require_real
 
 __all__ = [
@@ -133,16 +134,6 @@ def zero_variance_share(rewards: Any, group_size: int) -> float:
 
 # --------------------------------------------------------------------------------------------
 # The loss
-
-
-def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || ref) from tokens sampled from pi, any shape.
-
-    ``exp(ref - logp) - (ref - logp) - 1``: zero where the two agree, never negative
-    (e^x >= 1 + x), and its mean over samples of pi is the true KL (E_pi[ref/pi] = 1).
-    """
-    delta = ref_logps - logps
-    return torch.exp(delta) - delta - 1
 
 
 def _require_same_shape(name: str, x: Any, like: torch.Tensor) -> None:
@@ -268,10 +259,7 @@ def completion_token_logps(
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_completion + 1
     ).logits[:, :-1]
-    logits = logits.float() / temperature
-    targets = input_ids[:, -n_completion:]
-    picked = logits.gather(-1, targets[..., None]).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return gather_logprobs(logits.float() / temperature, input_ids[:, -n_completion:])
 
 
 @dataclass

@@ -33,6 +33,8 @@ from llmlab.validate import require_token_ids
 
 __all__ = [
     "token_logprobs",
+    "gather_logprobs",
+    "k3_kl",
     "sequence_logprobs",
     "KLEstimate",
     "kl_to_reference",
@@ -112,8 +114,31 @@ def token_logprobs(
     if attention_mask is not None:
         _require_mask(attention_mask, "attention_mask", input_ids)
     logits = _logits(model, input_ids, attention_mask)[:, :-1].float()
+    # the full log-softmax, as trl's DPO and reward trainers compute it (the tests match their
+    # gradients to 1e-4 relative; gather_logprobs' logsumexp form drifts past that here)
     targets = input_ids[:, 1:].unsqueeze(-1)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+
+
+def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[target]`` without the full log-softmax: (..., vocab), (...) -> (...).
+
+    The target's logit minus the log-sum-exp of its row (what trl's ``selective_log_softmax``
+    computes in float32, and so what GRPO and PPO score sampled tokens with): no second
+    (..., vocab) tensor is written.
+    """
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || ref) from tokens sampled from pi, any shape.
+
+    ``exp(ref - logp) - (ref - logp) - 1``: zero where the two agree, never negative
+    (e^x >= 1 + x), and its mean over samples of pi is the true KL (E_pi[ref/pi] = 1).
+    """
+    delta = ref_logps - logps
+    return torch.exp(delta) - delta - 1
 
 
 def sequence_logprobs(
@@ -187,8 +212,8 @@ def kl_to_reference(
     keep = mask.bool()
     if not keep.any():
         raise ValueError("mask: expected at least one token to average over, got none")
-    d = (ref_logps - policy_logps)[keep].float()
-    return KLEstimate(k1=(-d).mean(), k3=(d.exp() - 1 - d).mean())
+    policy, ref = policy_logps[keep].float(), ref_logps[keep].float()
+    return KLEstimate(k1=(policy - ref).mean(), k3=k3_kl(policy, ref).mean())
 
 
 # --------------------------------------------------------------------------------------------

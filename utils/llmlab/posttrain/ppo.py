@@ -45,6 +45,7 @@ from torch import nn
 from llmlab.inference.generation import generate
 from llmlab.models.causal_lm import CausalLM
 from llmlab.posttrain.grpo import completion_mask
+from llmlab.posttrain.logprobs import gather_logprobs
 from llmlab.validate import require_dims, require_positive_int, require_real, require_token_ids
 
 __all__ = [
@@ -114,8 +115,7 @@ def response_logprobs(
     logits, values = out if isinstance(out, tuple) else (out, None)
     n_query, n_response = query.shape[1], response.shape[1]
     logits = _response_slice(logits, n_query, n_response).float() / temperature
-    picked = logits.gather(-1, response[..., None]).squeeze(-1)
-    logprobs = picked - torch.logsumexp(logits, dim=-1)
+    logprobs = gather_logprobs(logits, response)
     if values is not None:
         values = _response_slice(values, n_query, n_response)
     return logprobs, values
