@@ -64,6 +64,7 @@ FIGURES = {
         diagrams.sparse_attention_pattern,
         ["full causal", "136 scores", "sliding window (4) + 2 global"],
     ),
+    "lora_layer": (diagrams.lora_layer, ["frozen", "zero init", "9,216", "α/r = 16/8"]),
 }
 
 

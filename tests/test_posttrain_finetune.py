@@ -175,6 +175,31 @@ def test_finetune_learns_and_reports(tiny, ids):
     assert any(not torch.equal(before[k], v) for k, v in classifier.state_dict().items())
 
 
+def test_adapters_mode_trains_the_injected_adapters_and_the_head(tiny, ids):
+    from llmlab.posttrain.lora import inject_lora, lora_layers
+
+    lm0, tok = tiny
+    lm = copy.deepcopy(lm0)
+    classifier = SequenceClassifier(lm.model, 6)
+    with pytest.raises(ValueError, match="adapters.*inject"):
+        freeze(classifier, "adapters")  # nothing injected: the error says what to do
+    inject_lora(classifier.backbone, ("q_proj", "v_proj"), r=2, alpha=4, seed=0)
+    frozen = {n: p.clone() for n, p in classifier.named_parameters() if not p.requires_grad}
+    config = FinetuneConfig(mode="adapters", lr=1e-2, epochs=3, batch_size=3, precision="fp32")
+    result = finetune(classifier, ids, LABELS, ids, LABELS, tok.pad_token_id, config)
+    names = {n for n, p in classifier.named_parameters() if p.requires_grad}
+    assert names == {"head.weight"} | {
+        f"backbone.{layer}.lora_{ab}.weight"
+        for layer in lora_layers(classifier.backbone)
+        for ab in "AB"
+    }
+    assert result.trainable == trainable_parameters(classifier) < result.total / 10
+    assert all(torch.equal(p, frozen[n]) for n, p in classifier.named_parameters() if n in frozen)
+    assert any(
+        layer.lora_B.weight.abs().sum() > 0 for layer in lora_layers(classifier.backbone).values()
+    )
+
+
 def test_head_only_leaves_the_language_model_alone(tiny, ids):
     lm0, tok = tiny
     lm = copy.deepcopy(lm0)
@@ -197,7 +222,7 @@ def test_lm_loss_equals_transformers_loss(tiny, ids):
     assert ours == pytest.approx(theirs, rel=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["lower", "lower:-1", "lower:3", "top:1", "", None])
+@pytest.mark.parametrize("mode", ["lower", "lower:-1", "lower:3", "top:1", "", None, "adapter"])
 def test_bad_modes_are_named(mode):
     with pytest.raises(ValueError, match="mode"):
         frozen_blocks(mode, 2)

@@ -46,6 +46,7 @@ __all__ = [
     "data_pipeline",
     "training_loop",
     "sparse_attention_pattern",
+    "lora_layer",
 ]
 
 # (fill, edge) per kind of box: one colour per role, the same in every figure.
@@ -1414,4 +1415,46 @@ def sparse_attention_pattern(seq: int = 16, window: int = 4, n_global: int = 2):
     d.legend(1.5, y_legend, [(on, "attends: causal, within the window")])
     if n_global:
         d.legend(1.5 + side + gap, y_legend, [(glob, "attends: a global token, seen by all")])
+    return d.figure
+
+
+# --------------------------------------------------------------------------------------------
+# Post-training
+
+
+def lora_layer(d_in: int = 576, d_out: int = 576, r: int = 8, alpha: float = 16):
+    """A LoRA layer: the frozen weight W beside a trainable low-rank path B A, scaled by alpha/r.
+
+    y = W x + (alpha / r) · B (A x), A: (r, d_in) starts random, B: (d_out, r) starts at zero,
+    so the layer starts equal to W. The notes count what trains, r (d_in + d_out), against
+    W's d_in · d_out, and the merged weight W' = W + (alpha / r) B A that serving uses.
+    """
+    d_in = require_positive_int(d_in, "d_in")
+    d_out = require_positive_int(d_out, "d_out")
+    r = require_positive_int(r, "r")
+    if not (isinstance(alpha, (int, float)) and alpha > 0):
+        raise ValueError(f"alpha: expected a positive number, got {alpha!r}")
+    width, height = 15.0, 8.6
+    d = Diagram(width, height, unit=0.62, title="LoRA: a frozen W and a trainable low-rank update")
+    x_in = d.box(1.5, 4.0, f"x\n({d_in},)", "io", w=1.9, h=0.95)
+    w = d.box(6.0, 6.2, f"W  ({d_out} × {d_in})\nfrozen", "norm", w=3.8, h=1.1)
+    a = d.box(4.9, 2.0, f"A  ({r} × {d_in})\nrandom init", "ffn", w=2.9, h=1.1)
+    b = d.box(8.6, 2.0, f"B  ({d_out} × {r})\nzero init", "ffn", w=2.9, h=1.1)
+    plus = d.box(11.3, 4.0, "+", "add", w=0.8, h=0.8, size=14)
+    y = d.box(13.6, 4.0, f"y\n({d_out},)", "io", w=1.9, h=0.95)
+    d.arrow(x_in, w, elbow="vh")
+    d.arrow(x_in, a, elbow="vh")
+    d.arrow(a, b, label=f"({r},)")
+    d.arrow(w, plus, elbow="hv", label="W x")
+    d.arrow(b, plus, elbow="hv", label=f"× α/r = {alpha:g}/{r}")
+    d.arrow(plus, y)
+    lora = r * (d_in + d_out)
+    d.note(
+        6.0,
+        0.65,
+        f"trains r (d_in + d_out) = {lora:,} numbers; W has {d_in * d_out:,} "
+        f"({lora / (d_in * d_out):.1%})",
+    )
+    d.note(6.0, 7.3, "after training: merge W' = W + (α/r) B A, no extra cost at inference")
+    d.legend(12.6, 2.4, [(KIND_COLORS["norm"][0], "frozen"), (KIND_COLORS["ffn"][0], "trained")])
     return d.figure

@@ -11,7 +11,8 @@ features:
   last token has attended to the whole text, so it is the summary; this is the pooling of
   transformers' ``LlamaForSequenceClassification`` (equal logits, tested).
 - :func:`freeze`: ``"full"`` (everything trains), ``"lower:k"`` (embeddings and blocks
-  ``0 .. k-1`` frozen), ``"head"`` (only the head trains).
+  ``0 .. k-1`` frozen), ``"head"`` (only the head trains), ``"adapters"`` (the head and
+  whatever adapters were injected, e.g. LoRA).
 - :func:`frozen_states`: what a frozen part computes never changes, so it is computed once:
   the hidden states after block k (``"lower:k"``), or the pooled final features (``"head"``).
   Training from them is the same computation as training the whole model with those parts
@@ -49,6 +50,7 @@ __all__ = [
     "trainable_parameters",
     "encode_texts",
     "pad_batch",
+    "epoch_batches",
     "frozen_states",
     "FinetuneConfig",
     "FinetuneResult",
@@ -156,9 +158,10 @@ class SequenceClassifier(nn.Module):
 
 
 def frozen_blocks(mode: str, n_layers: int) -> int:
-    """How many blocks ``mode`` freezes: ``"full"`` 0, ``"lower:k"`` k, ``"head"`` all of them
-    (and the final norm). ValueError for an unknown mode or k outside 0 .. n_layers."""
-    if mode == "full":
+    """How many blocks ``mode`` freezes: ``"full"`` and ``"adapters"`` 0, ``"lower:k"`` k,
+    ``"head"`` all of them (and the final norm). ValueError for an unknown mode or k outside
+    0 .. n_layers."""
+    if mode in ("full", "adapters"):
         return 0
     if mode == "head":
         return n_layers
@@ -167,7 +170,8 @@ def frozen_blocks(mode: str, n_layers: int) -> int:
         if k.isdigit() and 0 <= int(k) <= n_layers:
             return int(k)
     raise ValueError(
-        f"mode: expected 'full', 'head' or 'lower:k' with 0 <= k <= {n_layers}, got {mode!r}"
+        f"mode: expected 'full', 'adapters', 'head' or 'lower:k' with 0 <= k <= {n_layers}, "
+        f"got {mode!r}"
     )
 
 
@@ -176,12 +180,24 @@ def freeze(model: SequenceClassifier, mode: str) -> SequenceClassifier:
 
     ``"full"``: every parameter trains. ``"lower:k"``: the token embeddings and blocks
     ``0 .. k-1`` are frozen; blocks ``k ..``, the final norm and the head train. ``"head"``:
-    only the head trains. (SmolLM2 ties its embeddings to its LM head: "full" changes the LM
-    head too, the frozen modes do not.)
+    only the head trains. ``"adapters"``: the backbone's flags are left as they are (set by
+    :func:`llmlab.posttrain.lora.inject_lora` or a soft prompt: only the adapters train) and the
+    head trains. (SmolLM2 ties its embeddings to its LM head: "full" changes the LM head too,
+    the frozen modes do not.)
     """
     if not isinstance(model, SequenceClassifier):
         raise TypeError(f"model: expected a SequenceClassifier, got {type(model).__name__}")
     k = frozen_blocks(mode, model.n_layers)
+    if mode == "adapters":
+        flags = [p.requires_grad for p in model.backbone.parameters()]
+        if all(flags) or not any(flags):
+            raise ValueError(
+                "mode: 'adapters' trains the backbone's parameters that require gradients and "
+                f"expects the rest frozen, but {'all' if all(flags) else 'none'} of them require "
+                "gradients (inject adapters first, e.g. llmlab.posttrain.lora.inject_lora)"
+            )
+        model.head.requires_grad_(True)
+        return model
     model.requires_grad_(mode == "full")
     if mode != "full":
         for block in model.backbone.layers[k:]:
@@ -257,8 +273,9 @@ def frozen_states(
     precision = precision or _default_precision()
     n = model.n_layers
     wanted = {mode: frozen_blocks(mode, n) for mode in modes}
-    if "full" in wanted:
-        raise ValueError("modes: 'full' freezes nothing, so it has no frozen states")
+    for mode in ("full", "adapters"):
+        if mode in wanted:
+            raise ValueError(f"modes: {mode!r} freezes no block, so it has no frozen states")
     out: dict[str, list] = {mode: [] for mode in wanted}
     model.eval()
     for b in range(0, len(ids), batch_size):
@@ -331,7 +348,7 @@ class FinetuneResult:
     predictions: list[int] = field(repr=False)
 
 
-def _batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
     """Indices of each batch: a fresh seeded shuffle per epoch; the last short batch is kept."""
     gen = torch.Generator().manual_seed(seed)
     order = []
@@ -414,6 +431,7 @@ def finetune(
     freeze(model, mode)
     n_train = len(train_ids)
     cached = config.cache and (mode == "head" or k > 0)  # "lower:0" only freezes a lookup
+    # ("adapters" caches nothing either: the adapters sit in every block)
     frozen = None
     if cached:
         if states is None:
@@ -428,7 +446,7 @@ def finetune(
             )
     start = k if cached and mode != "head" else 0
     train_states = frozen[:n_train] if cached else None
-    batches = _batches(n_train, config.batch_size, config.epochs, config.seed)
+    batches = epoch_batches(n_train, config.batch_size, config.epochs, config.seed)
     batch_fn = _batch_fn(start, train_ids, train_states, train_labels, pad_id, batches)
     loss_fn = _loss_fn(start)
     loop_config = TrainConfig(
