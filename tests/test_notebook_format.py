@@ -126,6 +126,10 @@ SECOND_EDITION = {
     "chapters/03_pretraining/05_ablations.ipynb",
     "chapters/03_pretraining/06_scaling_laws.ipynb",
     "chapters/03_pretraining/07_kernels.ipynb",
+    "chapters/04_post_training/01_fine_tuning.ipynb",
+    "chapters/04_post_training/02_lora_qlora.ipynb",
+    "chapters/04_post_training/03_soft_prompts.ipynb",
+    "chapters/04_post_training/04_instruction_tuning.ipynb",
     "chapters/04_post_training/07_constitutional_ai.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
