@@ -24,4 +24,6 @@ import warnings as _warnings
 # on AVX512-BF16 CPUs is not installed (lora.quantize_base_nf4 turns that path off anyway), and
 # peft calls a transformers method that was renamed.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
-_warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+_warnings.filterwarnings(
+    "ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning
+)
