@@ -181,6 +181,16 @@ def test_every_lab_is_linked_from_its_chapter(chapter):
         assert link in text, f"no notebook of {chapter.name} links its lab {lab.name}"
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=_id)
+def test_one_show_per_cell(path):
+    """A cell displays only its last expression: two ``show(...)`` lines in one cell would
+    put only the second on the page. Several objects go in one call: ``show(a, b)``."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in _code_cells(nb):
+        calls = [line for line in cell.source.splitlines() if line.startswith("show(")]
+        assert len(calls) <= 1, f"only the last of {calls} is displayed: use one show(a, b, ...)"
+
+
 def test_saved_outputs_show_final_states_not_widgets():
     # tools/run_chapters.py: a text bar keeps its last redraw; a widget becomes a note.
     import importlib.util

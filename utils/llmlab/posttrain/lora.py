@@ -200,6 +200,14 @@ class LoRALinear(nn.Module):
                 "remove_lora(model, merge=True), which writes a dequantised merged nn.Linear"
             )
 
+    def _weight_after_merge(self) -> torch.Tensor:
+        """The float32 weight that :meth:`merge` stores: ``W + scaling * B @ A``."""
+        return self.merged_weight()
+
+    def _weight_after_unmerge(self, merged: torch.Tensor) -> torch.Tensor:
+        """The float32 base weight that :meth:`unmerge` recovers from the merged one."""
+        return merged - self.delta_weight()
+
     def merge(self) -> None:
         """W <- W + scaling * B @ A (computed in float32, stored in W's dtype); sets ``merged``."""
         self._require_plain_base("merge")
@@ -207,7 +215,7 @@ class LoRALinear(nn.Module):
             raise RuntimeError("merge: the adapter is already merged; call unmerge() first")
         with torch.no_grad():
             weight = self.base_layer.weight
-            weight.copy_(self.merged_weight().to(weight.dtype))
+            weight.copy_(self._weight_after_merge().to(weight.dtype))
             self.merged = True
 
     def unmerge(self) -> None:
@@ -217,7 +225,7 @@ class LoRALinear(nn.Module):
             raise RuntimeError("unmerge: the adapter is not merged")
         with torch.no_grad():
             weight = self.base_layer.weight
-            weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+            weight.copy_(self._weight_after_unmerge(weight.float()).to(weight.dtype))
             self.merged = False
 
     def to_linear(self, merge: bool = True) -> nn.Linear:
@@ -303,27 +311,16 @@ class DoRALinear(LoRALinear):
         norm = self.weight_norm()
         return (self.lora_magnitude_vector.detach() / norm)[:, None] * self.merged_weight()
 
-    def merge(self) -> None:
-        """W <- m * (W + sBA) / ||W + sBA||_row; the norm is kept for :meth:`unmerge`."""
-        self._require_plain_base("merge")
-        if self.merged:
-            raise RuntimeError("merge: the adapter is already merged; call unmerge() first")
-        with torch.no_grad():
-            self._merge_norm = self.weight_norm()
-            weight = self.base_layer.weight
-            weight.copy_(self.merged_dora_weight().to(weight.dtype))
-            self.merged = True
+    def _weight_after_merge(self) -> torch.Tensor:
+        """W' = m * (W + sBA) / ||W + sBA||_row; the norm is kept for :meth:`unmerge`."""
+        self._merge_norm = self.weight_norm()
+        return self.merged_dora_weight()
 
-    def unmerge(self) -> None:
-        """W <- W' * ||V||_row / m - sBA, with the norm saved at merge time."""
-        self._require_plain_base("unmerge")
-        if not self.merged:
-            raise RuntimeError("unmerge: the adapter is not merged")
-        with torch.no_grad():
-            weight = self.base_layer.weight
-            scale = (self._merge_norm / self.lora_magnitude_vector.float())[:, None]
-            weight.copy_((weight.float() * scale - self.delta_weight()).to(weight.dtype))
-            self.merged, self._merge_norm = False, None
+    def _weight_after_unmerge(self, merged: torch.Tensor) -> torch.Tensor:
+        """W = W' * ||V||_row / m - sBA, with the norm saved at merge time."""
+        scale = (self._merge_norm / self.lora_magnitude_vector.float())[:, None]
+        self._merge_norm = None
+        return merged * scale - self.delta_weight()
 
     def to_linear(self, merge: bool = True) -> nn.Linear:
         layer = super().to_linear(merge)
