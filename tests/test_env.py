@@ -160,3 +160,13 @@ def test_autocast_dtype_follows_the_cpu_flags(monkeypatch):
     assert env.autocast_dtype("cpu") is None
     monkeypatch.setattr(env, "cpu_has_fast_bf16", lambda: True)
     assert env.autocast_dtype("cpu:0") == torch.bfloat16
+
+
+def test_default_precision_names_the_autocast_dtype(monkeypatch):
+    from llmlab import env
+
+    monkeypatch.setattr(env, "cpu_has_fast_bf16", lambda: True)
+    assert env.default_precision("cpu") == "bf16"
+    monkeypatch.setattr(env, "cpu_has_fast_bf16", lambda: False)
+    assert env.default_precision("cpu") == "fp32"
+    assert env.default_precision("mps") == "fp32"

@@ -149,6 +149,15 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
+def default_precision(device: str = "cpu") -> str:
+    """The course's precision name for training on ``device``: ``"bf16"``, ``"fp16"`` or
+    ``"fp32"``, i.e. :func:`autocast_dtype` as a ``TrainConfig.precision`` string."""
+    import torch
+
+    dtype = autocast_dtype(device)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def autocast_dtype(device: str = "cpu"):
     """The dtype to autocast training to on ``device``: bf16 where it is fast, else None (fp32).
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from llmlab.training import TrainConfig, lm_loss, train
+from llmlab.env import default_precision
+from llmlab.training import TrainConfig, autocast, lm_loss, train
 from llmlab.training.losses import IGNORE_INDEX
 from llmlab.training.objectives import pad_sequences
 
@@ -244,16 +245,6 @@ def _pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return hidden, mask
 
 
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _default_precision() -> str:
-    from llmlab.env import autocast_dtype
-
-    return "bf16" if autocast_dtype("cpu") is not None else "fp32"
-
-
 @torch.no_grad()
 def frozen_states(
     model: SequenceClassifier,
@@ -270,7 +261,7 @@ def frozen_states(
     freezes nothing and is not accepted. ``precision`` ("fp32" or "bf16" autocast; default:
     bf16 where the CPU has bf16 units) should be the one training uses.
     """
-    precision = precision or _default_precision()
+    precision = precision or default_precision("cpu")
     n = model.n_layers
     wanted = {mode: frozen_blocks(mode, n) for mode in modes}
     for mode in ("full", "adapters"):
@@ -281,7 +272,7 @@ def frozen_states(
     for b in range(0, len(ids), batch_size):
         rows = ids[b : b + batch_size]
         x, mask = pad_batch(rows, pad_id)
-        with _autocast(precision):
+        with autocast(precision):
             hidden, done = model.backbone.embed_tokens(x), 0
             for k in sorted(set(wanted.values())):
                 hidden, done = model.blocks(hidden, mask, done, k), k
@@ -426,7 +417,7 @@ def finetune(
     n_classes = model.head.out_features
     if not all(isinstance(y, int) and 0 <= y < n_classes for y in [*train_labels, *test_labels]):
         raise ValueError(f"labels: expected class indices in [0, {n_classes})")
-    precision = config.precision or _default_precision()
+    precision = config.precision or default_precision("cpu")
     mode, k = config.mode, frozen_blocks(config.mode, model.n_layers)
     freeze(model, mode)
     n_train = len(train_ids)
@@ -513,14 +504,14 @@ def predict(
 ) -> list[int]:
     """The predicted class of each text: from ids, or from ``mode``'s :func:`frozen_states`
     (the pooled features for ``"head"``, the states after block k for ``"lower:k"``)."""
-    precision = precision or _default_precision()
+    precision = precision or default_precision("cpu")
     start = frozen_blocks(mode, model.n_layers)
     model.eval()
     out = []
     for b in range(0, len(ids), batch_size):
         rows = range(b, min(b + batch_size, len(ids)))
         batch = _batch_fn(start, ids, states, [0] * len(ids), pad_id, [list(rows)])(0)
-        with _autocast(precision):
+        with autocast(precision):
             out += _logits(model, batch, start).argmax(-1).tolist()
     return out
 
@@ -539,7 +530,7 @@ def lm_loss_on_texts(
     :class:`SequenceClassifier` shares its backbone with, before and after training, the
     difference is what fine-tuning made the model forget.
     """
-    precision = precision or _default_precision()
+    precision = precision or default_precision("cpu")
     if not ids or any(len(r) < 2 for r in ids):
         raise ValueError("ids: expected texts of at least 2 tokens each")
     lm.eval()
@@ -547,7 +538,7 @@ def lm_loss_on_texts(
     for b in range(0, len(ids), batch_size):
         x, mask = pad_batch(ids[b : b + batch_size], pad_id)
         targets = x[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
-        with _autocast(precision):
+        with autocast(precision):
             logits = lm(input_ids=x, attention_mask=mask).logits[:, :-1]
         n = int((targets != IGNORE_INDEX).sum())
         total += lm_loss(logits, targets).item() * n

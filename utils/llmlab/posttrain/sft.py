@@ -363,7 +363,7 @@ def train_sft(
     ``packing=True`` it is ``batch_size`` rows of ``max_len`` tokens from :func:`pack_examples`.
     ``history.loss[s]`` is step s's mean loss per labelled token (over all its micro-batches).
     """
-    from llmlab.env import autocast_dtype
+    from llmlab.env import default_precision
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch nn.Module, got {type(model).__name__}")
@@ -378,9 +378,7 @@ def train_sft(
     if packing and max_len is None:
         raise ValueError("max_len: expected the row length when packing=True, got None")
     device = next(model.parameters()).device
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[
-        autocast_dtype(device.type)
-    ]
+    precision = default_precision(device.type)
     config = TrainConfig(
         steps=steps,
         lr=lr,

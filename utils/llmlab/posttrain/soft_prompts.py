@@ -65,10 +65,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.env import default_precision
 from llmlab.posttrain.finetune import epoch_batches, trainable_parameters
+from llmlab.posttrain.logprobs import _pad
 from llmlab.posttrain.reward import last_token_index
-from llmlab.training import IGNORE_INDEX, TrainConfig, train
-from llmlab.training.objectives import pad_sequences
+from llmlab.training import IGNORE_INDEX, TrainConfig, autocast, train
 from llmlab.validate import require_positive_int
 
 __all__ = [
@@ -187,12 +188,9 @@ def _batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, attention_mask, position_ids), each (batch, longest) int64, padded on
     ``padding_side``; positions count from each row's first real token."""
-    if padding_side == "right":
-        ids = pad_sequences(rows, pad_id)
-        mask = pad_sequences([[1] * len(r) for r in rows], 0)
-    else:  # pad the reversed rows on the right, then reverse back
-        ids = pad_sequences([list(r)[::-1] for r in rows], pad_id).flip(1)
-        mask = pad_sequences([[1] * len(r) for r in rows], 0).flip(1)
+    rows = [list(r) for r in rows]
+    ids = _pad(rows, pad_id, padding_side)
+    mask = _pad([[1] * len(r) for r in rows], 0, padding_side)
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
@@ -222,11 +220,7 @@ def _pad_id(tokenizer) -> int:
 def _precision(precision: str | None) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if precision is not None:
-        return precision
-    from llmlab.env import autocast_dtype
-
-    return "bf16" if autocast_dtype("cpu") is not None else "fp32"
+    return precision or default_precision("cpu")
 
 
 def _label_tensor(label_ids: Sequence[int], vocab_size: int) -> torch.Tensor:
@@ -285,7 +279,7 @@ def class_logits(
     for b in range(0, len(rows), batch_size):
         batch = _batch(rows[b : b + batch_size], _pad_id(tokenizer), padding_side)
         ids, mask, positions = (t.to(device) for t in batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision):
             out.append(_scores(model, ids, mask, positions, label_ids, padding_side).cpu())
     model.train(was_training)
     return torch.cat(out)

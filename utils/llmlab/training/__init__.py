@@ -16,7 +16,7 @@ The loop's public names are re-exported here (``from llmlab.training import trai
 """
 
 from llmlab.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from llmlab.training.loop import History, TrainConfig, make_optimizer, train
+from llmlab.training.loop import History, TrainConfig, autocast, make_optimizer, train
 from llmlab.training.losses import IGNORE_INDEX, lm_loss
 from llmlab.training.optim import (
     NS_COEFFICIENTS,
@@ -43,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "History",
     "make_optimizer",
+    "autocast",
     "train",
     "save_checkpoint",
     "load_checkpoint",

@@ -134,11 +134,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
 
 
-def _autocast(config: TrainConfig, device: torch.device):
-    if config.precision == "fp32":
+def autocast(precision: str, device_type: str = "cpu"):
+    """The autocast context of a precision name: ``"fp32"`` none, ``"bf16"`` / ``"fp16"``
+    autocast to that dtype on ``device_type`` (the training loop's, and its callers' for
+    evaluation in the same precision)."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def train(
@@ -201,7 +204,7 @@ def train(
         for micro in range(config.grad_accum):
             batch = batch_fn(step * config.grad_accum + micro)
             batch = tuple(t.to(device) for t in batch)
-            with _autocast(config, device):
+            with autocast(config.precision, device.type):
                 loss = loss_fn(model, batch, config) / config.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             total_loss += loss.item()
