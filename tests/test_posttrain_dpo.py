@@ -87,6 +87,7 @@ def _trainer(policy, ref, tokenizer, n_pairs: int = 2, **config):
         output_dir=tempfile.mkdtemp(),
         report_to=[],
         use_cpu=True,
+        bf16=False,  # trl's default (True) makes accelerate wrap the reference in bf16 autocast
         logging_strategy="no",
         save_strategy="no",
         disable_tqdm=True,
@@ -105,7 +106,8 @@ def _trainer(policy, ref, tokenizer, n_pairs: int = 2, **config):
 
 def _assert_same_gradients(model, mine, theirs):
     """d mine / d w == d theirs / d w for every weight of ``model``, to float32 summation
-    order (trl's fused LM head adds up in tiles): 1e-4 of the largest entry."""
+    order (trl's fused LM head adds up in tiles, ours runs the head on the completion's rows
+    at once): 3e-4 of the largest entry (measured: up to 1.8e-4, in the tied embedding)."""
     params = [p for p in model.parameters() if p.requires_grad]
     g_mine = torch.autograd.grad(mine, params, retain_graph=True)
     g_theirs = torch.autograd.grad(theirs, params)
@@ -113,7 +115,7 @@ def _assert_same_gradients(model, mine, theirs):
         [n for n, p in model.named_parameters() if p.requires_grad], g_mine, g_theirs, strict=True
     ):
         assert b.abs().max() > 0, name
-        assert (a - b).abs().max() <= 1e-4 * b.abs().max(), name
+        assert (a - b).abs().max() <= 3e-4 * b.abs().max(), name
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,6 +326,28 @@ def test_sequence_logprobs_of_an_llmlab_model(tiny):
     left = preference_batch(tokenizer, PROMPTS, CHOSEN, REJECTED, padding_side="left")
     with pytest.raises(ValueError, match="may only be padded on the right"):
         sequence_logprobs(ours, **left)
+
+
+def test_the_head_at_completion_positions_equals_the_full_logits(tiny):
+    """sequence_logprobs runs SmolLM2's LM head only where a completion token is predicted;
+    values and gradients equal the full-logits path (token_logprobs summed under the mask)."""
+    from llmlab.posttrain.logprobs import _has_separate_head
+
+    model, tokenizer = tiny
+    assert _has_separate_head(model)
+    model = copy.deepcopy(model)
+    batch = preference_batch(tokenizer, PROMPTS, CHOSEN, REJECTED, padding_side="left")
+    params = [p for p in model.parameters() if p.requires_grad]
+    fast = sequence_logprobs(model, **batch)
+    per_token = token_logprobs(model, batch["input_ids"], batch["attention_mask"])
+    keep = batch["completion_mask"][:, 1:].bool()
+    full = torch.where(keep, per_token, torch.zeros_like(per_token)).sum(dim=1)
+    assert torch.allclose(fast, full, atol=1e-5, rtol=1e-6)
+    weights = torch.arange(1.0, len(fast) + 1)
+    g_fast = torch.autograd.grad((weights * fast).sum(), params)
+    g_full = torch.autograd.grad((weights * full).sum(), params)
+    for a, b in zip(g_fast, g_full, strict=True):
+        assert (a - b).abs().max() <= 3e-4 * b.abs().max()  # float32 summation order
 
 
 def test_sequence_logprobs_gradients_reach_the_model(tiny):

@@ -156,7 +156,9 @@ def sequence_logprobs(
     The first token of a row has no prediction, so ``completion_mask[:, 0]`` must be 0 (the
     completion follows a prompt). ``average=True`` divides by the number of completion tokens
     (the per-token mean, what IPO uses in trl). Masked entries are dropped with ``where``, not
-    multiplied by 0, so NaN logits at padding positions cannot leak into the sum.
+    multiplied by 0, so NaN logits at padding positions cannot leak into the sum. For a
+    transformers causal LM the LM head runs only at the completion's positions
+    (:func:`_completion_logprobs`): the same numbers, about half the time of a DPO step.
     """
     require_token_ids(input_ids, "input_ids", min_seq=2)
     completion = _require_mask(completion_mask, "completion_mask", input_ids)
@@ -170,10 +172,51 @@ def sequence_logprobs(
             raise ValueError("completion_mask: expected 1s only where attention_mask is 1")
     if not completion.any(dim=1).all():
         raise ValueError("completion_mask: expected at least one completion token in every row")
-    per_token = token_logprobs(model, input_ids, attention_mask)
     keep = completion[:, 1:]
-    total = torch.where(keep, per_token, torch.zeros_like(per_token)).sum(dim=1)
+    if _has_separate_head(model):
+        picked = _completion_logprobs(model, input_ids, attention_mask, keep)
+        rows = keep.nonzero()[:, 0]
+        total = torch.zeros(len(input_ids), dtype=picked.dtype, device=picked.device)
+        total = total.index_add(0, rows, picked)
+    else:
+        per_token = token_logprobs(model, input_ids, attention_mask)
+        total = torch.where(keep, per_token, torch.zeros_like(per_token)).sum(dim=1)
     return total / keep.sum(dim=1) if average else total
+
+
+def _has_separate_head(model: nn.Module) -> bool:
+    """A transformers causal LM whose logits are exactly ``lm_head(model(...))``."""
+    config = getattr(model, "config", None)
+    return (
+        isinstance(getattr(model, "model", None), nn.Module)
+        and isinstance(getattr(model, "lm_head", None), nn.Linear)
+        and config is not None
+        and getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", None) is None
+    )
+
+
+def _completion_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    keep: torch.Tensor,
+) -> torch.Tensor:
+    """Log-probabilities of the targets where ``keep`` (batch, seq - 1) is True, flattened.
+
+    The LM head (576 x 49,152 for SmolLM2) and the log-softmax over the vocabulary run only at
+    the positions that predict a completion token, not at every position: a preference row is
+    mostly prompt, so this halves a DPO step on SmolLM2 (the vocabulary-wide work dominated it).
+    Mathematically the same numbers as :func:`token_logprobs` read at ``keep``.
+    """
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.long()
+        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = model.model(**kwargs).last_hidden_state[:, :-1]
+    logits = model.lm_head(hidden[keep]).float()  # (completion tokens, vocab)
+    targets = input_ids[:, 1:][keep].unsqueeze(-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------
