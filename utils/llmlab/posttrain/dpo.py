@@ -35,15 +35,26 @@ tests compare with that one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from llmlab.posttrain.logprobs import sequence_logprobs
-from llmlab.validate import require_real
+from llmlab.posttrain.preferences import PreferencePair, pair_batch, train_on_pairs
+from llmlab.training.loop import History
+from llmlab.validate import require_positive_int, require_real
 
-__all__ = ["LOSS_TYPES", "dpo_loss", "precompute_reference_logps", "dpo_batch_loss"]
+__all__ = [
+    "LOSS_TYPES",
+    "dpo_loss",
+    "precompute_reference_logps",
+    "dpo_batch_loss",
+    "pair_logps",
+    "implicit_rewards",
+    "train_dpo",
+]
 
 #: The loss types :func:`dpo_loss` implements (trl's names).
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
@@ -171,3 +182,127 @@ def dpo_batch_loss(
         means = [x / length for x, length in zip(logps, (length_c, length_r) * 2, strict=True)]
         losses, _, _ = dpo_loss(*means, beta, label_smoothing, loss_type)
     return losses.mean(), chosen_rewards, rejected_rewards
+
+
+# --------------------------------------------------------------------------------------------
+# On lists of preference pairs
+
+
+@torch.no_grad()
+def pair_logps(
+    model: nn.Module, tokenizer: Any, pairs: Sequence[PreferencePair], batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of every pair's chosen and rejected answer under ``model``.
+
+    Two (pairs,) float32 tensors, computed in eval mode, ``batch_size`` pairs at a time, under
+    the device's autocast (:func:`llmlab.env.default_precision`): the same precision the
+    training loop uses, so a policy equal to its reference gives log-ratios of exactly 0.
+    """
+    from llmlab.env import default_precision
+    from llmlab.training import autocast
+
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pairs: expected at least one preference pair, got none")
+    batch_size = require_positive_int(batch_size, "batch_size")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        batch = pair_batch(tokenizer, pairs[start : start + batch_size])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(default_precision(device.type), device.type):
+            c, r = _split_logps(model, batch)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def implicit_rewards(
+    policy: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    batch_size: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO's implicit rewards ``beta * (log pi - log pi_ref)`` of each pair's two answers.
+
+    A pair is ranked right when its chosen reward is the larger: the *preference accuracy*
+    that trl logs as ``rewards/accuracies``.
+    """
+    chosen, rejected = pair_logps(policy, tokenizer, pairs, batch_size)
+    for name, ref in (
+        ("ref_chosen_logps", ref_chosen_logps),
+        ("ref_rejected_logps", ref_rejected_logps),
+    ):
+        if not isinstance(ref, torch.Tensor) or ref.shape != chosen.shape:
+            raise ValueError(
+                f"{name}: expected a {tuple(chosen.shape)} tensor (one per pair), got "
+                f"{getattr(ref, 'shape', type(ref).__name__)}"
+            )
+    beta = require_real(beta, "beta")
+    return beta * (chosen - ref_chosen_logps), beta * (rejected - ref_rejected_logps)
+
+
+def train_dpo(
+    policy: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    steps: int,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[History, dict[str, list[float]]]:
+    """Train ``policy`` (its parameters that require grad) with DPO on preference pairs.
+
+    ``ref_*_logps``: the reference's log-probs of every pair (:func:`pair_logps`, computed
+    once). Runs :func:`llmlab.posttrain.preferences.train_on_pairs` with
+    :func:`dpo_batch_loss`. Returns the History and, per step, on that step's batch (before
+    its update): ``margin``, the mean implicit-reward margin, and ``accuracy``, the share of
+    pairs with a positive margin.
+    """
+    n = len(pairs)
+    for name, ref in (
+        ("ref_chosen_logps", ref_chosen_logps),
+        ("ref_rejected_logps", ref_rejected_logps),
+    ):
+        if not isinstance(ref, torch.Tensor) or ref.shape != (n,):
+            raise ValueError(
+                f"{name}: expected a ({n},) tensor (one per pair, from pair_logps), got "
+                f"{getattr(ref, 'shape', type(ref).__name__)}"
+            )
+    metrics: dict[str, list[float]] = {"margin": [], "accuracy": []}
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss, chosen, rejected = dpo_batch_loss(
+            model, batch, beta=beta, label_smoothing=label_smoothing, loss_type=loss_type
+        )
+        margin = (chosen - rejected).float()
+        metrics["margin"].append(margin.mean().item())
+        metrics["accuracy"].append((margin > 0).float().mean().item())
+        return loss
+
+    history = train_on_pairs(
+        policy,
+        tokenizer,
+        pairs,
+        loss_fn,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        per_pair={"ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps},
+        seed=seed,
+        progress=progress,
+    )
+    return history, metrics

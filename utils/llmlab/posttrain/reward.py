@@ -19,12 +19,16 @@ show the two equal with the same weights). :func:`bradley_terry_loss` equals trl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from llmlab.posttrain.logprobs import _require_mask
-from llmlab.validate import require_real, require_token_ids
+from llmlab.posttrain.preferences import PreferencePair, train_on_pairs
+from llmlab.training.loop import History
+from llmlab.validate import require_positive_int, require_real, require_token_ids
 
 __all__ = [
     "RewardModel",
@@ -32,6 +36,9 @@ __all__ = [
     "pair_accuracy",
     "last_token_index",
     "reward_batch_loss",
+    "train_reward_model",
+    "pair_rewards",
+    "score_answers",
 ]
 
 
@@ -205,3 +212,105 @@ def reward_batch_loss(
         r_chosen, r_rejected, margin, center_rewards_coefficient=center_rewards_coefficient
     )
     return loss, r_chosen, r_rejected
+
+
+# --------------------------------------------------------------------------------------------
+# Training and scoring on preference pairs
+
+
+def train_reward_model(
+    model: RewardModel,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    *,
+    steps: int,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    center_rewards_coefficient: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[History, list[float]]:
+    """Train ``model`` (its parameters that require grad) with the Bradley-Terry loss on pairs.
+
+    Runs :func:`llmlab.posttrain.preferences.train_on_pairs`. Returns the loop's History and
+    each step's pair accuracy on its own batch (the share of pairs ranked right, before the
+    step's update).
+    """
+    if not isinstance(model, RewardModel):
+        raise TypeError(f"model: expected a RewardModel, got {type(model).__name__}")
+    accuracy: list[float] = []
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss, r_chosen, r_rejected = reward_batch_loss(
+            model, batch, center_rewards_coefficient=center_rewards_coefficient
+        )
+        accuracy.append(pair_accuracy(r_chosen.detach(), r_rejected.detach()))
+        return loss
+
+    history = train_on_pairs(
+        model,
+        tokenizer,
+        pairs,
+        loss_fn,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+    )
+    return history, accuracy
+
+
+@torch.no_grad()
+def score_answers(
+    model: RewardModel,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """The reward of each (prompt, answer) in the chat template: (len(prompts),) float32.
+
+    Runs in eval mode under the device's autocast (:func:`llmlab.env.default_precision`),
+    ``batch_size`` answers at a time (right-padded). Use it to rank sampled answers (best-of-n).
+    """
+    from llmlab.env import default_precision
+    from llmlab.posttrain.logprobs import _chat_pair, _pad
+    from llmlab.training import autocast
+
+    if not isinstance(model, RewardModel):
+        raise TypeError(f"model: expected a RewardModel, got {type(model).__name__}")
+    if len(answers) != len(prompts) or not prompts:
+        raise ValueError(
+            f"prompts, answers: expected equally many, at least one; got {len(prompts)} "
+            f"and {len(answers)}"
+        )
+    batch_size = require_positive_int(batch_size, "batch_size")
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model.eval()
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = range(start, min(start + batch_size, len(prompts)))
+        rows = [_chat_pair(tokenizer, prompts[i], answers[i])[0] for i in chunk]
+        ids = _pad(rows, pad_id, "right").to(device)
+        mask = _pad([[1] * len(r) for r in rows], 0, "right").to(device)
+        with autocast(default_precision(device.type), device.type):
+            out.append(model(ids, mask).float().cpu())
+    return torch.cat(out)
+
+
+def pair_rewards(
+    model: RewardModel,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rewards of every pair's chosen and rejected answers: two (pairs,) float32 tensors."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pairs: expected at least one preference pair, got none")
+    prompts = [p.prompt for p in pairs]
+    chosen = score_answers(model, tokenizer, prompts, [p.chosen for p in pairs], batch_size)
+    rejected = score_answers(model, tokenizer, prompts, [p.rejected for p in pairs], batch_size)
+    return chosen, rejected

@@ -54,6 +54,8 @@ __all__ = [
     "pack_examples",
     "as_model_mask",
     "train_sft",
+    "ALL_LINEAR",
+    "lora_sft_model",
 ]
 
 Example = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both (seq,) int64
@@ -440,3 +442,70 @@ def train_sft(
         return sft_loss(out.logits, labels, num_items) * config.grad_accum
 
     return train(model, batch_fn, config, loss_fn=loss_fn, progress=progress, on_step=on_step)
+
+
+#: Every linear layer of a Llama block: where notebook 4's LoRA SFT puts its adapters.
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_sft_model(
+    base: nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[Any],
+    *,
+    name: str,
+    rank: int = 16,
+    steps: int = 60,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    merge: bool = True,
+) -> tuple[nn.Module, bool]:
+    """Notebook 4's LoRA SFT model, from the course cache or trained again: ``(model, trained)``.
+
+    A deep copy of ``base`` (a transformers causal LM) gets LoRA adapters of rank ``rank``
+    (alpha ``2 * rank``) on :data:`ALL_LINEAR`, drawn with ``seed``. Their weights are the
+    course-cache result ``name`` when it exists; otherwise they are trained on ``tasks`` with
+    notebook 4's recipe (:func:`train_sft`: ``steps`` steps of ``batch_size`` examples at
+    ``lr``) and saved under ``name`` (``trained`` is then True). With ``merge`` the adapters
+    are folded into the weights and removed, so the result is a plain model that a later
+    method (a reward head, DPO's own adapter) can build on.
+    """
+    import copy
+
+    from llmlab import results
+    from llmlab.posttrain.lora import (
+        inject_lora,
+        load_lora_state_dict,
+        lora_state_dict,
+        remove_lora,
+    )
+
+    if not isinstance(base, nn.Module):
+        raise TypeError(f"base: expected a torch nn.Module, got {type(base).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected the adapter's course-cache name, got {name!r}")
+    rank = require_positive_int(rank, "rank")
+    model = copy.deepcopy(base)
+    inject_lora(model.model, ALL_LINEAR, r=rank, alpha=2 * rank, seed=seed)
+    try:
+        load_lora_state_dict(model, results.load_tensors(name))
+        trained = False
+    except results.ResultMissingError:
+        examples = [format_example(tokenizer, t.prompt, t.answer) for t in tasks]
+        train_sft(
+            model,
+            examples,
+            tokenizer.pad_token_id,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            progress=False,
+        )
+        results.save_tensors(name, lora_state_dict(model))
+        trained = True
+    if merge:
+        remove_lora(model.model, merge=True)
+    model.eval()
+    return model, trained
