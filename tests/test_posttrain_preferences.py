@@ -259,3 +259,24 @@ def test_lora_sft_model_trains_once_then_loads(tiny, tmp_path, monkeypatch):
         assert not torch.equal(first(ids).logits, base(ids).logits)  # the SFT update is in
     assert not any(p.requires_grad for p in second.parameters())
     assert type(second.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # merged
+
+
+def test_draw_pair_sets_with_the_reference_answer(tiny):
+    from llmlab.posttrain.preferences import draw_pair_sets
+
+    model, tokenizer = tiny
+    tasks = [FakeTask("What is 2+2?", "4"), FakeTask("What is 3+3?", "6")]
+    drawn = draw_pair_sets(
+        model, tokenizer, {"a": (tasks, 0), "b": (tasks[:1], 1)}, k=2, max_new_tokens=3,
+        with_answer=True,
+    )  # fmt: skip
+    assert {k: drawn[k] for k in ("k", "per_prompt", "max_new_tokens", "with_answer")} == {
+        "k": 2, "per_prompt": 2, "max_new_tokens": 3, "with_answer": True,
+    }  # fmt: skip
+    assert [s[-1] for s in drawn["a"]["samples"]] == ["4", "6"]  # the answer joins, last
+    assert all(row[-1] for row in drawn["a"]["correct"])
+    pairs = pairs_from_json(drawn["a"]["pairs"])
+    assert pairs and all(p.chosen == t.answer for p in pairs for t in tasks if t.prompt == p.prompt)
+    assert drawn["b"]["prompts"] == ["What is 2+2?"]
+    with pytest.raises(ValueError, match="sets: expected a dict"):
+        draw_pair_sets(model, tokenizer, {})

@@ -41,6 +41,7 @@ __all__ = [
     "pairs_from_samples",
     "SampledPairs",
     "sample_pairs",
+    "draw_pair_sets",
     "pairs_to_json",
     "pairs_from_json",
     "pair_batch",
@@ -143,9 +144,15 @@ def sample_pairs(
     batch_size: int = 8,
     temperature: float = 1.0,
     seed: int = 0,
+    with_answer: bool = False,
 ) -> SampledPairs:
     """Sample ``k`` answers per task from ``model`` (chat template, nucleus 1.0), judge them with
-    each task's checker, and pair right with wrong (:func:`pairs_from_samples`)."""
+    each task's checker, and pair right with wrong (:func:`pairs_from_samples`).
+
+    ``with_answer``: also put each task's reference answer among its samples (last), so every
+    prompt has a right answer: pairs of the gold answer against the model's own mistakes, for
+    a model that is almost never right (the tiny random model of smoke runs).
+    """
     import time
 
     from llmlab.posttrain.evaluate import sample_answers
@@ -164,6 +171,8 @@ def sample_pairs(
         top_p=1.0,
         seed=seed,
     )
+    if with_answer:
+        samples = [[*answers, t.answer] for t, answers in zip(tasks, samples, strict=True)]
     correct = [
         [bool(t.check(s)) for s in answers] for t, answers in zip(tasks, samples, strict=True)
     ]
@@ -174,6 +183,56 @@ def sample_pairs(
         kinds=[t.kind for t in tasks],
         seconds=time.perf_counter() - started,
     )
+
+
+def draw_pair_sets(
+    model: nn.Module,
+    tokenizer: Any,
+    sets: dict[str, tuple[Sequence[Any], int]],
+    *,
+    k: int = 4,
+    per_prompt: int = 2,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    with_answer: bool = False,
+) -> dict[str, Any]:
+    """:func:`sample_pairs` for each named set ``name -> (tasks, seed)``, as one JSON-ready dict.
+
+    The result (for :func:`llmlab.results.cached_json`) holds the settings (``k``,
+    ``per_prompt``, ``max_new_tokens``, ``with_answer``) and, per set, its ``pairs`` (as
+    :func:`pairs_to_json`), every sample and verdict, the prompts, kinds, the per-kind
+    :meth:`SampledPairs.table` and the seconds sampling took.
+    """
+    if not isinstance(sets, dict) or not sets:
+        raise ValueError("sets: expected a dict name -> (tasks, seed) with at least one entry")
+    out: dict[str, Any] = {
+        "k": k,
+        "per_prompt": per_prompt,
+        "max_new_tokens": max_new_tokens,
+        "with_answer": with_answer,
+    }
+    for name, (tasks, seed) in sets.items():
+        drawn = sample_pairs(
+            model,
+            tokenizer,
+            tasks,
+            k=k,
+            per_prompt=per_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+            with_answer=with_answer,
+        )
+        out[name] = {
+            "pairs": pairs_to_json(drawn.pairs),
+            "samples": drawn.samples,
+            "correct": drawn.correct,
+            "prompts": [t.prompt for t in tasks],
+            "kinds": drawn.kinds,
+            "table": drawn.table(),
+            "seconds": drawn.seconds,
+        }
+    return out
 
 
 def pairs_to_json(pairs: Sequence[PreferencePair]) -> list[dict[str, str]]:
