@@ -280,3 +280,19 @@ def test_draw_pair_sets_with_the_reference_answer(tiny):
     assert drawn["b"]["prompts"] == ["What is 2+2?"]
     with pytest.raises(ValueError, match="sets: expected a dict"):
         draw_pair_sets(model, tokenizer, {})
+
+
+def test_sampled_kl_is_zero_against_itself_and_positive_against_another_model(tiny):
+    from llmlab.posttrain.logprobs import sampled_kl
+
+    model, tokenizer = tiny
+    prompts = [p.prompt for p in PAIRS]
+    same, length = sampled_kl(model, model, tokenizer, prompts, max_new_tokens=4, batch_size=3)
+    assert same.k1.item() == 0.0 and same.k3.item() == 0.0 and 1 <= length <= 6
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(1.5)  # tied: the embedding too
+    kl, _ = sampled_kl(model, other, tokenizer, prompts, max_new_tokens=4, batch_size=3)
+    assert kl.k3.item() > 0
+    with pytest.raises(ValueError, match="prompts: expected at least one"):
+        sampled_kl(model, model, tokenizer, [])

@@ -39,6 +39,7 @@ __all__ = [
     "KLEstimate",
     "kl_to_reference",
     "preference_batch",
+    "sampled_kl",
 ]
 
 
@@ -330,3 +331,58 @@ def preference_batch(
         "attention_mask": _pad([[1] * len(row) for row in ids], 0, padding_side),
         "completion_mask": _pad([mask for _, mask in pairs], 0, padding_side),
     }
+
+
+@torch.no_grad()
+def sampled_kl(
+    policy: nn.Module,
+    reference: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> tuple[KLEstimate, float]:
+    """KL(policy || reference) per answer token, on answers the policy samples to ``prompts``.
+
+    One answer per prompt at temperature 1 (no top-p: the policy's own distribution), rendered
+    again in the chat template (:func:`preference_batch`'s convention: the answer and its
+    end-of-turn token), scored by both models under the device's autocast, and averaged over
+    every answer token with :func:`kl_to_reference`. Returns the estimate and the mean answer
+    length in tokens (multiply the two for a per-answer KL).
+    """
+    from llmlab.env import default_precision
+    from llmlab.posttrain.evaluate import sample_answers
+    from llmlab.training import autocast
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts: expected at least one prompt, got none")
+    samples = sample_answers(
+        policy,
+        tokenizer,
+        prompts,
+        k=1,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        temperature=1.0,
+        top_p=1.0,
+        seed=seed,
+    )
+    device = next(policy.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    policy_logps, ref_logps, tokens = [], [], 0
+    for start in range(0, len(prompts), batch_size):
+        chunk = range(start, min(start + batch_size, len(prompts)))
+        rows = [_chat_pair(tokenizer, prompts[i], samples[i][0]) for i in chunk]
+        ids = _pad([r for r, _ in rows], pad_id, "right").to(device)
+        attention = _pad([[1] * len(r) for r, _ in rows], 0, "right").to(device)
+        keep = _pad([m for _, m in rows], 0, "right")[:, 1:].bool().to(device)
+        with autocast(default_precision(device.type), device.type):
+            policy_logps.append(token_logprobs(policy, ids, attention)[keep].float())
+            ref_logps.append(token_logprobs(reference, ids, attention)[keep].float())
+        tokens += int(keep.sum())
+    policy_all, ref_all = torch.cat(policy_logps), torch.cat(ref_logps)
+    estimate = kl_to_reference(policy_all, ref_all, torch.ones_like(policy_all))
+    return estimate, tokens / len(prompts)
