@@ -133,6 +133,7 @@ SECOND_EDITION = {
     "chapters/04_post_training/05_reward_models.ipynb",
     "chapters/04_post_training/06_dpo.ipynb",
     "chapters/04_post_training/07_grpo.ipynb",
+    "chapters/04_post_training/08_ppo.ipynb",
     "chapters/04_post_training/09_constitutional_ai.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
