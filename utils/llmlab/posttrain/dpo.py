@@ -220,6 +220,19 @@ def pair_logps(
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def _require_ref_logps(n: int, ref_chosen_logps: Any, ref_rejected_logps: Any) -> None:
+    """Both reference log-prob vectors must be (n,) tensors, one entry per pair."""
+    for name, ref in (
+        ("ref_chosen_logps", ref_chosen_logps),
+        ("ref_rejected_logps", ref_rejected_logps),
+    ):
+        if not isinstance(ref, torch.Tensor) or ref.shape != (n,):
+            raise ValueError(
+                f"{name}: expected a ({n},) tensor (one per pair, from pair_logps), got "
+                f"{getattr(ref, 'shape', type(ref).__name__)}"
+            )
+
+
 def implicit_rewards(
     policy: nn.Module,
     tokenizer: Any,
@@ -234,17 +247,9 @@ def implicit_rewards(
     A pair is ranked right when its chosen reward is the larger: the *preference accuracy*
     that trl logs as ``rewards/accuracies``.
     """
-    chosen, rejected = pair_logps(policy, tokenizer, pairs, batch_size)
-    for name, ref in (
-        ("ref_chosen_logps", ref_chosen_logps),
-        ("ref_rejected_logps", ref_rejected_logps),
-    ):
-        if not isinstance(ref, torch.Tensor) or ref.shape != chosen.shape:
-            raise ValueError(
-                f"{name}: expected a {tuple(chosen.shape)} tensor (one per pair), got "
-                f"{getattr(ref, 'shape', type(ref).__name__)}"
-            )
+    _require_ref_logps(len(pairs), ref_chosen_logps, ref_rejected_logps)
     beta = require_real(beta, "beta")
+    chosen, rejected = pair_logps(policy, tokenizer, pairs, batch_size)
     return beta * (chosen - ref_chosen_logps), beta * (rejected - ref_rejected_logps)
 
 
@@ -272,16 +277,7 @@ def train_dpo(
     its update): ``margin``, the mean implicit-reward margin, and ``accuracy``, the share of
     pairs with a positive margin.
     """
-    n = len(pairs)
-    for name, ref in (
-        ("ref_chosen_logps", ref_chosen_logps),
-        ("ref_rejected_logps", ref_rejected_logps),
-    ):
-        if not isinstance(ref, torch.Tensor) or ref.shape != (n,):
-            raise ValueError(
-                f"{name}: expected a ({n},) tensor (one per pair, from pair_logps), got "
-                f"{getattr(ref, 'shape', type(ref).__name__)}"
-            )
+    _require_ref_logps(len(pairs), ref_chosen_logps, ref_rejected_logps)
     metrics: dict[str, list[float]] = {"margin": [], "accuracy": []}
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

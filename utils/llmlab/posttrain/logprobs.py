@@ -38,6 +38,7 @@ __all__ = [
     "sequence_logprobs",
     "KLEstimate",
     "kl_to_reference",
+    "chat_batch",
     "preference_batch",
     "sampled_kl",
 ]
@@ -68,6 +69,19 @@ def _takes_attention_mask(model: nn.Module) -> tuple[bool, bool]:
     return "attention_mask" in params or var_kw, "position_ids" in params or var_kw
 
 
+def _forward_kwargs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, positions: bool = True
+) -> dict[str, Any]:
+    """Keyword arguments of a transformers forward: no KV cache, and with a mask, position ids
+    that count from each row's first real token (so left padding changes no real token)."""
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.long()
+        if positions:
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return kwargs
+
+
 def _logits(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -79,12 +93,7 @@ def _logits(
     """
     takes_mask, takes_positions = _takes_attention_mask(model)
     if takes_mask:
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
-        if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask.long()
-            if takes_positions:
-                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(**kwargs)
+        out = model(**_forward_kwargs(input_ids, attention_mask, positions=takes_positions))
     else:
         if attention_mask is not None and (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
             raise ValueError(
@@ -210,11 +219,7 @@ def _completion_logprobs(
     mostly prompt, so this halves a DPO step on SmolLM2 (the vocabulary-wide work dominated it).
     Mathematically the same numbers as :func:`token_logprobs` read at ``keep``.
     """
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask.long()
-        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = model.model(**kwargs).last_hidden_state[:, :-1]
+    hidden = model.model(**_forward_kwargs(input_ids, attention_mask)).last_hidden_state[:, :-1]
     logits = model.lm_head(hidden[keep]).float()  # (completion tokens, vocab)
     targets = input_ids[:, 1:][keep].unsqueeze(-1)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
@@ -295,6 +300,37 @@ def _pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
     return out
 
 
+def chat_batch(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    system: str | None = None,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
+    """Each prompt answered with its answer, in the chat template, as one padded batch.
+
+    Returns ``input_ids``, ``attention_mask`` and ``completion_mask``, each (len(prompts),
+    seq); the completion mask covers the answer and its end-of-turn token (:func:`_chat_pair`).
+    Padding uses ``tokenizer.pad_token_id`` (for SmolLM2 that is ``<|im_end|>`` itself: read
+    where a row ends from ``attention_mask``, never from the pad id).
+    """
+    if len(prompts) == 0:
+        raise ValueError("prompts: expected at least one prompt, got none")
+    if len(answers) != len(prompts):
+        raise ValueError(f"answers: expected one per prompt ({len(prompts)}), got {len(answers)}")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+    rows = [_chat_pair(tokenizer, p, a, system) for p, a in zip(prompts, answers, strict=True)]
+    ids = [row for row, _ in rows]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {
+        "input_ids": _pad(ids, pad_id, padding_side),
+        "attention_mask": _pad([[1] * len(row) for row in ids], 0, padding_side),
+        "completion_mask": _pad([mask for _, mask in rows], 0, padding_side),
+    }
+
+
 def preference_batch(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -308,9 +344,7 @@ def preference_batch(
 
     Returns ``input_ids``, ``attention_mask`` and ``completion_mask``, each (2 * pairs, seq):
     row ``i`` is ``prompts[i]`` answered with ``chosen[i]``, row ``pairs + i`` the same prompt
-    answered with ``rejected[i]``; the completion mask covers the answer and its end-of-turn
-    token. Padding uses ``tokenizer.pad_token_id`` (for SmolLM2 that is ``<|im_end|>`` itself:
-    read where a row ends from ``attention_mask``, never from the pad id).
+    answered with ``rejected[i]`` (:func:`chat_batch` of the prompts twice).
     """
     n = len(prompts)
     if n == 0:
@@ -320,17 +354,13 @@ def preference_batch(
             f"chosen, rejected: expected {n} answers each (one per prompt), "
             f"got {len(chosen)} and {len(rejected)}"
         )
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
-    pairs = [_chat_pair(tokenizer, p, c, system) for p, c in zip(prompts, chosen, strict=True)]
-    pairs += [_chat_pair(tokenizer, p, r, system) for p, r in zip(prompts, rejected, strict=True)]
-    ids = [row for row, _ in pairs]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return {
-        "input_ids": _pad(ids, pad_id, padding_side),
-        "attention_mask": _pad([[1] * len(row) for row in ids], 0, padding_side),
-        "completion_mask": _pad([mask for _, mask in pairs], 0, padding_side),
-    }
+    return chat_batch(
+        tokenizer,
+        [*prompts, *prompts],
+        [*chosen, *rejected],
+        system=system,
+        padding_side=padding_side,
+    )
 
 
 @torch.no_grad()
@@ -347,7 +377,7 @@ def sampled_kl(
     """KL(policy || reference) per answer token, on answers the policy samples to ``prompts``.
 
     One answer per prompt at temperature 1 (no top-p: the policy's own distribution), rendered
-    again in the chat template (:func:`preference_batch`'s convention: the answer and its
+    again in the chat template (:func:`chat_batch`'s convention: the answer and its
     end-of-turn token), scored by both models under the device's autocast, and averaged over
     every answer token with :func:`kl_to_reference`. Returns the estimate and the mean answer
     length in tokens (multiply the two for a per-answer KL).
@@ -371,14 +401,12 @@ def sampled_kl(
         seed=seed,
     )
     device = next(policy.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     policy_logps, ref_logps, tokens = [], [], 0
     for start in range(0, len(prompts), batch_size):
-        chunk = range(start, min(start + batch_size, len(prompts)))
-        rows = [_chat_pair(tokenizer, prompts[i], samples[i][0]) for i in chunk]
-        ids = _pad([r for r, _ in rows], pad_id, "right").to(device)
-        attention = _pad([[1] * len(r) for r, _ in rows], 0, "right").to(device)
-        keep = _pad([m for _, m in rows], 0, "right")[:, 1:].bool().to(device)
+        end = start + batch_size
+        batch = chat_batch(tokenizer, prompts[start:end], [s[0] for s in samples[start:end]])
+        ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        keep = batch["completion_mask"][:, 1:].bool().to(device)
         with autocast(default_precision(device.type), device.type):
             policy_logps.append(token_logprobs(policy, ids, attention)[keep].float())
             ref_logps.append(token_logprobs(reference, ids, attention)[keep].float())

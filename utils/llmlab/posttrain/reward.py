@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmlab.posttrain.logprobs import _require_mask
+from llmlab.posttrain.logprobs import _forward_kwargs, _require_mask, chat_batch
 from llmlab.posttrain.preferences import PreferencePair, train_on_pairs
 from llmlab.training.loop import History
 from llmlab.validate import require_positive_int, require_real, require_token_ids
@@ -167,11 +167,7 @@ class RewardModel(nn.Module):
                     "may only be padded on the right"
                 )
             return self.backbone.hidden_states(input_ids)
-        kwargs = {"input_ids": input_ids, "use_cache": False}
-        if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask.long()
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.backbone.model(**kwargs).last_hidden_state
+        return self.backbone.model(**_forward_kwargs(input_ids, attention_mask)).last_hidden_state
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -275,7 +271,6 @@ def score_answers(
     ``batch_size`` answers at a time (right-padded). Use it to rank sampled answers (best-of-n).
     """
     from llmlab.env import default_precision
-    from llmlab.posttrain.logprobs import _chat_pair, _pad
     from llmlab.training import autocast
 
     if not isinstance(model, RewardModel):
@@ -287,14 +282,12 @@ def score_answers(
         )
     batch_size = require_positive_int(batch_size, "batch_size")
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.eval()
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = range(start, min(start + batch_size, len(prompts)))
-        rows = [_chat_pair(tokenizer, prompts[i], answers[i])[0] for i in chunk]
-        ids = _pad(rows, pad_id, "right").to(device)
-        mask = _pad([[1] * len(r) for r in rows], 0, "right").to(device)
+        end = start + batch_size
+        batch = chat_batch(tokenizer, prompts[start:end], answers[start:end])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         with autocast(default_precision(device.type), device.type):
             out.append(model(ids, mask).float().cpu())
     return torch.cat(out)
