@@ -113,3 +113,67 @@ def test_other_docstrings_errors_name_the_argument():
         other_docstrings(PACKAGES, n=0)
     with pytest.raises(ValueError, match="n"):
         other_docstrings(PACKAGES, n=10**6)
+
+
+# --------------------------------------------------------------------------------------------
+# The same question asked of code
+
+
+@pytest.fixture(scope="module")
+def functions():
+    from llmlab.data.classification import function_packages
+
+    return function_packages(per_class=40, seed=0)
+
+
+def test_function_packages_split_by_file_and_balanced(functions):
+    files = {
+        part: {s.split(":")[0] for s in split.sources} for part, split in _splits(functions).items()
+    }
+    assert not files["train"] & files["test"] and not files["train"] & files["val"]
+    assert not files["val"] & files["test"]
+    for part, n in (("train", 24), ("val", 4), ("test", 12)):
+        assert getattr(functions, part).counts(functions.n_classes) == [n] * len(PACKAGES)
+    for split in _splits(functions).values():
+        for label, source in zip(split.labels, split.sources, strict=True):
+            assert package_of(source) == functions.label_names[label]
+
+
+def test_function_texts_are_code_without_docstrings(functions):
+    import ast
+
+    for text in functions.train.texts + functions.test.texts:
+        assert len(text) <= 240 and text.startswith(("def ", "async def "))
+        assert len(text.splitlines()) >= 2 and "" not in text.splitlines()
+        header = text.splitlines()[1].strip()
+        assert not header.startswith(('"""', "'''", 'r"""')), text  # the docstring is gone
+    full = "\n".join(functions.test.texts[0].splitlines())
+    assert isinstance(ast.parse(full.splitlines()[0] + "\n    pass"), ast.Module)  # a real def
+
+
+def test_function_packages_deterministic_and_no_near_copies_across_splits(functions):
+    from llmlab.data.classification import function_packages
+
+    assert function_packages(per_class=40, seed=0) == functions
+    assert function_packages(per_class=40, seed=1).test.sources != functions.test.sources
+    train = [shingles(t.lower(), 3) for t in functions.train.texts]
+    for text in functions.test.texts:
+        test = shingles(text.lower(), 3)
+        assert all(jaccard(test, other) < NEAR_DUPLICATE_JACCARD for other in train)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"per_class": 100_000}, "per_class: 'asyncio' has .* distinct functions in its train"),
+        ({"max_chars": 10}, "max_chars: expected at least 40"),
+        ({"packages": ["asyncio"]}, "packages: expected two or more"),
+        ({"packages": ["asyncio", "no_such_package"]}, "packages: 'no_such_package' has no"),
+        ({"fractions": (0.5, 0.5, 0.0)}, "fractions: expected shares"),
+    ],
+)
+def test_function_packages_errors_name_the_argument(kwargs, match):
+    from llmlab.data.classification import function_packages
+
+    with pytest.raises(ValueError, match=match):
+        function_packages(**kwargs)

@@ -29,14 +29,17 @@ Only the standard library is imported here.
 
 from __future__ import annotations
 
+import ast
 import math
 import random
 import sys
+import textwrap
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from llmlab.data.corpora import docstring_corpus
+from llmlab.data.corpora import code_corpus, docstring_corpus
 from llmlab.data.dedup import near_duplicate_pairs
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "LabelledTexts",
     "ClassificationDataset",
     "docstring_packages",
+    "function_packages",
     "package_of",
     "other_docstrings",
 ]
@@ -210,6 +214,175 @@ def docstring_packages(
         settings=settings,
         **parts,
     )
+
+
+def function_packages(
+    packages: Sequence[str] = PACKAGES,
+    per_class: int = 100,
+    fractions: Sequence[float] = (0.6, 0.1, 0.3),
+    max_chars: int = 240,
+    seed: int = 0,
+) -> ClassificationDataset:
+    """The same question asked of *code*: which package does this function come from?
+
+    Chapter 04's domain task. Every function and method (``def`` and ``async def``, nested ones
+    too) of the ``.py`` files under ``packages``, as its source without decorators and without
+    its docstring (so the docstring task's text is not in it), blank lines removed, dedented
+    (a method reads like a function), then cut to the whole lines that fit in ``max_chars``.
+    Functions with fewer than two lines left (``def f(self): pass``) are skipped.
+
+    The splits are drawn **by file**: each package's files are shuffled (``seed``) and given to
+    test, then validation, until each holds its share of the package's functions (at least one
+    file each for test); the rest train. A test function's file is therefore never one a
+    training function came from, and :func:`llmlab.posttrain.domain.domain_corpora` can keep
+    every test file out of continued pretraining (``sources`` name the files). Near-duplicates
+    are grouped as in :func:`docstring_packages` (a group spanning packages is dropped; one of
+    the others is kept, in its file's split). Then ``per_class`` functions are drawn per class,
+    split by ``fractions`` from the functions of each side.
+
+    Raises ValueError when a package has too few functions on one side for its share.
+    """
+    packages = _require_packages(packages)
+    for value, name in ((per_class, "per_class"), (max_chars, "max_chars")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if max_chars < 40:
+        raise ValueError(
+            f"max_chars: expected at least 40 (a signature and a line), got {max_chars!r}"
+        )
+    shares = _require_fractions(fractions)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
+
+    code = code_corpus()
+    label_of = {p: i for i, p in enumerate(packages)}
+    files: dict[str, list[tuple[str, str]]] = {}  # path -> [(text, source)]
+    for text, path in zip(code.documents, code.sources, strict=True):
+        if package_of(path) in label_of:
+            files[path] = [(t, f"{path}:{q}") for q, t in _functions(text, max_chars)]
+    sizes = [round(math.fsum(shares[: i + 1]) * per_class) for i in range(3)]
+    wanted = dict(zip(_PARTS, [sizes[0], sizes[1] - sizes[0], sizes[2] - sizes[1]], strict=True))
+    rng = random.Random(seed)
+    side_of: dict[str, str] = {}
+    for package in packages:
+        paths = sorted(p for p in files if package_of(p) == package and files[p])
+        if not paths:
+            raise ValueError(f"packages: {package!r} has no functions in this standard library")
+        side_of.update(_split_files(paths, {p: len(files[p]) for p in paths}, shares, wanted, rng))
+
+    texts, labels, sources, parts = [], [], [], []
+    for path in sorted(files):
+        for text, source in files[path]:
+            texts.append(text)
+            labels.append(label_of[package_of(path)])
+            sources.append(source)
+            parts.append(side_of[path])
+    keep = _one_per_near_duplicate_group(texts, labels)
+    splits = {"train": [], "val": [], "test": []}
+    for label, package in enumerate(packages):
+        for part, n in wanted.items():
+            members = [i for i in keep if labels[i] == label and parts[i] == part]
+            if len(members) < n:
+                raise ValueError(
+                    f"per_class: {package!r} has {len(members)} distinct functions in its {part} "
+                    f"files, fewer than the {n} that per_class={per_class} asks for"
+                )
+            rng.shuffle(members)
+            splits[part] += members[:n]
+    data = {}
+    for part, indices in splits.items():
+        rng.shuffle(indices)
+        data[part] = LabelledTexts(
+            tuple(texts[i] for i in indices),
+            tuple(labels[i] for i in indices),
+            tuple(sources[i] for i in indices),
+        )
+    settings = dict(
+        packages=list(packages),
+        per_class=per_class,
+        fractions=list(shares),
+        max_chars=max_chars,
+        seed=seed,
+    )
+    return ClassificationDataset(
+        name="stdlib-function-packages", label_names=packages, settings=settings, **data
+    )
+
+
+_PARTS = ("train", "val", "test")
+
+
+def _split_files(paths, counts, shares, wanted, rng, attempts: int = 100) -> dict[str, str]:
+    """Each file's part: the files in a seeded order, each given to the part furthest below
+    its share of the functions; the first order (of ``attempts``) whose parts each hold at
+    least ``wanted[part]`` functions, else the last one tried (the caller reports the gap)."""
+    total = sum(counts.values())
+    for _ in range(attempts):
+        order = list(paths)
+        rng.shuffle(order)
+        got = dict.fromkeys(_PARTS, 0)
+        side = {}
+        for path in order:
+            part = max(_PARTS, key=lambda k: shares[_PARTS.index(k)] * total - got[k])
+            side[path] = part
+            got[part] += counts[path]
+        if all(got[k] >= wanted[k] for k in _PARTS):
+            break
+    return side
+
+
+def _functions(text: str, max_chars: int) -> list[tuple[str, str]]:
+    """(qualified name, prepared source) of each function of a file, in source order."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    lines = text.splitlines()
+    found = []
+
+    def visit(node: ast.AST, prefix: str):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                qualname = prefix + child.name
+                if not isinstance(child, ast.ClassDef):
+                    body = _function_source(child, lines, max_chars)
+                    if body is not None:
+                        found.append((qualname, body))
+                inner = "." if isinstance(child, ast.ClassDef) else ".<locals>."
+                visit(child, qualname + inner)
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def _function_source(node, lines: list[str], max_chars: int) -> str | None:
+    """A function's lines (``def`` to its end) less its docstring and blank lines, dedented and
+    cut to the whole lines within ``max_chars``; None when fewer than two lines are left."""
+    skip = set()
+    first = node.body[0]
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        skip = set(range(first.lineno, first.end_lineno + 1))
+    kept = [
+        lines[n - 1]
+        for n in range(node.lineno, node.end_lineno + 1)
+        if n not in skip and lines[n - 1].strip()
+    ]
+    kept = textwrap.dedent("\n".join(kept)).splitlines()
+    out, size = [], 0
+    for line in kept:
+        size += len(line) + (1 if out else 0)
+        if size > max_chars:
+            break
+        out.append(line)
+    return "\n".join(out) if len(out) >= 2 else None
 
 
 def other_docstrings(

@@ -12,6 +12,7 @@ equal to the library everyone uses (peft, trl):
 - :mod:`.dpo`       direct preference optimisation (and IPO)
 - :mod:`.grpo`      group-relative policy optimisation with verifiable rewards
 - :mod:`.ppo`       PPO-RLHF: rollouts, value head, GAE, clipped surrogate, KL penalty
+- :mod:`.domain`    domain adaptation: held-out files, line completion, continued pretraining
 
 Import from the module: ``from llmlab.posttrain.lora import inject_lora``.
 """

@@ -36,7 +36,7 @@ Module and state-dict names follow ``peft``: the wrapped layer is ``.base_layer`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ __all__ = [
     "remove_lora",
     "lora_state_dict",
     "load_lora_state_dict",
+    "cached_lora",
     "trainable_parameters",
     "trainable_share",
     "quantize_base_nf4",
@@ -491,6 +492,52 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     with torch.no_grad():
         for key, target in wanted.items():
             target.copy_(state[key])
+
+
+def cached_lora(
+    base: nn.Module,
+    name: str,
+    fit: Callable[[nn.Module], object],
+    *,
+    target_modules: str | Iterable[str],
+    rank: int,
+    seed: int = 0,
+    merge: bool = True,
+) -> tuple[nn.Module, bool]:
+    """A LoRA-adapted copy of ``base``, its adapter from the course cache or trained by ``fit``:
+    ``(model, trained)``.
+
+    A deep copy of ``base`` (a transformers causal LM: the adapters go into ``.model``) gets
+    adapters of rank ``rank`` (alpha ``2 * rank``) on ``target_modules``, drawn with ``seed``.
+    Their weights are the course-cache result ``name`` when it exists (``trained`` is False);
+    otherwise ``fit(model)`` trains them and they are saved under ``name`` (atomically, so an
+    interrupted run leaves no half-written adapter). With ``merge`` the adapters are folded into
+    the weights and removed: a plain model, as fast as the base. The model is in eval mode.
+    """
+    import copy
+
+    from llmlab import results
+
+    if not isinstance(base, nn.Module):
+        raise TypeError(f"base: expected a torch nn.Module, got {type(base).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected the adapter's course-cache name, got {name!r}")
+    if not callable(fit):
+        raise TypeError(f"fit: expected a function that trains the adapters, got {fit!r}")
+    rank = _positive_int("rank", rank)
+    model = copy.deepcopy(base)
+    inject_lora(model.model, target_modules, r=rank, alpha=2 * rank, seed=seed)
+    try:
+        load_lora_state_dict(model, results.load_tensors(name))
+        trained = False
+    except results.ResultMissingError:
+        fit(model)
+        results.save_tensors(name, lora_state_dict(model))
+        trained = True
+    if merge:
+        remove_lora(model.model, merge=True)
+    model.eval()
+    return model, trained
 
 
 def _numel(parameter: torch.Tensor) -> int:

@@ -471,27 +471,13 @@ def lora_sft_model(
     are folded into the weights and removed, so the result is a plain model that a later
     method (a reward head, DPO's own adapter) can build on.
     """
-    import copy
-
-    from llmlab import results
-    from llmlab.posttrain.lora import (
-        inject_lora,
-        load_lora_state_dict,
-        lora_state_dict,
-        remove_lora,
-    )
+    from llmlab.posttrain.lora import cached_lora
 
     if not isinstance(base, nn.Module):
         raise TypeError(f"base: expected a torch nn.Module, got {type(base).__name__}")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name: expected the adapter's course-cache name, got {name!r}")
     rank = require_positive_int(rank, "rank")
-    model = copy.deepcopy(base)
-    inject_lora(model.model, ALL_LINEAR, r=rank, alpha=2 * rank, seed=seed)
-    try:
-        load_lora_state_dict(model, results.load_tensors(name))
-        trained = False
-    except results.ResultMissingError:
+
+    def fit(model):
         examples = [format_example(tokenizer, t.prompt, t.answer) for t in tasks]
         train_sft(
             model,
@@ -503,9 +489,7 @@ def lora_sft_model(
             seed=seed,
             progress=False,
         )
-        results.save_tensors(name, lora_state_dict(model))
-        trained = True
-    if merge:
-        remove_lora(model.model, merge=True)
-    model.eval()
-    return model, trained
+
+    return cached_lora(
+        base, name, fit, target_modules=ALL_LINEAR, rank=rank, seed=seed, merge=merge
+    )
