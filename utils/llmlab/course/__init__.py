@@ -55,7 +55,12 @@ CHAPTERS = (
     Chapter(
         3, "pretraining", "Pretraining", "data pipeline, objectives, training loop, scaling laws"
     ),
-    Chapter(4, "post_training", "Post-training", "fine-tuning, LoRA, SFT, RLHF, DPO, GRPO"),
+    Chapter(
+        4,
+        "post_training",
+        "Post-training",
+        "fine-tuning, LoRA, SFT, RLHF, DPO, GRPO, domain adaptation",
+    ),
     Chapter(
         5, "compression", "Compression and quantization", "distillation, pruning, INT8, GPTQ, AWQ"
     ),
