@@ -55,12 +55,7 @@ CHAPTERS = (
     Chapter(
         3, "pretraining", "Pretraining", "data pipeline, objectives, training loop, scaling laws"
     ),
-    Chapter(
-        4,
-        "post_training",
-        "Post-training",
-        "fine-tuning, LoRA, SFT, RLHF, DPO, GRPO, domain adaptation",
-    ),
+    Chapter(4, "post_training", "Post-training", "fine-tuning, LoRA, SFT, RLHF, DPO, GRPO"),
     Chapter(
         5, "compression", "Compression and quantization", "distillation, pruning, INT8, GPTQ, AWQ"
     ),
