@@ -223,3 +223,18 @@ def test_every_kind_has_twenty_distinct_held_out_prompts():
     split = ev.split_tasks(kinds, [], 60, 20, seed=0)
     assert len(split.test) == 20 * len(kinds)
     assert len({ev.prompt_key(t) for t in split.test}) == len(split.test)
+
+
+def test_chat_samples_lists_each_models_greedy_answer(tiny):
+    model, tokenizer = tiny
+    other = tiny_smollm2(seed=1)[0]
+    text = ev.chat_samples({"before": model, "after": other}, tokenizer, ["Hi?", "Why?"], 4)
+    lines = text.splitlines()
+    assert lines[0] == "Hi?" and lines[3] == "Why?" and len(lines) == 6
+    expected = ev.generate_answers(model, tokenizer, ["Hi?", "Why?"], max_new_tokens=4)
+    assert lines[1] == "  before  " + " ".join(expected[0].split())
+    assert lines[2].startswith("  after   ")
+    with pytest.raises(ValueError, match="models: expected a non-empty dict"):
+        ev.chat_samples({}, tokenizer)
+    with pytest.raises(ValueError, match="prompts: expected a non-empty sequence"):
+        ev.chat_samples({"m": model}, tokenizer, "Hi?")

@@ -40,6 +40,8 @@ __all__ = [
     "Protocol",
     "few_shot_text",
     "generate_answers",
+    "CHAT_PROBES",
+    "chat_samples",
     "sample_answers",
     "lenient_answer",
     "wilson_interval",
@@ -170,6 +172,39 @@ def generate_answers(
         top_k=None,
     )
     return [r[0] for r in responses]
+
+
+#: Two everyday chat prompts, far from any task of the chapter: what a method did to the chat
+#: model it started from shows in the answers to these.
+CHAT_PROBES = (
+    "What is the capital of France?",
+    "Give me one tip for writing clear Python code.",
+)
+
+
+def chat_samples(
+    models: dict[str, nn.Module],
+    tokenizer: Any,
+    prompts: Sequence[str] = CHAT_PROBES,
+    max_new_tokens: int = 32,
+) -> str:
+    """Each model's greedy chat answer to each prompt (:func:`generate_answers`), as text to
+    print: the prompt, then one line per model, whitespace collapsed. A notebook's before/after
+    samples: ``print(chat_samples({"before": base, "after": tuned}, tokenizer))``."""
+    if not isinstance(models, dict) or not models:
+        raise ValueError("models: expected a non-empty dict of name -> causal LM")
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts: expected a non-empty sequence of prompts")
+    answers = {
+        name: generate_answers(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens)
+        for name, model in models.items()
+    }
+    width = max(len(name) for name in models)
+    lines = []
+    for i, prompt in enumerate(prompts):
+        lines.append(prompt)
+        lines += [f"  {name:<{width}}  {' '.join(answers[name][i].split())}" for name in models]
+    return "\n".join(lines)
 
 
 def sample_answers(
