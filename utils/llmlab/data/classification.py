@@ -193,26 +193,9 @@ def docstring_packages(
         bounds = [0] + [round(math.fsum(shares[: i + 1]) * per_class) for i in range(3)]
         for part, lo, hi in zip(splits, bounds[:-1], bounds[1:], strict=True):
             splits[part] += members[lo:hi]
-    parts = {}
-    for part, indices in splits.items():
-        rng.shuffle(indices)
-        parts[part] = LabelledTexts(
-            tuple(texts[i] for i in indices),
-            tuple(labels[i] for i in indices),
-            tuple(sources[i] for i in indices),
-        )
-    settings = dict(
-        packages=list(packages),
-        per_class=per_class,
-        fractions=list(shares),
-        max_chars=max_chars,
-        seed=seed,
-    )
-    return ClassificationDataset(
-        name="stdlib-docstring-packages",
-        label_names=packages,
-        settings=settings,
-        **parts,
+    settings = dict(per_class=per_class, fractions=list(shares), max_chars=max_chars, seed=seed)
+    return _assemble(
+        "stdlib-docstring-packages", packages, splits, texts, labels, sources, rng, settings
     )
 
 
@@ -289,24 +272,27 @@ def function_packages(
                 )
             rng.shuffle(members)
             splits[part] += members[:n]
-    data = {}
+    settings = dict(per_class=per_class, fractions=list(shares), max_chars=max_chars, seed=seed)
+    return _assemble(
+        "stdlib-function-packages", packages, splits, texts, labels, sources, rng, settings
+    )
+
+
+def _assemble(
+    name, packages, splits, texts, labels, sources, rng, settings
+) -> ClassificationDataset:
+    """The dataset of the chosen indices: each split shuffled (``rng``), its texts, labels and
+    sources gathered; ``settings`` (the builder's arguments, ``packages`` added) rebuild it."""
+    parts = {}
     for part, indices in splits.items():
         rng.shuffle(indices)
-        data[part] = LabelledTexts(
+        parts[part] = LabelledTexts(
             tuple(texts[i] for i in indices),
             tuple(labels[i] for i in indices),
             tuple(sources[i] for i in indices),
         )
-    settings = dict(
-        packages=list(packages),
-        per_class=per_class,
-        fractions=list(shares),
-        max_chars=max_chars,
-        seed=seed,
-    )
-    return ClassificationDataset(
-        name="stdlib-function-packages", label_names=packages, settings=settings, **data
-    )
+    settings = {"packages": list(packages), **settings}
+    return ClassificationDataset(name=name, label_names=packages, settings=settings, **parts)
 
 
 _PARTS = ("train", "val", "test")
