@@ -1,0 +1,7 @@
+"""Compression and quantization (chapter 05): smaller and faster models, each method written
+from its definition and measured on SmolLM2 and on full-precision models the course owns.
+
+- :mod:`.quant`  integer quantizers: absmax and zero-point, per tensor, channel or group
+
+Import from the module: ``from llmlab.compress.quant import quantize``.
+"""
