@@ -122,3 +122,48 @@ def test_distinct_values_per_block_sees_a_4_bit_grid():
     assert (distinct_values_per_block(grid, 32) <= 16).all()
     with pytest.raises(ValueError, match="block: expected a divisor"):
         distinct_values_per_block(w, 48)
+
+
+# --------------------------------------------------------------------------------------------
+# NF4, against bitsandbytes
+
+
+def _bnb():
+    return pytest.importorskip("bitsandbytes.functional")
+
+
+def test_nf4_levels_from_their_definition_equal_bitsandbytes_table():
+    from llmlab.compress.quant import nf4_values
+
+    levels = nf4_values()
+    assert torch.equal(levels, _bnb().get_4bit_type("nf4", device="cpu"))
+    assert levels[7] == 0 and levels[0] == -1 and levels[-1] == 1  # an exact zero, [-1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("coarse", [False, True])  # coarse: many values exactly on a grid (ties)
+def test_nf4_codes_bit_exact_with_bitsandbytes(dtype, coarse):
+    from llmlab.compress.quant import pack_4bit, quantize_nf4, unpack_4bit
+
+    w = torch.randn(48, 192, generator=torch.Generator().manual_seed(1))
+    if coarse:
+        w = torch.round(w * 8) / 8  # like a de-quantized checkpoint: few distinct values
+    w = w.to(dtype)
+    ours = quantize_nf4(w, blocksize=64)
+    packed, state = _bnb().quantize_4bit(w, blocksize=64, quant_type="nf4")
+    assert torch.equal(pack_4bit(ours.codes), packed.flatten())
+    assert torch.equal(ours.absmax, state.absmax)
+    assert torch.equal(unpack_4bit(pack_4bit(ours.codes)), ours.codes)
+    theirs = _bnb().dequantize_4bit(packed, state)
+    torch.testing.assert_close(ours.dequantize(), theirs, atol=0, rtol=0)
+
+
+def test_nf4_errors_name_the_argument():
+    from llmlab.compress.quant import pack_4bit, quantize_nf4
+
+    with pytest.raises(ValueError, match="blocksize: expected a divisor of the 100 weights"):
+        quantize_nf4(torch.zeros(10, 10), blocksize=64)
+    with pytest.raises(ValueError, match="w: expected a float tensor"):
+        quantize_nf4(torch.zeros(64, dtype=torch.long))
+    with pytest.raises(ValueError, match="codes: expected an even number"):
+        pack_4bit(torch.zeros(3, dtype=torch.uint8))

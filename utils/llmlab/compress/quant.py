@@ -34,6 +34,12 @@ __all__ = [
     "quantize",
     "fake_quantize",
     "distinct_values_per_block",
+    "NF4_OFFSET",
+    "nf4_values",
+    "NF4",
+    "quantize_nf4",
+    "pack_4bit",
+    "unpack_4bit",
 ]
 
 SCHEMES = ("absmax", "zeropoint")
@@ -170,3 +176,76 @@ def distinct_values_per_block(w: torch.Tensor, block: int = 32) -> torch.Tensor:
     x = w.detach().reshape(w.shape[0], -1, block)
     ordered = x.sort(-1).values
     return 1 + (ordered[..., 1:] != ordered[..., :-1]).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# NF4: 4-bit NormalFloat (QLoRA, Dettmers et al. 2023)
+
+#: Where NF4's outermost quantiles sit: the mean of 1 - 1/(2*15) and 1 - 1/(2*16) (0.96770833...),
+#: so that the extreme quantiles are finite; bitsandbytes writes it as 0.9677083, and its table is
+#: built from that rounded number, so ours is too (the levels then agree to the last bit).
+NF4_OFFSET = 0.9677083
+
+
+def nf4_values() -> torch.Tensor:
+    """The 16 NF4 levels, from their definition: quantiles of a standard normal, 8 for the
+    positive half and 7 for the negative half (from ``NF4_OFFSET`` in to the median), plus an
+    exact 0, all divided by the largest so that they span [-1, 1]. Normally distributed
+    weights, scaled by their block's absmax, then fill the 16 codes about equally often."""
+    # float32 points, float64 quantiles, float32 levels: the arithmetic of bitsandbytes' table
+    positive = torch.special.ndtri(torch.linspace(NF4_OFFSET, 0.5, 9)[:-1].double()).float()
+    negative = -torch.special.ndtri(torch.linspace(NF4_OFFSET, 0.5, 8)[:-1].double()).float()
+    values = torch.cat([positive, torch.zeros(1), negative]).sort().values
+    return values / values.max()
+
+
+@dataclass(frozen=True)
+class NF4:
+    """A weight in NF4: ``codes`` (uint8 0-15, one per weight, flattened row-major), ``absmax``
+    (float32, one per block of ``blocksize`` consecutive weights), and the original shape."""
+
+    codes: torch.Tensor
+    absmax: torch.Tensor
+    blocksize: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def dequantize(self) -> torch.Tensor:
+        levels = nf4_values()[self.codes.long()].view(-1, self.blocksize)
+        return (levels * self.absmax[:, None]).reshape(self.shape).to(self.dtype)
+
+
+def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> NF4:
+    """NF4 as bitsandbytes stores it: the weight flattened, cut into blocks of ``blocksize``,
+    each divided by its absmax and rounded to the nearest of the 16 :func:`nf4_values` (a value
+    exactly halfway between two levels takes the lower). The codes equal bitsandbytes'
+    ``quantize_4bit(..., quant_type="nf4")`` bit for bit (tested)."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise ValueError("w: expected a float tensor")
+    blocksize = require_int(blocksize, "blocksize")
+    if w.numel() % blocksize:
+        raise ValueError(
+            f"blocksize: expected a divisor of the {w.numel()} weights, got {blocksize}"
+        )
+    x = w.detach().float().reshape(-1, blocksize)
+    absmax = x.abs().amax(-1)
+    # times the reciprocal, as bitsandbytes computes it (x / absmax can differ in the last bit)
+    normalised = (x * (1.0 / absmax.clamp(min=1e-38))[:, None]).clamp(-1, 1)
+    levels = nf4_values()
+    midpoints = (levels[1:] + levels[:-1]) / 2  # the nearest level; a tie goes to the lower one
+    codes = torch.bucketize(normalised, midpoints)
+    return NF4(codes.flatten().to(torch.uint8), absmax, blocksize, tuple(w.shape), w.dtype)
+
+
+def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes per byte, the first in the high nibble (bitsandbytes' layout)."""
+    if codes.numel() % 2:
+        raise ValueError(f"codes: expected an even number of codes, got {codes.numel()}")
+    pairs = codes.flatten().to(torch.uint8).view(-1, 2)
+    return (pairs[:, 0] << 4) | pairs[:, 1]
+
+
+def unpack_4bit(packed: torch.Tensor) -> torch.Tensor:
+    """The codes :func:`pack_4bit` packed, in order."""
+    flat = packed.flatten().to(torch.uint8)
+    return torch.stack([flat >> 4, flat & 0x0F], dim=1).flatten()
