@@ -25,9 +25,10 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       evaluation/     ch02-03  perplexity, text metrics; ch09 adds benchmarks
       kernels/        ch01-03  Triton kernels beside their PyTorch references
       posttrain/      ch04  finetune, lora (QLoRA, DoRA), sft, evaluate, logprobs, reward,
-                            dpo, grpo, ppo, constitution
-      (homes to come, created with their chapter: compression/ ch05,
-       moe/ ch06, retrieval/ ch07 (RAG and agents), distributed/ ch08)
+                            dpo, grpo, ppo, constitution, domain (continued pretraining)
+      compress/       ch05  quant (absmax, zero-point, NF4); distill, prune, lowrank to come
+      (homes to come, created with their chapter: moe/ ch06, retrieval/ ch07 (RAG and
+       agents), distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)
       course/         chapters, labs generator, grading, notebooks, doctor, CLI
@@ -66,6 +67,7 @@ _SUBMODULES = {
     "evaluation",
     "kernels",
     "posttrain",
+    "compress",
     # the labs' checks, and the machinery (never imported by the teaching code)
     "checks",
     "course",
