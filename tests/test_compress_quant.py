@@ -14,7 +14,7 @@ def _weight(rows=16, cols=64, seed=0):
     return torch.randn(rows, cols, generator=g) * torch.logspace(-2, 0, rows)[:, None]
 
 
-@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint", "minmax"])
 @pytest.mark.parametrize(
     "granularity, group_size", [("tensor", None), ("channel", None), ("group", 16)]
 )
@@ -27,6 +27,7 @@ def test_codes_in_range_and_error_within_half_a_step(scheme, granularity, group_
         assert q.codes.min() >= -top and q.codes.max() <= top and q.zero is None
     else:
         assert q.codes.min() >= 0 and q.codes.max() <= 2**bits - 1
+        assert q.zero.dtype == (torch.int16 if scheme == "zeropoint" else torch.float32)
     error = (q.dequantize() - w).abs()
     step = torch.broadcast_to(q.scale, _shape(q)).reshape(w.shape)
     assert (error <= step / 2 + 1e-6).all()
@@ -102,7 +103,7 @@ def test_bits_per_weight_counts_the_scales():
         ({"w": torch.zeros(4, 4, dtype=torch.long)}, ValueError, "w: expected a 2-D float tensor"),
         ({"bits": 1}, ValueError, "bits: expected an int >= 2"),
         ({"bits": 9}, ValueError, "bits: expected 2 to 8"),
-        ({"scheme": "minmax"}, ValueError, "scheme: expected one of"),
+        ({"scheme": "log"}, ValueError, "scheme: expected one of"),
         ({"granularity": "row"}, ValueError, "granularity: expected one of"),
         ({"granularity": "group"}, ValueError, "group_size: expected an int"),
         ({"granularity": "group", "group_size": 128}, ValueError, "a divisor of the 576 input"),
@@ -113,6 +114,24 @@ def test_errors_name_the_argument(kwargs, error, match):
     args = {"w": torch.zeros(2, 576), **kwargs}
     with pytest.raises(error, match=match):
         quantize(**args)
+
+
+def test_minmax_in_blocks_of_32_gives_back_a_q4_1_checkpoint_exactly():
+    # a weight stored as llama.cpp's Q4_1 (min + scale * q per block of 32), then de-quantized,
+    # as the offline SmolLM2 is: rounding it again on the same grid loses nothing (the trap)
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 16, (8, 4, 32), generator=g)
+    codes[..., 0], codes[..., 1] = 0, 15  # each block reaches both ends of its grid
+    low = torch.randn(8, 4, 1, generator=g) * 0.1
+    step = torch.rand(8, 4, 1, generator=g) * 0.01 + 1e-3
+    w = (low + codes * step).reshape(8, 128)
+    again = fake_quantize(w, 4, scheme="minmax", granularity="group", group_size=32)
+    torch.testing.assert_close(again, w, atol=1e-6, rtol=0)
+    other = fake_quantize(w, 4, scheme="zeropoint", granularity="group", group_size=32)
+    assert (other - w).abs().max() > 1e-4  # a grid that must hold 0 does not land on it
+    assert (
+        quantize(w, 4, scheme="minmax", granularity="group", group_size=32).bits_per_weight() == 6
+    )
 
 
 def test_distinct_values_per_block_sees_a_4_bit_grid():

@@ -8,7 +8,11 @@ that share them, a float **scale** (and for the asymmetric scheme an integer **z
   set by the largest magnitude, so one outlier coarsens the grid for the whole block.
 - **zero-point** (asymmetric): ``scale = (max - min) / (2^b - 1)``,
   ``zero = round(-min / scale)``, ``q = clamp(round(w / scale) + zero, 0, 2^b - 1)``,
-  ``w ~ (q - zero) * scale``. All 2^b codes cover [min, max], which suits skewed blocks.
+  ``w ~ (q - zero) * scale``. All 2^b codes cover [min, max], which suits skewed blocks; the
+  range is widened to hold 0, so that zero is exactly representable (an integer zero point).
+- **min-max** (llama.cpp's Q4_1): ``scale = (max - min) / (2^b - 1)``,
+  ``q = round((w - min) / scale)``, ``w ~ min + q * scale``, with ``min`` kept as a float
+  offset: the grid spans exactly [min, max] and need not contain 0.
 
 The block that shares a scale is the **granularity**: the whole tensor, each output channel
 (a row of an ``nn.Linear`` weight), or each group of ``group_size`` consecutive inputs in a row
@@ -42,16 +46,16 @@ __all__ = [
     "unpack_4bit",
 ]
 
-SCHEMES = ("absmax", "zeropoint")
+SCHEMES = ("absmax", "zeropoint", "minmax")
 GRANULARITIES = ("tensor", "channel", "group")
 
 
 @dataclass(frozen=True)
 class Quantized:
     """A quantized weight: ``codes`` (int16 storage, the weight's shape), and per block its
-    ``scale`` (float32) and, for the zero-point scheme, ``zero`` (int16), shaped to broadcast
-    against the blocked weight: (1, 1) per tensor, (rows, 1) per channel, (rows, groups, 1) per
-    group."""
+    ``scale`` (float32) and, for the zero-point scheme, ``zero`` (int16, in codes) or, for the
+    min-max scheme, ``zero`` (float32, the block's minimum), shaped to broadcast against the
+    blocked weight: (1, 1) per tensor, (rows, 1) per channel, (rows, groups, 1) per group."""
 
     codes: torch.Tensor
     scale: torch.Tensor
@@ -65,9 +69,13 @@ class Quantized:
     def dequantize(self) -> torch.Tensor:
         """The weight the codes stand for, in the original dtype and shape."""
         codes = _blocked(self.codes, self.granularity, self.group_size).float()
-        if self.zero is not None:
-            codes = codes - self.zero.float()
-        return (codes * self.scale).reshape(self.codes.shape).to(self.dtype)
+        if self.scheme == "minmax":
+            values = self.zero + codes * self.scale
+        elif self.zero is not None:
+            values = (codes - self.zero.float()) * self.scale
+        else:
+            values = codes * self.scale
+        return values.reshape(self.codes.shape).to(self.dtype)
 
     @property
     def n_scales(self) -> int:
@@ -76,7 +84,7 @@ class Quantized:
     def bits_per_weight(self) -> float:
         """Storage per weight: the code plus each block's float32 scale (and a b-bit zero
         point) spread over the block's weights."""
-        extra = 32 + (self.bits if self.zero is not None else 0)
+        extra = 32 + {"absmax": 0, "zeropoint": self.bits, "minmax": 32}[self.scheme]
         return self.bits + extra * self.n_scales / self.codes.numel()
 
 
@@ -135,6 +143,12 @@ def quantize(
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         codes = torch.round(x / scale).clamp(-top, top)
         zero = None
+    elif scheme == "minmax":
+        top = 2**bits - 1
+        zero = x.amin(-1, keepdim=True)  # a float offset: the block's minimum
+        scale = (x.amax(-1, keepdim=True) - zero) / top
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        codes = torch.round((x - zero) / scale).clamp(0, top)
     else:
         top = 2**bits - 1
         low = x.amin(-1, keepdim=True).clamp(max=0.0)  # the range always holds 0
