@@ -99,6 +99,20 @@ def _blocked(w: torch.Tensor, granularity: str, group_size: int | None) -> torch
     return w.reshape(rows, cols // group_size, group_size)
 
 
+def _require_divisor(value, name: str, total: int, what: str) -> int:
+    """``value`` as a positive int that divides ``total`` (the ``what`` it cuts into blocks)."""
+    value = require_int(value, name)
+    if total % value:
+        raise ValueError(f"{name}: expected a divisor of the {total} {what}, got {value}")
+    return value
+
+
+def _nonzero(scale: torch.Tensor) -> torch.Tensor:
+    """Each block's scale, or 1 for a block of equal values (a zero range): its codes are then
+    all the same and it dequantizes exactly, without a division by zero."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
 def quantize(
     w: torch.Tensor,
     bits: int = 8,
@@ -109,7 +123,8 @@ def quantize(
 ) -> Quantized:
     """Quantize a weight matrix ``w`` (rows = output channels, cols = inputs) to ``bits`` bits.
 
-    scheme: ``"absmax"`` (symmetric) or ``"zeropoint"`` (asymmetric); granularity:
+    scheme: ``"absmax"`` (symmetric), ``"zeropoint"`` (asymmetric, an integer zero point) or
+    ``"minmax"`` (asymmetric, a float minimum: Q4_1); granularity:
     ``"tensor"``, ``"channel"`` (one scale per row) or ``"group"`` (one per ``group_size``
     consecutive inputs of a row; ``group_size`` must divide the number of columns). A block of
     zeros gets scale 1 and codes 0 (it dequantizes to exact zeros).
@@ -127,34 +142,26 @@ def quantize(
     if granularity == "group":
         if group_size is None:
             raise ValueError("group_size: expected an int for granularity='group', got None")
-        group_size = require_int(group_size, "group_size")
-        if w.shape[1] % group_size:
-            raise ValueError(
-                f"group_size: expected a divisor of the {w.shape[1]} input columns, got "
-                f"{group_size}"
-            )
+        group_size = _require_divisor(group_size, "group_size", w.shape[1], "input columns")
     elif group_size is not None:
         raise ValueError(f"group_size: only for granularity='group', got {group_size!r}")
 
     x = _blocked(w.detach().float(), granularity, group_size)
     if scheme == "absmax":
         top = 2 ** (bits - 1) - 1
-        scale = x.abs().amax(-1, keepdim=True) / top
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = _nonzero(x.abs().amax(-1, keepdim=True) / top)
         codes = torch.round(x / scale).clamp(-top, top)
         zero = None
     elif scheme == "minmax":
         top = 2**bits - 1
         zero = x.amin(-1, keepdim=True)  # a float offset: the block's minimum
-        scale = (x.amax(-1, keepdim=True) - zero) / top
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = _nonzero((x.amax(-1, keepdim=True) - zero) / top)
         codes = torch.round((x - zero) / scale).clamp(0, top)
     else:
         top = 2**bits - 1
         low = x.amin(-1, keepdim=True).clamp(max=0.0)  # the range always holds 0
         high = x.amax(-1, keepdim=True).clamp(min=0.0)
-        scale = (high - low) / top
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = _nonzero((high - low) / top)
         zero = torch.round(-low / scale).clamp(0, top)
         codes = (torch.round(x / scale) + zero).clamp(0, top)
         zero = zero.to(torch.int16)
@@ -182,11 +189,7 @@ def distinct_values_per_block(w: torch.Tensor, block: int = 32) -> torch.Tensor:
     Q4_1, blocks of 32) holds at most 16 per block; a full-precision weight holds ``block``."""
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ValueError("w: expected a 2-D tensor (out, in)")
-    block = require_int(block, "block")
-    if w.shape[1] % block:
-        raise ValueError(
-            f"block: expected a divisor of the {w.shape[1]} input columns, got {block}"
-        )
+    block = _require_divisor(block, "block", w.shape[1], "input columns")
     x = w.detach().reshape(w.shape[0], -1, block)
     ordered = x.sort(-1).values
     return 1 + (ordered[..., 1:] != ordered[..., :-1]).sum(-1)
@@ -236,11 +239,7 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> NF4:
     ``quantize_4bit(..., quant_type="nf4")`` bit for bit (tested)."""
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
         raise ValueError("w: expected a float tensor")
-    blocksize = require_int(blocksize, "blocksize")
-    if w.numel() % blocksize:
-        raise ValueError(
-            f"blocksize: expected a divisor of the {w.numel()} weights, got {blocksize}"
-        )
+    blocksize = _require_divisor(blocksize, "blocksize", w.numel(), "weights")
     x = w.detach().float().reshape(-1, blocksize)
     absmax = x.abs().amax(-1)
     # times the reciprocal, as bitsandbytes computes it (x / absmax can differ in the last bit)
