@@ -154,15 +154,9 @@ def docstring_packages(
         long word).
     seed: the sampling and shuffling seed; the same arguments give the same dataset.
     """
-    packages = _require_packages(packages)
-    for value, name in ((per_class, "per_class"), (max_chars, "max_chars")):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if max_chars < 20:
-        raise ValueError(f"max_chars: expected at least 20 (a sentence), got {max_chars!r}")
-    shares = _require_fractions(fractions)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
+    packages, shares = _require_builder_arguments(
+        packages, per_class, fractions, max_chars, seed, min_chars=20, unit="a sentence"
+    )
 
     corpus = docstring_corpus()
     label_of = {p: i for i, p in enumerate(packages)}
@@ -225,17 +219,9 @@ def function_packages(
 
     Raises ValueError when a package has too few functions on one side for its share.
     """
-    packages = _require_packages(packages)
-    for value, name in ((per_class, "per_class"), (max_chars, "max_chars")):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if max_chars < 40:
-        raise ValueError(
-            f"max_chars: expected at least 40 (a signature and a line), got {max_chars!r}"
-        )
-    shares = _require_fractions(fractions)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
+    packages, shares = _require_builder_arguments(
+        packages, per_class, fractions, max_chars, seed, min_chars=40, unit="a signature and a line"
+    )
 
     code = code_corpus()
     label_of = {p: i for i, p in enumerate(packages)}
@@ -438,6 +424,21 @@ def _one_per_near_duplicate_group(texts: list[str], labels: list[int]) -> list[i
     return sorted(
         members[0] for members in groups.values() if len({labels[i] for i in members}) == 1
     )
+
+
+def _require_builder_arguments(packages, per_class, fractions, max_chars, seed, min_chars, unit):
+    """The checks both dataset builders make: ``(packages, shares)``, or an error that names the
+    argument (``max_chars`` must leave at least ``min_chars``, ``unit``)."""
+    packages = _require_packages(packages)
+    for value, name in ((per_class, "per_class"), (max_chars, "max_chars")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if max_chars < min_chars:
+        raise ValueError(f"max_chars: expected at least {min_chars} ({unit}), got {max_chars!r}")
+    shares = _require_fractions(fractions)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
+    return packages, shares
 
 
 def _require_packages(packages) -> tuple[str, ...]:
