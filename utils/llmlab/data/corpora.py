@@ -135,16 +135,18 @@ class Corpus:
         bounds[-1] = self.n_documents
         parts = []
         for part, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:], strict=True):
-            picked = sorted(order[lo:hi])
-            parts.append(
-                Corpus(
-                    name=f"{self.name}/{part}",
-                    documents=[self.documents[i] for i in picked],
-                    sources=[self.sources[i] for i in picked],
-                    python_version=self.python_version,
-                )
-            )
+            parts.append(self.subset(sorted(order[lo:hi]), f"{self.name}/{part}"))
         return tuple(parts)
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> Corpus:
+        """The documents at ``indices`` (in that order) with their sources, as a new corpus
+        named ``name`` (this one's name when None), read from the same Python."""
+        return Corpus(
+            name=self.name if name is None else name,
+            documents=[self.documents[i] for i in indices],
+            sources=[self.sources[i] for i in indices],
+            python_version=self.python_version,
+        )
 
     def __repr__(self) -> str:  # the default repr would print megabytes into the notebook
         return (

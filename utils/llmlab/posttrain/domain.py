@@ -72,14 +72,7 @@ def domain_corpora(
         raise TypeError("exclude: expected an iterable of paths or sources, got one str")
     banned = {_path(s) for s in exclude} | {REFERENCE_FILE}
     train, _, held = code.split((1.0 - heldout, 0.0, heldout), seed=seed)
-    kept = [i for i, s in enumerate(train.sources) if s not in banned]
-    train = Corpus(
-        name=train.name,
-        documents=[train.documents[i] for i in kept],
-        sources=[train.sources[i] for i in kept],
-        python_version=train.python_version,
-    )
-    return train, held
+    return train.subset([i for i, s in enumerate(train.sources) if s not in banned]), held
 
 
 def token_stream(tokenizer: Any, documents: Sequence[str]) -> torch.Tensor:
@@ -286,9 +279,7 @@ def lora_cpt_model(
     fitted = {}
 
     def fit(model):
-        history = train(
-            model, sampler, config, evaluate=evaluate if eval_every else None, progress=False
-        )
+        history = train(model, sampler, config, evaluate=evaluate, progress=False)
         results.save_json(log_name, dataclasses.asdict(history))  # before the adapter is saved
         fitted["history"] = history
 

@@ -473,9 +473,7 @@ def lora_sft_model(
     """
     from llmlab.posttrain.lora import cached_lora
 
-    if not isinstance(base, nn.Module):
-        raise TypeError(f"base: expected a torch nn.Module, got {type(base).__name__}")
-    rank = require_positive_int(rank, "rank")
+    rank = require_positive_int(rank, "rank")  # cached_lora checks base and name
 
     def fit(model):
         examples = [format_example(tokenizer, t.prompt, t.answer) for t in tasks]
