@@ -1,0 +1,124 @@
+"""Chapter 05's one perplexity protocol, so every compressed variant is scored the same way.
+
+Perplexity depends on how it is measured (window length, stride, how documents are joined),
+so chapter 05 fixes one protocol and states it beside every number:
+
+- **text**: the Python Language Reference (``llmlab.data.corpora.reference_corpus``: the
+  ``help()`` topics, real English prose with code), topics in sorted order, each followed by
+  the end-of-text token, tokenized with SmolLM2's tokenizer (shared by every model of the
+  chapter);
+- **windows**: the first ``n_windows`` non-overlapping windows of ``window`` tokens; each is
+  scored on its own (no context carried over), every token but the first predicted;
+- **score**: mean next-token NLL per window; perplexity = exp(mean over windows). Two models
+  are compared window by window (:func:`paired_difference`): the mean difference with its
+  standard error over windows, so a change smaller than that is reported as not measurable.
+
+Full size: 16 windows of 512 tokens (8,176 predicted tokens); smoke runs use fewer.
+Methods that look at data first (calibration, GPTQ, AWQ, Wanda) read other text:
+:func:`calibration_windows` cuts them from the standard library's docstrings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmlab.validate import require_positive_int
+
+__all__ = [
+    "Protocol",
+    "PROTOCOL",
+    "heldout_windows",
+    "calibration_windows",
+    "window_nll",
+    "paired_difference",
+]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    n_windows: int = 16
+    window: int = 512
+
+    def describe(self) -> str:
+        return (
+            f"Python Language Reference (help() topics), {self.n_windows} non-overlapping windows "
+            f"of {self.window} tokens, each scored alone: {self.n_windows * (self.window - 1):,} "
+            "predicted tokens"
+        )
+
+
+PROTOCOL = Protocol()
+
+
+def _windows(tokenizer: Any, documents, n: int, w: int, what: str) -> torch.Tensor:
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in documents:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.append(eos)
+        if len(ids) >= n * w:
+            break
+    if len(ids) < n * w:
+        raise ValueError(f"{what}: the text has {len(ids)} tokens, fewer than {n} x {w}")
+    return torch.tensor(ids[: n * w], dtype=torch.long).view(n, w)
+
+
+def heldout_windows(tokenizer: Any, protocol: Protocol = PROTOCOL) -> torch.Tensor:
+    """The protocol's token windows, (n_windows, window) int64."""
+    from llmlab.data.corpora import reference_corpus
+
+    n = require_positive_int(protocol.n_windows, "protocol.n_windows")
+    w = require_positive_int(protocol.window, "protocol.window")
+    return _windows(tokenizer, reference_corpus().documents, n, w, "protocol")
+
+
+def calibration_windows(tokenizer: Any, n_windows: int = 8, window: int = 512) -> torch.Tensor:
+    """Calibration text, (n_windows, window) int64: standard-library docstrings, never the
+    evaluation text, in the corpus's order (a fixed, reproducible sample)."""
+    from llmlab.data.corpora import docstring_corpus
+
+    n = require_positive_int(n_windows, "n_windows")
+    w = require_positive_int(window, "window")
+    return _windows(
+        tokenizer, docstring_corpus(max_bytes=100_000 + 8 * n * w).documents, n, w, "n_windows"
+    )
+
+
+def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    out = model(ids)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def window_nll(model: Any, windows: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Mean next-token NLL (nats) of each window, float64 (n_windows,)."""
+    batch_size = require_positive_int(batch_size, "batch_size")
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
+        raise ValueError("windows: expected an int tensor (n_windows, window) with window >= 2")
+    out = []
+    with torch.no_grad():
+        for start in range(0, windows.shape[0], batch_size):
+            ids = windows[start : start + batch_size]
+            logits = _logits(model, ids).float()
+            nll = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                ids[:, 1:].reshape(-1),
+                reduction="none",
+            )
+            out.append(nll.view(ids.shape[0], -1).double().mean(dim=1))
+    return torch.cat(out)
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """``(mean of a - b, its standard error)`` over windows scored by both models."""
+    if a.shape != b.shape or a.dim() != 1 or a.numel() < 2:
+        raise ValueError(
+            f"a, b: expected two per-window NLL vectors of the same length >= 2, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    d = (a - b).double()
+    return float(d.mean()), float(d.std(unbiased=True) / math.sqrt(d.numel()))
