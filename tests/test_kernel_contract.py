@@ -3,8 +3,12 @@
 - it has a PyTorch ``reference``;
 - in Triton's CPU interpreter (``TRITON_INTERPRET=1``) its public ops launch the Triton kernels
   and equal the reference, forward and backward, at small shapes that are not powers of two;
-- the interpreter refuses half precision, naming the op's first argument;
+- the interpreter refuses half precision, naming the op's first argument (or, for an op whose
+  first arguments are integer codes, its first float argument: ``Contract.float_arg``);
 - with neither CUDA nor the interpreter, the ops run the reference and launch nothing.
+
+An op with no backward (integer operands: ``int8_matmul``) declares ``forward_only=True``: its
+inputs must not require grad, and only its outputs are compared.
 
 A new kernel gets its entry in ``CONTRACTS``; its own test file keeps what is specific to it.
 """
@@ -39,6 +43,8 @@ class Contract:
     op_kwargs: dict = field(default_factory=dict)  # for the op only, e.g. a chunk size
     atol: float = 1e-5
     rtol: float = 1e-5
+    forward_only: bool = False  # no backward: no input requires grad, outputs compared only
+    float_arg: str | None = None  # the argument a half-precision refusal names (default: first)
 
     @property
     def module(self):
@@ -60,6 +66,24 @@ def _rope_inputs():
 def _rope_qk_inputs():
     tables = _randn(2, 7, 12, seed=3, grad=False), _randn(2, 7, 12, seed=4, grad=False)
     return _randn(2, 5, 7, 12, seed=1), _randn(2, 3, 7, 12, seed=2), *tables
+
+
+def _int8(*shape, seed: int) -> torch.Tensor:
+    return torch.randint(-128, 128, shape, generator=gen(seed), dtype=torch.int8)
+
+
+def _int8_matmul_inputs():
+    # K = 37: a K loop whose last step is partial; a per-row and a per-channel scale, a bias.
+    scales = (_randn(n, seed=n, scale=0.01, grad=False).abs() for n in (5, 11))
+    return _int8(5, 37, seed=1), _int8(11, 37, seed=2), *scales, _randn(11, seed=5, grad=False)
+
+
+def _w4a16_inputs():
+    # K = 48 in groups of 16: the last step of the interpreter's 32-column loop is partial.
+    packed = torch.randint(0, 256, (13, 24), generator=gen(2), dtype=torch.uint8)
+    scales = _randn(13, 3, seed=3, scale=0.1, grad=False).abs()
+    zeros = 15 * torch.rand(13, 3, generator=gen(4))
+    return _randn(2, 3, 48, seed=1), packed, scales, 16, zeros, None, _randn(13, seed=5)
 
 
 def _targets(n: int, classes: int, seed: int) -> torch.Tensor:
@@ -107,6 +131,25 @@ CONTRACTS = [
         lambda: (_randn(11, 37, seed=1, scale=3.0), _targets(11, 37, seed=2)),
         expected=lambda m: m.reference_logits,
     ),
+    Contract(
+        "int8_matmul",
+        "int8_matmul",
+        _int8_matmul_inputs,
+        atol=0,  # exact: int32 sums, then the reference's float32 epilogue
+        rtol=0,
+        forward_only=True,
+        float_arg="a_scale",
+    ),
+    Contract(
+        "int8_matmul",
+        "quantize_rowwise",
+        lambda: (_randn(7, 37, seed=1, scale=3.0, grad=False),),
+        expected=lambda m: m.reference_quantize_rowwise,
+        atol=0,
+        rtol=0,
+        forward_only=True,
+    ),
+    Contract("w4a16", "w4a16_matmul", _w4a16_inputs, rtol=1e-4),
 ]
 
 
@@ -121,13 +164,18 @@ def _outputs_and_grads(fn, inputs: tuple, kwargs: dict):
     outs = out if isinstance(out, tuple) else (out,)
     upstream = [torch.randn(o.shape, generator=gen(99 + i)) for i, o in enumerate(outs)]
     leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    grads = torch.autograd.grad(outs, leaves, upstream)
+    grads = torch.autograd.grad(outs, leaves, upstream) if leaves else ()  # forward-only op
     return [o.detach() for o in outs], list(grads)
 
 
 def _check_parity(contract: Contract) -> None:
     module = contract.module
     inputs = contract.inputs()
+    differentiable = any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+    assert differentiable != contract.forward_only, (
+        f"{contract}: forward_only={contract.forward_only}, but an input "
+        f"{'requires' if differentiable else 'does not require'} grad"
+    )
     ours = _outputs_and_grads(
         getattr(module, contract.op), inputs, {**contract.kwargs, **contract.op_kwargs}
     )
@@ -190,7 +238,7 @@ def test_interpreter_matches_reference(interpret, launches, contract):
 @pytest.mark.parametrize("contract", CONTRACTS, ids=str)
 def test_interpreter_refuses_half_precision(interpret, contract):
     op = getattr(contract.module, contract.op)
-    first = next(iter(inspect.signature(op).parameters))
+    first = contract.float_arg or next(iter(inspect.signature(op).parameters))
     half = [
         t.detach().half() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
         for t in contract.inputs()

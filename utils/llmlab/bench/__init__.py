@@ -496,6 +496,8 @@ _TRITON_TYPES = {
     "bfloat16": "bf16",
     "int32": "i32",
     "int64": "i64",
+    "int8": "i8",  # int8 codes (kernels.int8_matmul)
+    "uint8": "u8",  # packed 4-bit codes (kernels.w4a16)
 }
 
 
