@@ -49,10 +49,10 @@ def test_rowwise_rejects_non_2d():
         Q.quantize_rowwise(torch.randn(2, 3, 4))
 
 
-@pytest.mark.parametrize("m", [1, 7, 33])
-def test_int8_matmul_is_exact(m):
-    a = torch.randint(-127, 128, (m, 50), generator=_gen(1), dtype=torch.int8)
-    b = torch.randint(-127, 128, (24, 50), generator=_gen(2), dtype=torch.int8)
+@pytest.mark.parametrize(("m", "k"), [(1, 50), (7, 50), (33, 50), (3, 1)])
+def test_int8_matmul_is_exact(m, k):
+    a = torch.randint(-127, 128, (m, k), generator=_gen(1), dtype=torch.int8)
+    b = torch.randint(-127, 128, (24, k), generator=_gen(2), dtype=torch.int8)
     out = Q.int8_matmul(a, b)
     assert out.dtype == torch.int32
     assert torch.equal(out.long(), a.long() @ b.long().t())

@@ -7,3 +7,10 @@ from its definition and measured on SmolLM2 and on full-precision models the cou
 
 Import from the module: ``from llmlab.compress.quant import quantize``.
 """
+
+import logging as _logging
+
+# bitsandbytes logs, on import, that an optional fused kernel for NF4 inference on AVX512-BF16
+# CPUs is missing (it would be fetched from the hub, which the course never calls); notebook
+# 5 measures the path it takes instead and says so beside the number.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

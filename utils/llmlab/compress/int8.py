@@ -79,9 +79,10 @@ def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` of int8 codes, summed exactly in int32: a (M, K), b (N, K) -> (M, N).
 
-    ``torch._int_mm`` runs the integer kernels of the CPU (oneDNN/MKL) or of the GPU. It wants
-    its second operand as (K, N); ``b.t()`` is that view of an ``nn.Linear``-shaped matrix,
-    with no copy.
+    ``torch._int_mm`` runs the integer kernels of the CPU (oneDNN) or of the GPU; it wants its
+    second operand as (K, N), and ``b.t()`` is that view of an ``nn.Linear``-shaped matrix,
+    with no copy. :func:`llmlab.kernels.int8_matmul.int32_matmul` calls it, and takes an exact
+    float64 path where it is wrong (K = 1 on the CPU) or refuses the shape.
     """
     if a.dtype != torch.int8 or b.dtype != torch.int8:
         raise TypeError(f"a, b: expected int8 codes, got {a.dtype} and {b.dtype}")
@@ -89,7 +90,9 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"a, b: expected (M, K) and (N, K) with the same K, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    return torch._int_mm(a.contiguous(), b.t())
+    from llmlab.kernels.int8_matmul import int32_matmul
+
+    return int32_matmul(a.contiguous(), b)
 
 
 class QuantLinear(nn.Module):
