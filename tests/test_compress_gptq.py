@@ -1,0 +1,152 @@
+"""llmlab.compress.gptq: GPTQ equals Optimal Brain Surgeon's update, beats round-to-nearest on
+the output error it minimises; AWQ never loses to RTN on its calibration data."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from llmlab.compress import gptq as G
+from llmlab.compress.quant import fake_quantize
+
+
+def _layer(n=1024, k=64, m=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(k) + 2 * torch.randn(k, k, generator=g) / k**0.5
+    x = torch.randn(n, k, generator=g) @ mix  # correlated inputs
+    x[:, 3] *= 10  # one strong feature
+    w = 0.05 * torch.randn(m, k, generator=g)
+    return w, x, (x.T @ x / n).double()
+
+
+def _obs_reference(w, h, bits, scheme, damp=0.01):
+    """GPTQ without its tricks: Optimal Brain Surgeon's update with the inverse Hessian
+    re-computed (by elimination) after every column, one column at a time, per-row grid."""
+    W = w.double().clone()
+    H = h.double().clone() + damp * torch.diag(h).mean() * torch.eye(
+        h.shape[0], dtype=torch.float64
+    )
+    Hinv = torch.linalg.inv(H)
+    scale, zero, low, high = G._grid(W, bits, scheme)
+    Q = torch.zeros_like(W)
+    for i in range(W.shape[1]):
+        q = G._round(W[:, i : i + 1], scale, zero, low, high)
+        Q[:, i : i + 1] = q
+        err = (W[:, i : i + 1] - q) / Hinv[i, i]
+        W[:, i:] -= err @ Hinv[i : i + 1, i:]
+        Hinv = Hinv - Hinv[:, i : i + 1] @ Hinv[i : i + 1, :] / Hinv[i, i]  # remove column i
+    return Q
+
+
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+def test_gptq_equals_optimal_brain_surgeon(scheme):
+    w, _, h = _layer(k=32, m=8)
+    ours = G.gptq_quantize(w, h, bits=4, scheme=scheme, block_size=8).weight
+    torch.testing.assert_close(ours.double(), _obs_reference(w, h, 4, scheme), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("group_size", [None, 16])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_lazy_blocks_change_nothing(group_size, act_order):
+    w, _, h = _layer()
+    results = [
+        G.gptq_quantize(w, h, 4, group_size, act_order=act_order, block_size=b).weight
+        for b in (4, 16, 64)
+    ]
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("group_size", [None, 16])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_beats_round_to_nearest_on_the_output_error(bits, group_size, act_order):
+    w, x, h = _layer()
+    r = G.gptq_quantize(w, h, bits, group_size, act_order=act_order)
+    assert r.error < 0.6 * r.rtn_error
+    direct = ((x @ (w - r.weight).T) ** 2).sum(1).mean().item()  # ||X (W - W_hat)^T||^2 / n
+    assert r.error == pytest.approx(direct, rel=1e-4)
+    assert r.rtn_error == pytest.approx(G.output_error(w, G.rtn_quantize(w, bits, group_size), h))
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_every_weight_lies_on_its_group_grid(act_order):
+    w, _, h = _layer()
+    r = G.gptq_quantize(w, h, bits=3, group_size=16, scheme="zeropoint", act_order=act_order)
+    order = r.order.tolist()
+    for g in range(0, w.shape[1], 16):
+        cols = order[g : g + 16]  # a group: 16 consecutive columns in quantization order
+        block = r.weight[:, cols]
+        for row in block:
+            assert len(torch.unique(row)) <= 8  # 2^3 levels
+    if act_order:
+        diag = torch.diag(h)
+        assert torch.all(diag[r.order[:-1]] >= diag[r.order[1:]])
+
+
+def test_dead_features_are_zero_and_rtn_matches_fake_quantize():
+    w, x, _ = _layer()
+    x[:, 5] = 0.0
+    h = (x.T @ x / x.shape[0]).double()
+    r = G.gptq_quantize(w, h, 4)
+    assert (r.weight[:, 5] == 0).all()
+    torch.testing.assert_close(
+        G.rtn_quantize(w, 4, 16, "absmax"),
+        fake_quantize(w, 4, scheme="absmax", granularity="group", group_size=16),
+    )
+
+
+def test_gptq_errors():
+    w, _, h = _layer(k=16, m=4)
+    with pytest.raises(ValueError, match="weight: expected a 2-D float"):
+        G.gptq_quantize(w[0], h)
+    with pytest.raises(ValueError, match="hessian: expected a \\(16, 16\\)"):
+        G.gptq_quantize(w, h[:8, :8])
+    with pytest.raises(ValueError, match="group_size: expected a divisor"):
+        G.gptq_quantize(w, h, group_size=5)
+    with pytest.raises(ValueError, match="bits"):
+        G.gptq_quantize(w, h, bits=9)
+    with pytest.raises(ValueError, match="scheme"):
+        G.gptq_quantize(w, h, scheme="minmax")
+    with pytest.raises(ValueError, match="damp"):
+        G.gptq_quantize(w, h, damp=1.5)
+
+
+def test_awq_never_loses_to_rtn_and_finds_the_strong_feature():
+    w, x, h = _layer()
+    inputs = G.LayerInputs(h, x.abs().mean(0).double(), x.shape[0])
+    r = G.awq_quantize(w, inputs, bits=3, group_size=16)
+    assert r.errors[0.0] == pytest.approx(G.output_error(w, G.rtn_quantize(w, 3, 16), h))
+    assert r.errors[r.alpha] <= r.errors[0.0] and r.alpha > 0
+    assert r.scales.argmax() == 3  # the strong feature gets the largest scale
+    assert G.output_error(w, r.weight, h) == pytest.approx(r.errors[r.alpha], rel=1e-5)
+    with pytest.raises(ValueError, match="inputs: expected the LayerInputs"):
+        G.awq_quantize(w, G.LayerInputs(h, x.abs().mean(0)[:5], 1))
+
+
+def test_collect_hessians_on_a_tiny_llama():
+    from llmlab.assets import tiny_smollm2
+
+    model, _ = tiny_smollm2(seed=0)
+    model = model.float().eval()
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    seen = {}
+    layer = model.model.layers[0].mlp.down_proj
+    handle = layer.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach()))
+    records = G.collect_hessians(copy.deepcopy(model), [ids, ids])
+    model(ids)
+    handle.remove()
+    x = seen["x"].reshape(-1, seen["x"].shape[-1]).double()
+    rec = records["model.layers.0.mlp.down_proj"]
+    torch.testing.assert_close(rec.hessian, x.T @ x / x.shape[0])
+    torch.testing.assert_close(rec.mean_abs, x.abs().mean(0))
+    assert rec.n == 2 * x.shape[0]
+    attn = "model.layers.0.self_attn."
+    assert records[attn + "q_proj"] is records[attn + "k_proj"] is records[attn + "v_proj"]
+    assert records["model.layers.0.mlp.gate_proj"] is records["model.layers.0.mlp.up_proj"]
+    assert records[attn + "o_proj"] is not records[attn + "q_proj"]
+    assert "lm_head" not in records
+    with pytest.raises(ValueError, match="batches"):
+        G.collect_hessians(model, [])
