@@ -1,0 +1,78 @@
+"""llmlab.compress.distill: the distillation loss and the teacher's top-k logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmlab.compress import distill as D
+
+
+def _logits(*shape, seed=0, scale=3.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_full_vocabulary_top_k_is_hintons_loss(temperature):
+    s, t = _logits(2, 5, 11, seed=1), _logits(2, 5, 11, seed=2)
+    top = t.topk(11, dim=-1)  # k = vocabulary: nothing dropped
+    ours = D.distillation_loss(s, top.values, top.indices, temperature=temperature, alpha=1.0)
+    kl = F.kl_div(
+        F.log_softmax(s / temperature, -1).flatten(0, 1),
+        F.log_softmax(t / temperature, -1).flatten(0, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    torch.testing.assert_close(ours, temperature**2 * kl)
+
+
+def test_mix_with_the_hard_loss_and_its_gradient():
+    s = _logits(3, 4, 9, seed=3).requires_grad_()
+    t = _logits(3, 4, 9, seed=4).topk(4, dim=-1)
+    y = torch.randint(0, 9, (3, 4), generator=torch.Generator().manual_seed(5))
+    loss = D.distillation_loss(s, t.values, t.indices, y, temperature=2.0, alpha=0.3)
+    soft = D.distillation_loss(s, t.values, t.indices, temperature=2.0, alpha=1.0)
+    hard = F.cross_entropy(s.flatten(0, 1), y.flatten())
+    torch.testing.assert_close(loss, 0.3 * soft + 0.7 * hard)
+    assert D.distillation_loss(s, t.values, t.indices, y, alpha=0.0).item() == pytest.approx(hard.item())
+    loss.backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    # a student equal to the teacher on its top k (and -inf elsewhere) has zero soft loss
+    perfect = torch.full((3, 4, 9), -1e9).scatter(-1, t.indices, t.values)
+    assert D.distillation_loss(perfect, t.values, t.indices, alpha=1.0).item() == pytest.approx(
+        0, abs=1e-6
+    )
+
+
+def test_distillation_loss_errors():
+    s = _logits(2, 3, 7)
+    t = s.topk(3, dim=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        D.distillation_loss(s, t.values, t.indices, temperature=0)
+    with pytest.raises(ValueError, match="alpha"):
+        D.distillation_loss(s, t.values, t.indices, alpha=1.5)
+    with pytest.raises(ValueError, match="targets"):
+        D.distillation_loss(s, t.values, t.indices, alpha=0.5)
+    with pytest.raises(ValueError, match="teacher_values, teacher_indices"):
+        D.distillation_loss(s, t.values[:1], t.indices[:1])
+
+
+def test_teacher_topk_on_a_tiny_model():
+    from llmlab.assets import tiny_smollm2
+
+    model, _ = tiny_smollm2(seed=0)
+    model = model.float().eval()
+    ids = torch.randint(0, 1000, (3, 10), generator=torch.Generator().manual_seed(6))
+    out = D.teacher_topk(model, ids, k=8, batch_size=2)
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert out["values"].shape == (3, 10, 8) and out["values"].dtype == torch.float16
+    assert out["indices"].dtype == torch.int32
+    assert torch.equal(out["indices"].long(), logits.topk(8, -1).indices)
+    torch.testing.assert_close(out["lse"], torch.logsumexp(logits, -1))
+    mass = D.topk_mass(out)
+    probs = logits.softmax(-1).topk(8, -1).values.sum(-1)
+    torch.testing.assert_close(mass, probs, rtol=2e-3, atol=2e-3)  # float16 values
+    with pytest.raises(ValueError, match="windows"):
+        D.teacher_topk(model, ids[0])

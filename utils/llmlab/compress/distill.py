@@ -1,0 +1,109 @@
+"""Knowledge distillation: a small student trained on a large teacher's output distribution.
+
+Hinton et al. (2015): the teacher's probabilities over the whole vocabulary say more than the
+one right token ("dark knowledge": which wrong answers are nearly right). The student
+minimises, at every position, a mix of the usual loss on the true next token and the KL
+divergence from the teacher's distribution, both softened by a temperature T:
+
+    loss = alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, target)
+
+``p^T = softmax(logits / T)``. Softening by T > 1 lifts the small probabilities the student
+should learn from; since the soft loss's gradients shrink as 1/T^2, the T^2 factor keeps the
+two terms' scales comparable whatever T is.
+
+**Top-k teacher logits.** SmolLM2's vocabulary has 49,152 entries: full float16 logits for
+50k training tokens would take 4.9 GB (15 GB at 150k). The teacher's top ``k`` logits (k = 32)
+and the log-sum-exp of all of them are kept instead (:func:`teacher_topk`): the soft target
+is the teacher's distribution renormalised over its top k, and the log-sum-exp says how much
+probability that drops (:func:`topk_mass`). The student's log-probabilities are computed over
+the whole vocabulary and read at the teacher's k entries.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llmlab.validate import require_positive_int, require_real
+
+__all__ = ["teacher_topk", "topk_mass", "distillation_loss"]
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    out = model(ids)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def teacher_topk(
+    model, windows: torch.Tensor, k: int = 32, batch_size: int = 4
+) -> dict[str, torch.Tensor]:
+    """The teacher's ``k`` largest logits at every position of ``windows`` (n, seq).
+
+    Returns ``{"values": float16 (n, seq, k), "indices": int32 (n, seq, k), "lse": float32
+    (n, seq)}``: logits in descending order, their vocabulary ids, and the log-sum-exp of the
+    full logit vector (so ``topk_mass`` can say what share of the probability the k keep).
+    """
+    k = require_positive_int(k, "k")
+    batch_size = require_positive_int(batch_size, "batch_size")
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2:
+        raise ValueError("windows: expected an int tensor (n_windows, seq)")
+    values, indices, lse = [], [], []
+    with torch.no_grad():
+        for start in range(0, windows.shape[0], batch_size):
+            logits = _logits(model, windows[start : start + batch_size]).float()
+            top = logits.topk(k, dim=-1)
+            values.append(top.values.half())
+            indices.append(top.indices.int())
+            lse.append(torch.logsumexp(logits, dim=-1))
+    return {"values": torch.cat(values), "indices": torch.cat(indices), "lse": torch.cat(lse)}
+
+
+def topk_mass(teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The teacher's probability (at T = 1) on its top k tokens, at every position."""
+    return torch.exp(teacher["values"].float() - teacher["lse"][..., None]).sum(-1)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_values: torch.Tensor,
+    teacher_indices: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, targets)``.
+
+    student_logits (..., vocab); teacher_values, teacher_indices (..., k): the teacher's top-k
+    logits and their ids (the teacher's distribution is renormalised over them); targets
+    (...) the true next tokens (needed when alpha < 1). Means over positions.
+    """
+    T = require_real(temperature, "temperature")
+    if T <= 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+    a = require_real(alpha, "alpha")
+    if not 0 <= a <= 1:
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    if (
+        teacher_values.shape != teacher_indices.shape
+        or teacher_values.shape[:-1] != student_logits.shape[:-1]
+    ):
+        raise ValueError(
+            "teacher_values, teacher_indices: expected (..., k) with the student's leading dims "
+            f"{tuple(student_logits.shape[:-1])}, got {tuple(teacher_values.shape)} and "
+            f"{tuple(teacher_indices.shape)}"
+        )
+    loss = student_logits.new_zeros(())
+    if a > 0:
+        log_q = F.log_softmax(teacher_values.float() / T, dim=-1)  # teacher over its top k
+        log_p = F.log_softmax(student_logits.float() / T, dim=-1)
+        log_p_k = log_p.gather(-1, teacher_indices.long())
+        kl = (log_q.exp() * (log_q - log_p_k)).sum(-1).mean()
+        loss = loss + a * T * T * kl
+    if a < 1:
+        if targets is None:
+            raise ValueError("targets: the hard loss (alpha < 1) needs the true next tokens")
+        ce = F.cross_entropy(
+            student_logits.reshape(-1, student_logits.shape[-1]).float(), targets.reshape(-1)
+        )
+        loss = loss + (1 - a) * ce
+    return loss
