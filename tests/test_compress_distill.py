@@ -35,7 +35,9 @@ def test_mix_with_the_hard_loss_and_its_gradient():
     soft = D.distillation_loss(s, t.values, t.indices, temperature=2.0, alpha=1.0)
     hard = F.cross_entropy(s.flatten(0, 1), y.flatten())
     torch.testing.assert_close(loss, 0.3 * soft + 0.7 * hard)
-    assert D.distillation_loss(s, t.values, t.indices, y, alpha=0.0).item() == pytest.approx(hard.item())
+    assert D.distillation_loss(s, t.values, t.indices, y, alpha=0.0).item() == pytest.approx(
+        hard.item()
+    )
     loss.backward()
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
     # a student equal to the teacher on its top k (and -inf elsewhere) has zero soft loss

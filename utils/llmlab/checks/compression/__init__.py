@@ -1,0 +1,4 @@
+"""Checks of chapter 05's labs, one module per lab.
+
+01_quantizers      -> :mod:`.quantizers`
+"""
