@@ -78,3 +78,35 @@ def test_teacher_topk_on_a_tiny_model():
     torch.testing.assert_close(mass, probs, rtol=2e-3, atol=2e-3)  # float16 values
     with pytest.raises(ValueError, match="windows"):
         D.teacher_topk(model, ids[0])
+
+
+def test_distillation_batches_and_loss_fn():
+    from llmlab.models import Llama, LlamaConfig
+    from llmlab.training import TrainConfig, train
+
+    g = torch.Generator().manual_seed(7)
+    windows = torch.randint(0, 50, (6, 9), generator=g)
+    logits = _logits(6, 8, 50, seed=8)
+    top = logits.topk(4, -1)
+    teacher = {"values": top.values.half(), "indices": top.indices.int()}
+    batches = D.DistillationBatches(windows, teacher, batch_size=3, seed=1)
+    x, y, v, i = batches(5)
+    assert x.shape == y.shape == (3, 8) and v.shape == i.shape == (3, 8, 4)
+    assert all(torch.equal(a, b) for a, b in zip(batches(5), (x, y, v, i), strict=True))
+    row = next(r for r in range(6) if torch.equal(windows[r, :-1], x[0]))
+    assert torch.equal(y[0], windows[row, 1:]) and torch.equal(i[0], teacher["indices"][row])
+    model = Llama(LlamaConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32))
+    history = train(
+        model,
+        batches,
+        TrainConfig(steps=3, lr=1e-2),
+        loss_fn=D.kd_loss_fn(2.0, 0.5),
+        progress=False,
+    )
+    assert len(history.loss) == 3 and history.tokens[-1] == 3 * 3 * 8
+    with pytest.raises(ValueError, match="teacher: expected top-k"):
+        D.DistillationBatches(windows[:, :5], teacher, 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        D.DistillationBatches(windows, teacher, 7)
+    with pytest.raises(ValueError, match="alpha"):
+        D.kd_loss_fn(alpha=2.0)

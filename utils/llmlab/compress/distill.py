@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llmlab.validate import require_positive_int, require_real
+from llmlab.validate import require_int, require_positive_int, require_real
 
-__all__ = ["teacher_topk", "topk_mass", "distillation_loss"]
+__all__ = ["teacher_topk", "topk_mass", "distillation_loss", "DistillationBatches", "kd_loss_fn"]
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -63,6 +63,16 @@ def topk_mass(teacher: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.exp(teacher["values"].float() - teacher["lse"][..., None]).sum(-1)
 
 
+def _require_kd(temperature, alpha) -> tuple[float, float]:
+    T = require_real(temperature, "temperature")
+    if T <= 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+    a = require_real(alpha, "alpha")
+    if not 0 <= a <= 1:
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    return T, a
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_values: torch.Tensor,
@@ -77,12 +87,7 @@ def distillation_loss(
     logits and their ids (the teacher's distribution is renormalised over them); targets
     (...) the true next tokens (needed when alpha < 1). Means over positions.
     """
-    T = require_real(temperature, "temperature")
-    if T <= 0:
-        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-    a = require_real(alpha, "alpha")
-    if not 0 <= a <= 1:
-        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    T, a = _require_kd(temperature, alpha)
     if (
         teacher_values.shape != teacher_indices.shape
         or teacher_values.shape[:-1] != student_logits.shape[:-1]
@@ -107,3 +112,54 @@ def distillation_loss(
         )
         loss = loss + (1 - a) * ce
     return loss
+
+
+class DistillationBatches:
+    """Training batches with the teacher's answers: ``batch_fn`` for :func:`llmlab.training.train`.
+
+    ``windows`` (n, seq + 1): fixed windows of the training stream; ``teacher``: the
+    :func:`teacher_topk` of ``windows[:, :-1]`` (the teacher's prediction at every input
+    position). Batch ``i`` is ``batch_size`` windows drawn without replacement by a generator
+    seeded with ``(seed, i)``: ``(inputs, targets, top-k values, top-k ids)``, a pure function
+    of ``i`` (so a resumed run sees the same batches).
+    """
+
+    def __init__(self, windows: torch.Tensor, teacher: dict, batch_size: int, seed: int = 0):
+        if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
+            raise ValueError("windows: expected an int tensor (n, seq + 1) with seq >= 1")
+        n, seq = windows.shape[0], windows.shape[1] - 1
+        if (
+            teacher["values"].shape[:2] != (n, seq)
+            or teacher["indices"].shape != teacher["values"].shape
+        ):
+            raise ValueError(
+                f"teacher: expected top-k tensors of shape ({n}, {seq}, k) for windows {tuple(windows.shape)}, "
+                f"got {tuple(teacher['values'].shape)}"
+            )
+        self.batch_size = require_positive_int(batch_size, "batch_size")
+        if self.batch_size > n:
+            raise ValueError(f"batch_size: expected at most the {n} windows, got {batch_size}")
+        self.seed = require_int(seed, "seed", 0)
+        self.windows, self.teacher = windows, teacher
+
+    def __call__(self, i: int):
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"i: expected a batch index >= 0, got {i!r}")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        rows = torch.randperm(self.windows.shape[0], generator=g)[: self.batch_size]
+        w = self.windows[rows]
+        return w[:, :-1], w[:, 1:], self.teacher["values"][rows], self.teacher["indices"][rows]
+
+
+def kd_loss_fn(temperature: float = 2.0, alpha: float = 0.5):
+    """A ``loss_fn`` for :func:`llmlab.training.train` on :class:`DistillationBatches`:
+    :func:`distillation_loss` of the model's logits (``alpha = 0``: the hard loss alone, on
+    the same batches)."""
+    _require_kd(temperature, alpha)
+
+    def loss_fn(model, batch, config):
+        inputs, targets, values, indices = batch
+        logits = _logits(model, inputs)
+        return distillation_loss(logits, values, indices, targets, temperature, alpha)
+
+    return loss_fn
