@@ -110,3 +110,37 @@ def test_distillation_batches_and_loss_fn():
         D.DistillationBatches(windows, teacher, 7)
     with pytest.raises(ValueError, match="alpha"):
         D.kd_loss_fn(alpha=2.0)
+
+
+def test_save_and_load_a_tied_student_and_cached_teacher(tmp_path, monkeypatch):
+    from llmlab.models import Llama, LlamaConfig
+
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=40, d_model=16, n_layers=1, n_heads=2, d_ff=32, tie_embeddings=True
+    )
+    model = Llama(cfg)
+    D.save_model("05_compression/test-student", model)
+    back = D.load_model("05_compression/test-student")
+    ids = torch.randint(0, 40, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model(ids))
+    assert back.lm_head.weight is back.embed_tokens.weight
+    from llmlab import results
+
+    with pytest.raises(results.ResultMissingError, match="05.1"):
+        D.load_model("05_compression/absent", made_by="05.1")
+    windows = torch.randint(0, 40, (3, 7))
+    calls = []
+
+    def teacher(x):
+        calls.append(x.shape)
+        return model(x)
+
+    first, spent = D.cached_teacher_topk("05_compression/test-topk", teacher, windows, k=4)
+    again, none = D.cached_teacher_topk("05_compression/test-topk", teacher, windows, k=4)
+    assert spent > 0 and none == 0.0 and len(calls) == 1
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    D.cached_teacher_topk("05_compression/test-topk", teacher, windows[:2], k=4)  # other windows
+    assert len(calls) == 2

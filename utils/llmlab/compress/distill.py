@@ -26,7 +26,16 @@ import torch.nn.functional as F
 
 from llmlab.validate import require_int, require_positive_int, require_real
 
-__all__ = ["teacher_topk", "topk_mass", "distillation_loss", "DistillationBatches", "kd_loss_fn"]
+__all__ = [
+    "teacher_topk",
+    "topk_mass",
+    "distillation_loss",
+    "DistillationBatches",
+    "kd_loss_fn",
+    "cached_teacher_topk",
+    "save_model",
+    "load_model",
+]
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -163,3 +172,68 @@ def kd_loss_fn(temperature: float = 2.0, alpha: float = 0.5):
         return distillation_loss(logits, values, indices, targets, temperature, alpha)
 
     return loss_fn
+
+
+def cached_teacher_topk(
+    name: str, teacher, windows: torch.Tensor, k: int = 32, batch_size: int = 4
+):
+    """:func:`teacher_topk` of ``windows[:, :-1]``, kept in the course cache under ``name``.
+
+    The file holds the windows too: a cached answer for other windows (another corpus, another
+    size) is recomputed, never reused. Returns ``(teacher dict, seconds spent computing)``
+    (0.0 when it came from the cache).
+    """
+    import time
+
+    from llmlab import results
+
+    try:
+        cached = results.load_tensors(name)
+        if torch.equal(cached["windows"], windows) and cached["values"].shape[-1] == k:
+            return {key: cached[key] for key in ("values", "indices", "lse")}, 0.0
+    except results.ResultMissingError:
+        pass
+    start = time.perf_counter()
+    out = teacher_topk(teacher, windows[:, :-1], k=k, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    results.save_tensors(name, {"windows": windows, **out})
+    return out, seconds
+
+
+def save_model(name: str, model) -> None:
+    """Save one of the course's decoder models (its config and weights) in the course cache,
+    atomically; a tied output head is stored once (safetensors refuses shared tensors)."""
+    import dataclasses
+    import json
+
+    from llmlab import results
+
+    config = model.config
+    state = dict(model.state_dict())
+    if getattr(config, "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    meta = {"class": type(model).__name__, "config": json.dumps(dataclasses.asdict(config))}
+    results.save_tensors(name, state, metadata=meta)
+
+
+def load_model(name: str, made_by: str | None = None):
+    """The model :func:`save_model` saved under ``name``, in eval mode (raises
+    :class:`llmlab.results.ResultMissingError`, naming ``made_by``, when it is not there)."""
+    import json
+
+    from safetensors import safe_open
+
+    from llmlab import models, results
+
+    state = results.load_tensors(name, made_by=made_by)
+    with safe_open(results.result_path(name, ".safetensors"), "pt") as f:
+        meta = f.metadata()
+    cls = getattr(models, meta["class"])
+    config_cls = getattr(models, meta["class"] + "Config")
+    model = cls(config_cls(**json.loads(meta["config"])))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ValueError(
+            f"{name}: the saved weights do not fit {meta['class']} ({missing}, {unexpected})"
+        )
+    return model.eval()
