@@ -150,3 +150,31 @@ def test_collect_hessians_on_a_tiny_llama():
     assert "lm_head" not in records
     with pytest.raises(ValueError, match="batches"):
         G.collect_hessians(model, [])
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_quantize_weights_on_a_tiny_llama(method):
+    from llmlab.assets import tiny_smollm2
+
+    model, _ = tiny_smollm2(seed=0)
+    model = model.float().eval()
+    ids = torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(1))
+    records = G.collect_hessians(model, [ids[:2], ids[2:]])
+    q = copy.deepcopy(model)
+    ratios = G.quantize_weights(q, records, method, bits=4, group_size=16)
+    assert set(ratios) == set(records)
+    if method == "rtn":
+        assert all(r == 1.0 for r in ratios.values())
+    else:  # AWQ never loses to RTN on its calibration data; GPTQ wins on average
+        assert sum(ratios.values()) / len(ratios) < 1.0
+    if method == "awq":
+        assert all(r <= 1.0 + 1e-9 for r in ratios.values())
+    w = q.model.layers[0].self_attn.q_proj.weight
+    if method == "rtn":
+        torch.testing.assert_close(
+            w, G.rtn_quantize(model.model.layers[0].self_attn.q_proj.weight, 4, 16)
+        )
+    with pytest.raises(ValueError, match="method"):
+        G.quantize_weights(q, records, "smooth")
+    with pytest.raises(KeyError, match="no linear layer"):
+        G.quantize_weights(q, {"nope": records["model.layers.0.mlp.up_proj"]})

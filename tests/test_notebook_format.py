@@ -136,6 +136,7 @@ SECOND_EDITION = {
     "chapters/04_post_training/08_ppo.ipynb",
     "chapters/04_post_training/09_constitutional_ai.ipynb",
     "chapters/04_post_training/10_domain_adaptation.ipynb",
+    "chapters/05_compression/01_distillation.ipynb",
     "chapters/05_compression/04_int8.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")

@@ -44,13 +44,19 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def teacher_topk(
-    model, windows: torch.Tensor, k: int = 32, batch_size: int = 4
+    model,
+    windows: torch.Tensor,
+    k: int = 32,
+    batch_size: int = 4,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """The teacher's ``k`` largest logits at every position of ``windows`` (n, seq).
 
     Returns ``{"values": float16 (n, seq, k), "indices": int32 (n, seq, k), "lse": float32
     (n, seq)}``: logits in descending order, their vocabulary ids, and the log-sum-exp of the
     full logit vector (so ``topk_mass`` can say what share of the probability the k keep).
+    ``autocast_dtype``: run the teacher's forward passes under autocast to this dtype
+    (``torch.bfloat16``: faster on a CPU with bf16 instructions).
     """
     k = require_positive_int(k, "k")
     batch_size = require_positive_int(batch_size, "batch_size")
@@ -59,7 +65,11 @@ def teacher_topk(
     values, indices, lse = [], [], []
     with torch.no_grad():
         for start in range(0, windows.shape[0], batch_size):
-            logits = _logits(model, windows[start : start + batch_size]).float()
+            ids = windows[start : start + batch_size]
+            use = autocast_dtype is not None
+            with torch.autocast(ids.device.type, dtype=autocast_dtype, enabled=use):
+                logits = _logits(model, ids)
+            logits = logits.float()
             top = logits.topk(k, dim=-1)
             values.append(top.values.half())
             indices.append(top.indices.int())
@@ -106,19 +116,18 @@ def distillation_loss(
             f"{tuple(student_logits.shape[:-1])}, got {tuple(teacher_values.shape)} and "
             f"{tuple(teacher_indices.shape)}"
         )
-    loss = student_logits.new_zeros(())
+    z = student_logits.float()
+    loss = z.new_zeros(())
     if a > 0:
         log_q = F.log_softmax(teacher_values.float() / T, dim=-1)  # teacher over its top k
-        log_p = F.log_softmax(student_logits.float() / T, dim=-1)
-        log_p_k = log_p.gather(-1, teacher_indices.long())
+        log_p = F.log_softmax(z / T, dim=-1)  # the student over the whole vocabulary
+        log_p_k = log_p.gather(-1, teacher_indices.long())  # ... read at the teacher's k ids
         kl = (log_q.exp() * (log_q - log_p_k)).sum(-1).mean()
         loss = loss + a * T * T * kl
     if a < 1:
         if targets is None:
             raise ValueError("targets: the hard loss (alpha < 1) needs the true next tokens")
-        ce = F.cross_entropy(
-            student_logits.reshape(-1, student_logits.shape[-1]).float(), targets.reshape(-1)
-        )
+        ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), targets.reshape(-1))
         loss = loss + (1 - a) * ce
     return loss
 
@@ -175,7 +184,12 @@ def kd_loss_fn(temperature: float = 2.0, alpha: float = 0.5):
 
 
 def cached_teacher_topk(
-    name: str, teacher, windows: torch.Tensor, k: int = 32, batch_size: int = 4
+    name: str,
+    teacher,
+    windows: torch.Tensor,
+    k: int = 32,
+    batch_size: int = 4,
+    autocast_dtype: torch.dtype | None = None,
 ):
     """:func:`teacher_topk` of ``windows[:, :-1]``, kept in the course cache under ``name``.
 
@@ -194,7 +208,7 @@ def cached_teacher_topk(
     except results.ResultMissingError:
         pass
     start = time.perf_counter()
-    out = teacher_topk(teacher, windows[:, :-1], k=k, batch_size=batch_size)
+    out = teacher_topk(teacher, windows[:, :-1], k, batch_size, autocast_dtype)
     seconds = time.perf_counter() - start
     results.save_tensors(name, {"windows": windows, **out})
     return out, seconds

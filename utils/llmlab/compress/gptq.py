@@ -55,6 +55,8 @@ __all__ = [
     "rtn_quantize",
     "AWQResult",
     "awq_quantize",
+    "METHODS",
+    "quantize_weights",
 ]
 
 
@@ -329,3 +331,47 @@ def awq_quantize(
             best = (alpha, s, w_hat)
     alpha, s, w_hat = best
     return AWQResult(weight=w_hat.to(weight.dtype), alpha=alpha, scales=s, errors=errors)
+
+
+METHODS = ("rtn", "gptq", "awq")
+
+
+def quantize_weights(
+    model: nn.Module,
+    inputs: dict[str, LayerInputs],
+    method: str = "gptq",
+    bits: int = 4,
+    group_size: int | None = None,
+    scheme: str = "zeropoint",
+    act_order: bool = False,
+) -> dict[str, float]:
+    """Replace, in place, the weight of every linear layer named in ``inputs`` by its
+    ``method``-quantized version (kept in float: fake-quantized), and return each layer's
+    output error relative to RTN's on the same grid (1.0 for RTN itself).
+
+    ``inputs`` come from :func:`collect_hessians` on the *float* model; every layer is
+    quantized from those (see the module docstring).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    modules = dict(model.named_modules())
+    missing = [name for name in inputs if not isinstance(modules.get(name), nn.Linear)]
+    if missing:
+        raise KeyError(f"inputs: no linear layer named {missing[0]!r} in model")
+    ratios: dict[str, float] = {}
+    with torch.no_grad():
+        for name, record in inputs.items():
+            layer = modules[name]
+            w = layer.weight.detach().float()
+            rtn = rtn_quantize(w, bits, group_size, scheme)
+            if method == "rtn":
+                new, ratios[name] = rtn, 1.0
+            elif method == "gptq":
+                result = gptq_quantize(w, record.hessian, bits, group_size, scheme, act_order)
+                new, ratios[name] = result.weight, result.error / max(result.rtn_error, 1e-30)
+            else:
+                result = awq_quantize(w, record, bits, group_size, scheme)
+                new = result.weight
+                ratios[name] = result.errors[result.alpha] / max(result.errors[0.0], 1e-30)
+            layer.weight.copy_(new.to(layer.weight.dtype))
+    return ratios
