@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmlab.compress.int8 import _linears
 from llmlab.compress.quant import SCHEMES, fake_quantize
 from llmlab.validate import require_int, require_positive_int, require_real
 
@@ -83,12 +84,7 @@ def collect_hessians(
     Layers that read the same tensor one after the other (q, k and v; gate and up) share one
     record (the same object).
     """
-    skip = tuple(skip)
-    layers = {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and not any(s in name for s in skip)
-    }
+    layers = dict(_linears(model, skip))
     sums: dict[str, list] = {}  # reader -> [X^T X, sum |x|, rows]
     reader_of: dict[str, str] = {}
     last: list = [None, None]  # the previous hook's (input tensor, reader)

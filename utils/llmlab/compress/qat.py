@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.compress.int8 import _linears, _set_module
 from llmlab.compress.quant import fake_quantize, quantize
 
 __all__ = ["fake_quant_ste", "QATLinear", "prepare_qat", "freeze_qat"]
@@ -101,16 +102,11 @@ class QATLinear(nn.Module):
 
 
 def _swap(model: nn.Module, skip: tuple[str, ...], make) -> nn.Module:
-    targets = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and not any(s in name for s in skip)
-    ]
+    targets = _linears(model, skip)
     if not targets:
         raise ValueError("model: found no nn.Linear to replace")
     for name, m in targets:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, make(m))
+        _set_module(model, name, make(m))
     return model
 
 
@@ -142,6 +138,5 @@ def freeze_qat(model: nn.Module) -> nn.Module:
     if not qat:
         raise ValueError("model: found no QATLinear (call prepare_qat first)")
     for name, m in qat:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, frozen(m))
+        _set_module(model, name, frozen(m))
     return model
