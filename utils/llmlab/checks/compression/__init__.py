@@ -1,4 +1,5 @@
 """Checks of chapter 05's labs, one module per lab.
 
-01_quantizers      -> :mod:`.quantizers`
+01_quantizers          -> :mod:`.quantizers`
+02_distillation_loss   -> :mod:`.distillation_loss`
 """
