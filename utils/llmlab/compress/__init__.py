@@ -6,6 +6,7 @@ from its definition and measured on SmolLM2 and on full-precision models the cou
 - :mod:`.gptq`      GPTQ and AWQ against round-to-nearest, from calibration inputs' X^T X
 - :mod:`.distill`   knowledge distillation: the teacher's top-k logits and the KD loss
 - :mod:`.qat`       quantization-aware training: a fixed grid and the straight-through estimator
+- :mod:`.prune`     pruning masks: magnitude (per layer, global), Wanda, N:M
 - :mod:`.evaluate`  the chapter's one perplexity protocol (text, windows, paired differences)
 
 Import from the module: ``from llmlab.compress.quant import quantize``.
