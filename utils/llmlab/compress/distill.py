@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llmlab.compress.evaluate import _logits
 from llmlab.validate import require_int, require_positive_int, require_real
 
 __all__ = [
@@ -36,11 +37,6 @@ __all__ = [
     "save_model",
     "load_model",
 ]
-
-
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    out = model(ids)
-    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 def teacher_topk(
