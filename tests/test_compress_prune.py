@@ -78,3 +78,141 @@ def test_argument_errors():
         P.magnitude_mask(_w(4), 0.5)
     with pytest.raises(ValueError, match="weights: expected at least one"):
         P.global_magnitude_masks({}, 0.5)
+
+
+# ---- structured pruning on a transformers Llama (the tiny random SmolLM2) ----------------
+
+
+def _tiny():
+    from llmlab.assets import tiny_smollm2
+
+    model, _ = tiny_smollm2(seed=0, device="cpu")
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    return model.float().eval(), ids
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _inputs(model, ids):
+    from llmlab.compress.gptq import collect_hessians
+
+    return collect_hessians(model, [ids])
+
+
+def test_keep_ffn_channels_equals_zeroing_the_others():
+    import copy
+
+    model, ids = _tiny()
+    mlp = model.model.layers[0].mlp
+    keep = torch.tensor([0, 3, 5, 64, 100, 127])
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        cols = torch.ones(mlp.down_proj.in_features, dtype=torch.bool)
+        cols[keep] = False
+        zeroed.model.layers[0].mlp.down_proj.weight[:, cols] = 0
+    P.keep_ffn_channels(mlp, keep)
+    assert mlp.gate_proj.weight.shape == (6, 64) and mlp.down_proj.weight.shape == (64, 6)
+    torch.testing.assert_close(_logits(model, ids), _logits(zeroed, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_ffn_channel_scores_are_each_channels_mean_squared_output():
+    model, ids = _tiny()
+    mlp = model.model.layers[1].mlp
+    captured = {}
+    handle = mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0]))
+    inputs = _inputs(model, ids)["model.layers.1.mlp.down_proj"]
+    _logits(model, ids)
+    handle.remove()
+    x = captured["x"].reshape(-1, mlp.down_proj.in_features).double()
+    w = mlp.down_proj.weight.detach().double()
+    direct = torch.stack(
+        [(x[:, j : j + 1] * w[:, j]).square().sum(1).mean() for j in range(w.shape[1])]
+    )
+    torch.testing.assert_close(
+        P.ffn_channel_scores(w, inputs).double(), direct, rtol=1e-4, atol=1e-9
+    )
+
+
+def test_keep_attention_groups_equals_zeroing_the_groups_query_columns():
+    import copy
+
+    model, ids = _tiny()  # 4 query heads, 2 key/value groups of 2, head_dim 16
+    attn = model.model.layers[1].self_attn
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.model.layers[1].self_attn.o_proj.weight[:, :32] = 0  # group 0's two query heads
+    P.keep_attention_groups(attn, [1])
+    assert attn.q_proj.out_features == 32 and attn.k_proj.out_features == 16
+    assert attn.o_proj.in_features == 32
+    torch.testing.assert_close(_logits(model, ids), _logits(zeroed, ids), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # generation with a KV cache still runs
+        out = model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 7)
+
+
+def test_attention_group_scores_are_each_groups_mean_squared_output():
+    model, ids = _tiny()
+    attn = model.model.layers[0].self_attn
+    captured = {}
+    handle = attn.o_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0]))
+    inputs = _inputs(model, ids)["model.layers.0.self_attn.o_proj"]
+    _logits(model, ids)
+    handle.remove()
+    x = captured["x"].reshape(-1, 64).double()
+    w = attn.o_proj.weight.detach().double()
+    direct = torch.stack(
+        [
+            (x[:, g * 32 : (g + 1) * 32] @ w[:, g * 32 : (g + 1) * 32].T).square().sum(1).mean()
+            for g in range(2)
+        ]
+    )
+    torch.testing.assert_close(
+        P.attention_group_scores(w, inputs, attn).double(), direct, rtol=1e-4, atol=1e-9
+    )
+
+
+def test_block_influence_is_zero_for_a_layer_that_changes_nothing():
+    model, ids = _tiny()
+    with torch.no_grad():  # layer 1 adds nothing to the residual stream
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[1].mlp.down_proj.weight.zero_()
+    bi = P.block_influence(model, [ids])
+    assert bi.shape == (2,) and bi[0] > 1e-3 and abs(bi[1]) < 1e-6
+
+
+def test_drop_layers_equals_a_model_without_them_and_still_generates():
+    import copy
+
+    model, ids = _tiny()
+    identity = copy.deepcopy(model)
+    with torch.no_grad():
+        identity.model.layers[0].self_attn.o_proj.weight.zero_()
+        identity.model.layers[0].mlp.down_proj.weight.zero_()
+    P.drop_layers(model, [0])
+    assert len(model.model.layers) == 1 and model.config.num_hidden_layers == 1
+    assert model.model.layers[0].self_attn.layer_idx == 0
+    torch.testing.assert_close(_logits(model, ids), _logits(identity, ids), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        a = model.generate(ids[:1, :4], max_new_tokens=4, do_sample=False, pad_token_id=0)
+        b = identity.generate(ids[:1, :4], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b)
+
+
+def test_structured_pruning_rejects_bad_input():
+    model, ids = _tiny()
+    with pytest.raises(ValueError, match="keep"):
+        P.keep_ffn_channels(model.model.layers[0].mlp, [])
+    with pytest.raises(ValueError, match="keep"):
+        P.keep_attention_groups(model.model.layers[0].self_attn, [2])
+    with pytest.raises(ValueError, match="drop"):
+        P.drop_layers(model, [0, 1])
+    with pytest.raises(TypeError, match="model"):
+        P.block_influence(nn.Linear(2, 2), [ids])
+    inputs = _inputs(model, ids)
+    with pytest.raises(ValueError, match="inputs"):
+        P.ffn_channel_scores(
+            model.model.layers[0].mlp.down_proj.weight, inputs["model.layers.0.self_attn.o_proj"]
+        )

@@ -14,15 +14,38 @@ What counts as unimportant is a score; the masks below keep the highest scores.
 - **N:M** (:func:`n_m_mask`): keep the N highest scores of every M consecutive weights of a
   row, e.g. 2:4, the pattern NVIDIA's sparse tensor cores run at twice the dense rate.
 
-A mask is a bool tensor of the weight's shape, True where the weight is kept.
+A mask is a bool tensor of the weight's shape, True where the weight is kept. Zeros in a dense
+matrix save nothing by themselves: the matmul does the same work.
+
+**Structured** pruning removes whole rows and columns, so the matrices really shrink. For a
+transformers Llama-family model (SmolLM2) three units are removed here, each by an importance
+score from calibration inputs (:func:`llmlab.compress.gptq.collect_hessians`'s
+``H = X^T X / n``):
+
+- **FFN channels** (:func:`ffn_channel_scores`, :func:`keep_ffn_channels`): channel j of the
+  gated FFN is row j of ``gate_proj`` and ``up_proj`` and column j of ``down_proj``; its score
+  is the mean square of what it adds to the output, ``H_jj * ||W_down[:, j]||^2``;
+- **attention groups** (:func:`attention_group_scores`, :func:`keep_attention_groups`): under
+  grouped-query attention a key/value head serves a group of query heads, and the group is the
+  unit whose removal shrinks q, k, v, o and the KV cache together; its score is the mean square
+  of its share of ``o_proj``'s output, ``trace(W_g H_gg W_g^T)``;
+- **whole layers** (:func:`block_influence`, :func:`drop_layers`): ShortGPT's block influence
+  (Men et al. 2024), one minus the cosine similarity of a layer's input and output hidden
+  states: a layer that barely turns the residual stream does little.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from llmlab.validate import require_positive_int, require_real
+
+if TYPE_CHECKING:
+    from llmlab.compress.gptq import LayerInputs
 
 __all__ = [
     "magnitude_mask",
@@ -31,6 +54,12 @@ __all__ = [
     "n_m_mask",
     "apply_masks",
     "sparsity",
+    "ffn_channel_scores",
+    "keep_ffn_channels",
+    "attention_group_scores",
+    "keep_attention_groups",
+    "block_influence",
+    "drop_layers",
 ]
 
 
@@ -132,3 +161,170 @@ def sparsity(weights) -> float:
     if total == 0:
         raise ValueError("weights: expected at least one element")
     return sum(int((t == 0).sum()) for t in tensors) / total
+
+
+# --------------------------------------------------------------------------------------------
+# Structured pruning: rows and columns removed, for transformers' Llama-family models
+# --------------------------------------------------------------------------------------------
+
+
+def ffn_channel_scores(down_weight: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+    """Each FFN channel's mean squared contribution to the FFN's output, ``H_jj * ||W[:, j]||^2``
+    (``down_weight``: ``down_proj.weight`` (hidden, channels); ``inputs``: ``down_proj``'s
+    :class:`~llmlab.compress.gptq.LayerInputs`). Cross terms between channels are left out."""
+    w = _require_matrix(down_weight, "down_weight").detach()
+    h = inputs.hessian
+    if h.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(
+            f"inputs: expected the LayerInputs of a layer with {w.shape[1]} inputs, got H of shape {tuple(h.shape)}"
+        )
+    return h.diagonal().float() * w.float().square().sum(0)
+
+
+def _keep_index(keep, total: int, what: str) -> torch.Tensor:
+    idx = torch.as_tensor(keep, dtype=torch.long).flatten().sort().values
+    if idx.numel() == 0 or idx.unique().numel() != idx.numel() or idx[0] < 0 or idx[-1] >= total:
+        raise ValueError(f"keep: expected distinct {what} indices in [0, {total}), at least one")
+    return idx
+
+
+def _shrunk(layer: nn.Linear, rows=None, cols=None) -> nn.Linear:
+    """A new ``nn.Linear`` holding only ``rows`` (outputs) and ``cols`` (inputs) of ``layer``."""
+    w = layer.weight.detach()
+    if rows is not None:
+        w = w[rows]
+    if cols is not None:
+        w = w[:, cols]
+    bias = layer.bias is not None
+    new = nn.Linear(w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if bias:
+            new.bias.copy_(layer.bias.detach() if rows is None else layer.bias.detach()[rows])
+    new.weight.requires_grad_(layer.weight.requires_grad)
+    return new
+
+
+def keep_ffn_channels(mlp: nn.Module, keep) -> nn.Module:
+    """Shrink a gated FFN (``gate_proj``, ``up_proj``, ``down_proj``) in place to the channels
+    ``keep`` (indices); return it. The FFN computes exactly what it did with the others zeroed."""
+    total = mlp.down_proj.in_features
+    idx = _keep_index(keep, total, "channel")
+    mlp.gate_proj = _shrunk(mlp.gate_proj, rows=idx)
+    mlp.up_proj = _shrunk(mlp.up_proj, rows=idx)
+    mlp.down_proj = _shrunk(mlp.down_proj, cols=idx)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = idx.numel()
+    return mlp
+
+
+def _group_width(attn: nn.Module) -> tuple[int, int, int]:
+    head_dim = attn.head_dim
+    heads = attn.q_proj.out_features // head_dim
+    groups = attn.k_proj.out_features // head_dim
+    return head_dim, groups, heads // groups
+
+
+def attention_group_scores(
+    o_weight: torch.Tensor, inputs: LayerInputs, attn: nn.Module
+) -> torch.Tensor:
+    """Each key/value group's mean squared share of the attention output: for the columns
+    ``g`` of ``o_proj`` that read the group's query heads, ``trace(W_g H_gg W_g^T)``
+    (``o_weight``: ``o_proj.weight``; ``inputs``: ``o_proj``'s LayerInputs; ``attn``: the
+    attention module, for its head layout)."""
+    w = _require_matrix(o_weight, "o_weight").detach().double()
+    head_dim, groups, per_group = _group_width(attn)
+    width = head_dim * per_group
+    if w.shape[1] != groups * width or inputs.hessian.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(
+            f"o_weight, inputs: expected {groups} groups of {per_group} heads x {head_dim} = "
+            f"{groups * width} input columns, got {w.shape[1]} and H {tuple(inputs.hessian.shape)}"
+        )
+    h = inputs.hessian.double()
+    scores = []
+    for g in range(groups):
+        cols = slice(g * width, (g + 1) * width)
+        wg = w[:, cols]
+        scores.append(torch.einsum("oi,ij,oj->", wg, h[cols, cols], wg))
+    return torch.stack(scores).float()
+
+
+def keep_attention_groups(attn: nn.Module, keep) -> nn.Module:
+    """Shrink a grouped-query attention module in place to the key/value groups ``keep``: their
+    key and value heads, their query heads and ``o_proj``'s columns that read them; return it."""
+    head_dim, groups, per_group = _group_width(attn)
+    idx = _keep_index(keep, groups, "group")
+    kv = (idx[:, None] * head_dim + torch.arange(head_dim)).flatten()
+    q_width = head_dim * per_group
+    q = (idx[:, None] * q_width + torch.arange(q_width)).flatten()
+    attn.q_proj = _shrunk(attn.q_proj, rows=q)
+    attn.k_proj = _shrunk(attn.k_proj, rows=kv)
+    attn.v_proj = _shrunk(attn.v_proj, rows=kv)
+    attn.o_proj = _shrunk(attn.o_proj, cols=q)
+    return attn
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(
+            f"model: expected a transformers decoder with .model.layers, got {type(model).__name__}"
+        )
+    return layers
+
+
+def block_influence(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """ShortGPT's block influence of every decoder layer: ``1 - cos(input, output)`` of its
+    hidden states, averaged over all tokens of ``batches`` (token ids). Shape (layers,)."""
+    layers = _decoder_layers(model)
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    count = [0]
+
+    def hook(i):
+        def record(module, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            cos = nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
+            sums[i] += (1 - cos).double().sum()
+            if i == 0:
+                count[0] += cos.numel()
+
+        return record
+
+    handles = [
+        layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)
+    ]
+    try:
+        with torch.no_grad():
+            for ids in batches:
+                model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    if count[0] == 0:
+        raise ValueError("batches: expected at least one batch of tokens, got none")
+    return (sums / count[0]).float()
+
+
+def drop_layers(model: nn.Module, drop) -> nn.Module:
+    """Remove the decoder layers ``drop`` (indices) from ``model`` in place, renumbering the
+    others (their KV-cache slots) and the config; return it."""
+    layers = _decoder_layers(model)
+    gone = {int(i) for i in torch.as_tensor(drop, dtype=torch.long).flatten().tolist()}
+    if any(not 0 <= i < len(layers) for i in gone) or len(gone) >= len(layers):
+        raise ValueError(
+            f"drop: expected layer indices in [0, {len(layers)}) leaving at least one layer, got {sorted(gone)}"
+        )
+    kept = [layer for i, layer in enumerate(layers) if i not in gone]
+    for new_index, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    owner = getattr(model, "model", model)
+    owner.layers = nn.ModuleList(kept)
+    config = getattr(model, "config", None)
+    if config is not None:
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in gone]
+        config.num_hidden_layers = len(kept)
+    return model
