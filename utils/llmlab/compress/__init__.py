@@ -6,7 +6,10 @@ from its definition and measured on SmolLM2 and on full-precision models the cou
 - :mod:`.gptq`      GPTQ and AWQ against round-to-nearest, from calibration inputs' X^T X
 - :mod:`.distill`   knowledge distillation: the teacher's top-k logits and the KD loss
 - :mod:`.qat`       quantization-aware training: a fixed grid and the straight-through estimator
-- :mod:`.prune`     pruning masks: magnitude (per layer, global), Wanda, N:M
+- :mod:`.prune`     pruning: magnitude (per layer, global), Wanda and N:M masks; FFN channels,
+                    attention groups and whole layers removed by importance
+- :mod:`.lowrank`   low-rank factorisation: plain and activation-aware (whitened) SVD
+- :mod:`.reference_lm` a full-precision LM the course owns (SmolLM2 offline is de-quantised Q4_1)
 - :mod:`.evaluate`  the chapter's one perplexity protocol (text, windows, paired differences)
 
 Import from the module: ``from llmlab.compress.quant import quantize``.

@@ -1,0 +1,49 @@
+"""llmlab.compress.reference_lm: the course's full-precision LM, trained once and cached."""
+
+from __future__ import annotations
+
+import torch
+
+from llmlab import results
+from llmlab.compress import evaluate as E
+from llmlab.compress import reference_lm as R
+
+
+def test_docstring_lm_trains_once_then_loads_the_same_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    first = R.docstring_lm(smoke=True)
+    assert first.info["recipe"] == R.SMOKE_RECIPE
+    assert first.info["parameters"] == sum(p.numel() for p in first.model.parameters())
+    assert results.result_path("05_compression/docstring-lm-smoke", ".safetensors").exists()
+    again = R.docstring_lm(smoke=True)
+    for (name, a), (_, b) in zip(
+        first.model.state_dict().items(), again.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert (
+        again.tokenizer("Return the value")["input_ids"]
+        == first.tokenizer("Return the value")["input_ids"]
+    )
+
+
+def test_a_run_stopped_before_the_model_was_written_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    R.docstring_lm(smoke=True)
+    results.result_path("05_compression/docstring-lm-smoke", ".safetensors").unlink()
+    rebuilt = R.docstring_lm(smoke=True)  # the tokenizer and info exist, the model does not
+    assert results.result_path("05_compression/docstring-lm-smoke", ".safetensors").exists()
+    assert rebuilt.info["recipe"]["steps"] == R.SMOKE_RECIPE["steps"]
+
+
+def test_the_chapter_protocol_scores_it_with_its_own_tokens(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    ref = R.docstring_lm(smoke=True)
+    windows = E.heldout_windows(ref.tokenizer, E.Protocol(2, 32))
+    assert windows.shape == (2, 32) and int(windows.max()) < ref.tokenizer.vocab_size
+    nll = E.window_nll(ref.model, windows)
+    assert nll.shape == (2,) and torch.isfinite(nll).all()
+    assert ref.tokenizer.decode(ref.tokenizer("def f(x):")["input_ids"]) == "def f(x):"
+    x, y = R.train_batches(ref)(0)
+    assert x.shape == (ref.info["recipe"]["batch"], ref.info["recipe"]["seq"]) and torch.equal(
+        x[:, 1:], y[:, :-1]
+    )

@@ -1,0 +1,157 @@
+"""A full-precision language model the course owns, for the quantization experiments.
+
+The offline SmolLM2 weights are de-quantised Q4_1 (every block of 32 weights already sits on a
+4-bit grid), so a 4-bit method tested on them starts from weights that 4 bits once held: its
+error is not the error it would make on a model trained in full precision. Chapter 05 runs
+every quantization experiment also on this model: chapter 03's recipe (a LLaMA-layout GPT,
+a byte-level BPE of 2,048 ids, Muon, bf16 autocast with fp32 weights) trained on the standard
+library's docstrings, widths chosen so that groups of 64 divide every matrix.
+
+:func:`docstring_lm` returns it from the course cache, training it (a few minutes at full size)
+and saving it atomically the first time. :class:`TokenizerAdapter` gives the course's
+:class:`~llmlab.tokenization.BPETokenizer` the small part of the transformers tokenizer
+interface that :mod:`llmlab.compress.evaluate` uses, so the chapter's protocol scores this model
+as it scores SmolLM2 (with this model's own tokens).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RECIPE",
+    "SMOKE_RECIPE",
+    "TokenizerAdapter",
+    "ReferenceLM",
+    "docstring_lm",
+    "train_batches",
+]
+
+EOT = "<|endoftext|>"
+RECIPE = dict(
+    corpus_bytes=None,  # every cleaned docstring of the standard library
+    vocab=2048,
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    d_ff=384,  # 3 d: divisible by 64, so groups of 64 fit down_proj's inputs
+    seq=128,
+    batch=8,
+    steps=1200,
+    lr=3e-3,
+    muon_lr=0.02,
+    weight_decay=0.1,
+    seed=0,
+)
+SMOKE_RECIPE = dict(RECIPE, corpus_bytes=250_000, vocab=512, d_model=64, n_layers=2, n_heads=2,
+                    d_ff=192, steps=5)  # fmt: skip
+
+
+class TokenizerAdapter:
+    """A :class:`~llmlab.tokenization.BPETokenizer` with the calls chapter 05's protocol makes:
+    ``tok(text, add_special_tokens=False)["input_ids"]``, ``eos_token_id``, ``decode``."""
+
+    def __init__(self, bpe):
+        self.bpe = bpe
+        self.eos_token_id = bpe.encode(EOT)[0]
+        self.vocab_size = bpe.vocab_size
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self.bpe.encode(text, allow_special=False)}
+
+    def decode(self, ids) -> str:
+        return self.bpe.decode(list(ids))
+
+
+@dataclass
+class ReferenceLM:
+    model: Any
+    tokenizer: TokenizerAdapter
+    info: dict
+
+
+def _names(smoke: bool) -> tuple[str, str, str]:
+    base = "05_compression/docstring-lm" + ("-smoke" if smoke else "")
+    return base, base + "-tokenizer", base + "-info"
+
+
+def _batches(recipe: dict, bpe, seed: int):
+    """The training split as ``batch_fn(i) -> (x, y)``, tokenized by ``bpe`` (kept in memory)."""
+    import numpy as np
+
+    from llmlab.data import pretraining_corpus
+    from llmlab.data.packing import RandomBatchSampler, TokenFile, write_token_file
+
+    corpus = pretraining_corpus(recipe["corpus_bytes"])
+    eot = bpe.encode(EOT)[0]
+    with tempfile.TemporaryDirectory(prefix="llmlab_reference_lm_") as tmp:
+        ids = bpe.encode_batch(corpus.train.documents)
+        tokens = TokenFile(write_token_file(Path(tmp) / "train.bin", ids, eot, bpe.vocab_size))
+        tokens.tokens = np.array(tokens.tokens)  # a copy in memory: the folder goes now
+    return RandomBatchSampler(tokens, recipe["batch"], recipe["seq"], seed=seed), len(tokens.tokens)
+
+
+def train_batches(ref: ReferenceLM, seed: int = 1):
+    """Batches of the reference LM's training text, ``batch_fn(i) -> (x, y)``, for further
+    training (notebook 6's quantization-aware training); ``seed`` picks another order than the
+    one the model was trained with (seed 0)."""
+    return _batches(ref.info["recipe"], ref.tokenizer.bpe, seed)[0]
+
+
+def _train(recipe: dict) -> tuple[Any, Any, dict]:
+    import torch
+
+    from llmlab.data import pretraining_corpus
+    from llmlab.env import seed_everything
+    from llmlab.models import Llama, LlamaConfig
+    from llmlab.tokenization import train_bpe
+    from llmlab.training import TrainConfig, train
+
+    t0 = time.perf_counter()
+    corpus = pretraining_corpus(recipe["corpus_bytes"])
+    bpe = train_bpe(corpus.train.text, vocab_size=recipe["vocab"], special_tokens=[EOT])
+    batches, n_tokens = _batches(recipe, bpe, recipe["seed"])
+    config = LlamaConfig(vocab_size=bpe.vocab_size, d_model=recipe["d_model"],
+                         n_layers=recipe["n_layers"], n_heads=recipe["n_heads"],
+                         d_ff=recipe["d_ff"], tie_embeddings=True)  # fmt: skip
+    seed_everything(recipe["seed"])
+    model = Llama(config)
+    train_config = TrainConfig(steps=recipe["steps"], lr=recipe["lr"], optimizer="muon",
+                               muon_lr=recipe["muon_lr"], weight_decay=recipe["weight_decay"],
+                               min_lr_ratio=0.0, precision="bf16", seed=recipe["seed"])  # fmt: skip
+    history = train(model, batches, train_config, progress=False)
+    info = {
+        "recipe": recipe,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_tokens": int(n_tokens),
+        "final_train_loss": float(sum(history.loss[-50:]) / len(history.loss[-50:])),
+        "seconds": time.perf_counter() - t0,
+        "torch": torch.__version__,
+    }
+    return model.eval(), bpe, info
+
+
+def docstring_lm(smoke: bool = False, rebuild: bool = False) -> ReferenceLM:
+    """The course's full-precision reference LM (fp32 weights), from the course cache or trained
+    now and saved (atomically: the model is written last, so a run stopped halfway is rebuilt).
+    ``smoke``: a tiny version in a few seconds, for CI."""
+    from llmlab import results
+    from llmlab.compress.distill import load_model, save_model
+    from llmlab.tokenization import BPETokenizer
+
+    model_name, tok_name, info_name = _names(bool(smoke))
+    tok_path = results.result_path(tok_name, ".json")
+    have = all(results.result_path(n, s).exists() for n, s in
+               ((model_name, ".safetensors"), (tok_name, ".json"), (info_name, ".json")))  # fmt: skip
+    if have and not rebuild:
+        return ReferenceLM(load_model(model_name), TokenizerAdapter(BPETokenizer.load(tok_path)),
+                           results.load_json(info_name))  # fmt: skip
+    model, bpe, info = _train(SMOKE_RECIPE if smoke else RECIPE)
+    bpe.save(tok_path)
+    results.save_json(info_name, info)
+    save_model(model_name, model)
+    return ReferenceLM(model, TokenizerAdapter(bpe), info)
