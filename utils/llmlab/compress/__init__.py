@@ -10,6 +10,7 @@ from its definition and measured on SmolLM2 and on full-precision models the cou
                     attention groups and whole layers removed by importance
 - :mod:`.lowrank`   low-rank factorisation: plain and activation-aware (whitened) SVD
 - :mod:`.reference_lm` a full-precision LM the course owns (SmolLM2 offline is de-quantised Q4_1)
+- :mod:`.int4`      a 4-bit weight-only linear layer (W4A16 layout), to measure 4 bits on a CPU
 - :mod:`.evaluate`  the chapter's one perplexity protocol (text, windows, paired differences)
 
 Import from the module: ``from llmlab.compress.quant import quantize``.

@@ -14,6 +14,7 @@ so chapter 05 fixes one protocol and states it beside every number:
   standard error over windows, so a change smaller than that is reported as not measurable.
 
 Full size: 16 windows of 512 tokens (8,176 predicted tokens); smoke runs use fewer.
+Speed: :func:`generation_speed`, tokens per second of greedy generation at a given batch.
 Methods that look at data first (calibration, GPTQ, AWQ, Wanda) read other text:
 :func:`calibration_windows` cuts them from the standard library's docstrings.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "calibration_windows",
     "window_nll",
     "paired_difference",
+    "generation_speed",
 ]
 
 
@@ -122,3 +124,30 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
         )
     d = (a - b).double()
     return float(d.mean()), float(d.std(unbiased=True) / math.sqrt(d.numel()))
+
+
+SPEED_PROMPT = "The history of the Python programming language begins"
+
+
+def generation_speed(
+    model: Any, tokenizer: Any, batch: int = 1, new_tokens: int = 32, repeats: int = 3
+) -> float:
+    """Tokens per second of greedy generation: ``batch`` copies of one prompt (no padding), each
+    run making exactly ``new_tokens`` tokens after one warm-up; the median of ``repeats`` runs
+    (a run slowed down by another program on the machine does not set the number)."""
+    batch = require_positive_int(batch, "batch")
+    new_tokens = require_positive_int(new_tokens, "new_tokens")
+    repeats = require_positive_int(repeats, "repeats")
+    import time
+
+    inputs = tokenizer([SPEED_PROMPT] * batch, return_tensors="pt")
+    pad = tokenizer.eos_token_id
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=pad)  # warm-up
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, pad_token_id=pad)  # fmt: skip
+            rates.append(batch * new_tokens / (time.perf_counter() - t0))
+    return sorted(rates)[len(rates) // 2]

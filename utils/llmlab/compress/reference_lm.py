@@ -122,7 +122,8 @@ def _train(recipe: dict) -> tuple[Any, Any, dict]:
     model = Llama(config)
     train_config = TrainConfig(steps=recipe["steps"], lr=recipe["lr"], optimizer="muon",
                                muon_lr=recipe["muon_lr"], weight_decay=recipe["weight_decay"],
-                               min_lr_ratio=0.0, precision="bf16", seed=recipe["seed"])  # fmt: skip
+                               min_lr_ratio=0.0,
+        label_smoothing=0.0, precision="bf16", seed=recipe["seed"])  # fmt: skip
     history = train(model, batches, train_config, progress=False)
     info = {
         "recipe": recipe,
