@@ -47,3 +47,29 @@ def test_the_chapter_protocol_scores_it_with_its_own_tokens(tmp_path, monkeypatc
     assert x.shape == (ref.info["recipe"]["batch"], ref.info["recipe"]["seq"]) and torch.equal(
         x[:, 1:], y[:, :-1]
     )
+
+
+def test_test_and_calibration_windows_come_from_their_splits(tmp_path, monkeypatch):
+    from llmlab.data import pretraining_corpus
+
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    ref = R.docstring_lm(smoke=True)
+    test = R.test_windows(ref, 2, 16)
+    calib = R.calibration_windows(ref, 2, 16)
+    corpus = pretraining_corpus(R.SMOKE_RECIPE["corpus_bytes"])
+    first_test = ref.tokenizer(corpus.test.documents[0])["input_ids"][:16]
+    first_train = ref.tokenizer(corpus.train.documents[0])["input_ids"][:16]
+    assert test[0, : len(first_test)].tolist() == first_test
+    assert calib[0, : len(first_train)].tolist() == first_train
+    import pytest
+
+    with pytest.raises(ValueError, match="n_windows"):
+        R.test_windows(ref, 0, 16)
+
+
+def test_a_model_saved_from_another_recipe_is_retrained(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    R.docstring_lm(smoke=True)
+    monkeypatch.setitem(R.SMOKE_RECIPE, "steps", 3)
+    again = R.docstring_lm(smoke=True)
+    assert again.info["recipe"]["steps"] == 3

@@ -35,6 +35,7 @@ __all__ = [
     "PROTOCOL",
     "heldout_windows",
     "calibration_windows",
+    "document_windows",
     "window_nll",
     "paired_difference",
     "generation_speed",
@@ -57,7 +58,12 @@ class Protocol:
 PROTOCOL = Protocol()
 
 
-def _windows(tokenizer: Any, documents, n: int, w: int, what: str) -> torch.Tensor:
+def document_windows(
+    tokenizer: Any, documents, n: int, w: int, what: str = "documents"
+) -> torch.Tensor:
+    """The first ``n`` windows of ``w`` tokens of ``documents`` (strings, in order, each followed by
+    the end-of-text token), (n, w) int64; ``what`` names the argument in the error raised when
+    the text is too short."""
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for text in documents:
@@ -76,7 +82,7 @@ def heldout_windows(tokenizer: Any, protocol: Protocol = PROTOCOL) -> torch.Tens
 
     n = require_positive_int(protocol.n_windows, "protocol.n_windows")
     w = require_positive_int(protocol.window, "protocol.window")
-    return _windows(tokenizer, reference_corpus().documents, n, w, "protocol")
+    return document_windows(tokenizer, reference_corpus().documents, n, w, "protocol")
 
 
 def calibration_windows(tokenizer: Any, n_windows: int = 8, window: int = 512) -> torch.Tensor:
@@ -86,7 +92,7 @@ def calibration_windows(tokenizer: Any, n_windows: int = 8, window: int = 512) -
 
     n = require_positive_int(n_windows, "n_windows")
     w = require_positive_int(window, "window")
-    return _windows(
+    return document_windows(
         tokenizer, docstring_corpus(max_bytes=100_000 + 8 * n * w).documents, n, w, "n_windows"
     )
 

@@ -340,13 +340,15 @@ def quantize_weights(
     group_size: int | None = None,
     scheme: str = "zeropoint",
     act_order: bool = False,
+    awq_grid: int = 20,
 ) -> dict[str, float]:
     """Replace, in place, the weight of every linear layer named in ``inputs`` by its
     ``method``-quantized version (kept in float: fake-quantized), and return each layer's
     output error relative to RTN's on the same grid (1.0 for RTN itself).
 
     ``inputs`` come from :func:`collect_hessians` on the *float* model; every layer is
-    quantized from those (see the module docstring).
+    quantized from those (see the module docstring). ``awq_grid``: how many values of AWQ's
+    ``alpha`` are tried.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -366,7 +368,7 @@ def quantize_weights(
                 result = gptq_quantize(w, record.hessian, bits, group_size, scheme, act_order)
                 new, ratios[name] = result.weight, result.error / max(result.rtn_error, 1e-30)
             else:
-                result = awq_quantize(w, record, bits, group_size, scheme)
+                result = awq_quantize(w, record, bits, group_size, scheme, awq_grid)
                 new = result.weight
                 ratios[name] = result.errors[result.alpha] / max(result.errors[0.0], 1e-30)
             layer.weight.copy_(new.to(layer.weight.dtype))

@@ -148,11 +148,35 @@ def docstring_lm(smoke: bool = False, rebuild: bool = False) -> ReferenceLM:
     tok_path = results.result_path(tok_name, ".json")
     have = all(results.result_path(n, s).exists() for n, s in
                ((model_name, ".safetensors"), (tok_name, ".json"), (info_name, ".json")))  # fmt: skip
-    if have and not rebuild:
+    recipe = SMOKE_RECIPE if smoke else RECIPE
+    if have and not rebuild and results.load_json(info_name).get("recipe") == recipe:
         return ReferenceLM(load_model(model_name), TokenizerAdapter(BPETokenizer.load(tok_path)),
                            results.load_json(info_name))  # fmt: skip
-    model, bpe, info = _train(SMOKE_RECIPE if smoke else RECIPE)
+    model, bpe, info = _train(recipe)  # none saved, or saved from another recipe
     bpe.save(tok_path)
     results.save_json(info_name, info)
     save_model(model_name, model)
     return ReferenceLM(model, TokenizerAdapter(bpe), info)
+
+
+def _split_windows(ref: ReferenceLM, split: str, n_windows: int, window: int) -> Any:
+    from llmlab.compress.evaluate import document_windows
+    from llmlab.data import pretraining_corpus
+    from llmlab.validate import require_positive_int
+
+    n = require_positive_int(n_windows, "n_windows")
+    w = require_positive_int(window, "window")
+    docs = getattr(pretraining_corpus(ref.info["recipe"]["corpus_bytes"]), split).documents
+    return document_windows(ref.tokenizer, docs, n, w, "n_windows")
+
+
+def test_windows(ref: ReferenceLM, n_windows: int = 64, window: int = 128) -> Any:
+    """The reference LM's held-out text: the first ``n_windows`` windows of ``window`` tokens of
+    its corpus's *test* split (documents it never saw), (n_windows, window) int64."""
+    return _split_windows(ref, "test", n_windows, window)
+
+
+def calibration_windows(ref: ReferenceLM, n_windows: int = 64, window: int = 128) -> Any:
+    """Calibration text for the reference LM: windows of its *training* split, the distribution
+    it was trained on (as GPTQ's authors calibrate on pretraining text)."""
+    return _split_windows(ref, "train", n_windows, window)
