@@ -2,4 +2,6 @@
 
 01_quantizers          -> :mod:`.quantizers`
 02_distillation_loss   -> :mod:`.distillation_loss`
+03_gptq                -> :mod:`.gptq`
+04_pruning_masks       -> :mod:`.pruning_masks`
 """
