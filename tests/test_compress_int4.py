@@ -63,3 +63,16 @@ def test_generation_speed_counts_the_new_tokens():
     assert generation_speed(model, tok, batch=2, new_tokens=3, repeats=1) > 0
     with pytest.raises(ValueError, match="batch"):
         generation_speed(model, tok, batch=0)
+
+
+def test_compare_speed_times_every_model_at_every_batch():
+    from llmlab.assets import tiny_smollm2
+    from llmlab.compress.evaluate import compare_speed
+
+    model, tok = tiny_smollm2(seed=0, device="cpu")
+    speed = compare_speed({"a": model, "b": model}, tok, (1, 2), new_tokens=2, repeats=2)
+    assert set(speed) == {"a", "b"} and all(
+        set(s) == {1, 2} and min(s.values()) > 0 for s in speed.values()
+    )
+    with pytest.raises(ValueError, match="models"):
+        compare_speed({}, tok)

@@ -14,7 +14,8 @@ so chapter 05 fixes one protocol and states it beside every number:
   standard error over windows, so a change smaller than that is reported as not measurable.
 
 Full size: 16 windows of 512 tokens (8,176 predicted tokens); smoke runs use fewer.
-Speed: :func:`generation_speed`, tokens per second of greedy generation at a given batch.
+Speed: :func:`generation_speed`, tokens per second of greedy generation at a given batch, and
+:func:`compare_speed`, several models timed in turns on a machine that other work shares.
 Methods that look at data first (calibration, GPTQ, AWQ, Wanda) read other text:
 :func:`calibration_windows` cuts them from the standard library's docstrings.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "window_nll",
     "paired_difference",
     "generation_speed",
+    "compare_speed",
 ]
 
 
@@ -157,3 +159,24 @@ def generation_speed(
                            do_sample=False, pad_token_id=pad)  # fmt: skip
             rates.append(batch * new_tokens / (time.perf_counter() - t0))
     return sorted(rates)[len(rates) // 2]
+
+
+def compare_speed(
+    models: dict[str, Any],
+    tokenizer: Any,
+    batches: tuple[int, ...] = (1, 8),
+    new_tokens: int = 32,
+    repeats: int = 3,
+) -> dict[str, dict[int, float]]:
+    """:func:`generation_speed` of several models, measured in turns (every model once, then
+    every model again, ``repeats`` times) so that a slow spell of the machine falls on all of
+    them alike; the median per model and batch: ``{name: {batch: tokens/s}}``."""
+    if not models:
+        raise ValueError("models: expected at least one model")
+    repeats = require_positive_int(repeats, "repeats")
+    runs: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            for b in batches:
+                runs[name][b].append(generation_speed(model, tokenizer, b, new_tokens, repeats=1))
+    return {n: {b: sorted(r)[len(r) // 2] for b, r in per.items()} for n, per in runs.items()}
