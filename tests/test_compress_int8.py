@@ -331,3 +331,15 @@ def test_paired_difference():
     assert mean == pytest.approx(0.5) and se == pytest.approx(0.0)
     with pytest.raises(ValueError, match="same length"):
         E.paired_difference(a, a[:3])
+
+
+def test_model_bytes_counts_the_weights_quantize_dynamic_packs():
+    import warnings
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16, bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    counted = Q.model_bytes(q)
+    assert counted["qint8"] == 64 * 32 + 32 * 16
+    assert counted.get("float32", 0) == 32 * 4  # the first layer's bias

@@ -477,7 +477,8 @@ def smooth_llama(
 
 
 def model_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes of a model's parameters and buffers by dtype, shared tensors (a tied head) once."""
+    """Bytes of a model's parameters and buffers by dtype, shared tensors (a tied head) once,
+    and the int8 weights that ``torch.ao.quantization.quantize_dynamic`` packs outside them."""
     seen: set[int] = set()
     out: dict[str, int] = {}
     for t in [*model.parameters(), *model.buffers()]:
@@ -487,4 +488,12 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
         seen.add(key)
         name = str(t.dtype).removeprefix("torch.")
         out[name] = out.get(name, 0) + t.numel() * t.element_size()
+    for m in model.modules():  # torch.ao's dynamic int8 Linear keeps its weight in packed params
+        if getattr(m, "_packed_params", None) is not None and callable(getattr(m, "weight", None)):
+            w, b = m.weight(), m.bias()
+            out["qint8"] = out.get("qint8", 0) + w.numel() * w.element_size()
+            if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                out["float64"] = out.get("float64", 0) + 8 * w.q_per_channel_scales().numel()
+            if b is not None:
+                out["float32"] = out.get("float32", 0) + b.numel() * b.element_size()
     return out
