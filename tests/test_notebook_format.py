@@ -137,7 +137,12 @@ SECOND_EDITION = {
     "chapters/04_post_training/09_constitutional_ai.ipynb",
     "chapters/04_post_training/10_domain_adaptation.ipynb",
     "chapters/05_compression/01_distillation.ipynb",
+    "chapters/05_compression/02_pruning.ipynb",
+    "chapters/05_compression/03_low_rank.ipynb",
     "chapters/05_compression/04_int8.ipynb",
+    "chapters/05_compression/05_gptq_awq.ipynb",
+    "chapters/05_compression/06_4bit_in_practice.ipynb",
+    "chapters/05_compression/07_table.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")

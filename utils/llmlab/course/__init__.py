@@ -57,7 +57,10 @@ CHAPTERS = (
     ),
     Chapter(4, "post_training", "Post-training", "fine-tuning, LoRA, SFT, RLHF, DPO, GRPO"),
     Chapter(
-        5, "compression", "Compression and quantization", "distillation, pruning, INT8, GPTQ, AWQ"
+        5,
+        "compression",
+        "Compression and quantization",
+        "distillation, pruning, low rank, INT8, GPTQ, AWQ, NF4, QAT",
     ),
     Chapter(6, "mixture_of_experts", "Mixture of Experts", "routing, balancing, grouped GEMM"),
     Chapter(7, "rag_and_agents", "RAG and agents", "embeddings, FAISS, BM25, ReAct, tools"),
