@@ -76,3 +76,22 @@ def test_compare_speed_times_every_model_at_every_batch():
     )
     with pytest.raises(ValueError, match="models"):
         compare_speed({}, tok)
+
+
+def test_peak_memory_during_sees_a_temporary_allocation():
+    import sys
+
+    from llmlab.compress.evaluate import peak_memory_during
+
+    def allocate():
+        t = torch.ones(64 * 2**20 // 4)  # 64 MB, freed on return
+        return float(t[0])
+
+    result, before, peak = peak_memory_during(allocate)
+    assert result == 1.0
+    if not sys.platform.startswith("linux"):
+        assert before is None and peak is None
+        return
+    if before is None:
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert peak - before >= 60

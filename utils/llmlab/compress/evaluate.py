@@ -41,6 +41,7 @@ __all__ = [
     "paired_difference",
     "generation_speed",
     "compare_speed",
+    "peak_memory_during",
 ]
 
 
@@ -180,3 +181,34 @@ def compare_speed(
             for b in batches:
                 runs[name][b].append(generation_speed(model, tokenizer, b, new_tokens, repeats=1))
     return {n: {b: sorted(r)[len(r) // 2] for b, r in per.items()} for n, per in runs.items()}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_during(fn: Any) -> tuple[Any, float | None, float | None]:
+    """Run ``fn()`` and return ``(its result, MB resident before, peak MB resident during)``.
+
+    Linux only (the peak is the kernel's high-water mark ``VmHWM``, reset through
+    ``/proc/self/clear_refs`` before the call); elsewhere both numbers are None. The numbers
+    are the whole process's, so measure one model per process to compare models.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark to the current resident size
+    except OSError:
+        return fn(), None, None
+    before = _status_kb("VmRSS")
+    result = fn()
+    peak = _status_kb("VmHWM")
+    if before is None or peak is None:
+        return result, None, None
+    return result, before / 1024, peak / 1024
