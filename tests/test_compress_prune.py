@@ -102,6 +102,15 @@ def _inputs(model, ids):
     return collect_hessians(model, [ids])
 
 
+def _layer_input(model, layer, ids, width):
+    """What ``layer`` receives when ``model`` reads ``ids``, as (tokens, width) float64."""
+    captured = {}
+    handle = layer.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0]))
+    _logits(model, ids)
+    handle.remove()
+    return captured["x"].reshape(-1, width).double()
+
+
 def test_keep_ffn_channels_equals_zeroing_the_others():
     import copy
 
@@ -121,12 +130,8 @@ def test_keep_ffn_channels_equals_zeroing_the_others():
 def test_ffn_channel_scores_are_each_channels_mean_squared_output():
     model, ids = _tiny()
     mlp = model.model.layers[1].mlp
-    captured = {}
-    handle = mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0]))
     inputs = _inputs(model, ids)["model.layers.1.mlp.down_proj"]
-    _logits(model, ids)
-    handle.remove()
-    x = captured["x"].reshape(-1, mlp.down_proj.in_features).double()
+    x = _layer_input(model, mlp.down_proj, ids, mlp.down_proj.in_features)
     w = mlp.down_proj.weight.detach().double()
     direct = torch.stack(
         [(x[:, j : j + 1] * w[:, j]).square().sum(1).mean() for j in range(w.shape[1])]
@@ -156,12 +161,8 @@ def test_keep_attention_groups_equals_zeroing_the_groups_query_columns():
 def test_attention_group_scores_are_each_groups_mean_squared_output():
     model, ids = _tiny()
     attn = model.model.layers[0].self_attn
-    captured = {}
-    handle = attn.o_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0]))
     inputs = _inputs(model, ids)["model.layers.0.self_attn.o_proj"]
-    _logits(model, ids)
-    handle.remove()
-    x = captured["x"].reshape(-1, 64).double()
+    x = _layer_input(model, attn.o_proj, ids, 64)
     w = attn.o_proj.weight.detach().double()
     direct = torch.stack(
         [

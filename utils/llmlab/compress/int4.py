@@ -56,9 +56,8 @@ class Int4Linear(nn.Module):
             raise ValueError(f"group_size: expected an even divisor of the {cols} inputs, got {g}")
         zeros = lut = None
         if fmt == "nf4":
-            q = quantize_nf4(
-                w, blocksize=g
-            )  # blocks of a flattened row-major weight: groups of a row
+            # blocks of the flattened row-major weight: with g dividing a row, groups of a row
+            q = quantize_nf4(w, blocksize=g)
             codes, scales, lut = (
                 q.codes.view(out, cols),
                 q.absmax.view(out, cols // g),

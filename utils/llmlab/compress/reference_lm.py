@@ -79,17 +79,16 @@ def _names(smoke: bool) -> tuple[str, str, str]:
     return base, base + "-tokenizer", base + "-info"
 
 
-def _batches(recipe: dict, bpe, seed: int):
-    """The training split as ``batch_fn(i) -> (x, y)``, tokenized by ``bpe`` (kept in memory)."""
+def _batches(documents, recipe: dict, bpe, seed: int):
+    """``documents`` (the training split) as ``batch_fn(i) -> (x, y)``, tokenized by ``bpe``
+    (kept in memory), and their number of tokens."""
     import numpy as np
 
-    from llmlab.data import pretraining_corpus
     from llmlab.data.packing import RandomBatchSampler, TokenFile, write_token_file
 
-    corpus = pretraining_corpus(recipe["corpus_bytes"])
     eot = bpe.encode(EOT)[0]
     with tempfile.TemporaryDirectory(prefix="llmlab_reference_lm_") as tmp:
-        ids = bpe.encode_batch(corpus.train.documents)
+        ids = bpe.encode_batch(documents)
         tokens = TokenFile(write_token_file(Path(tmp) / "train.bin", ids, eot, bpe.vocab_size))
         tokens.tokens = np.array(tokens.tokens)  # a copy in memory: the folder goes now
     return RandomBatchSampler(tokens, recipe["batch"], recipe["seq"], seed=seed), len(tokens.tokens)
@@ -99,7 +98,11 @@ def train_batches(ref: ReferenceLM, seed: int = 1):
     """Batches of the reference LM's training text, ``batch_fn(i) -> (x, y)``, for further
     training (notebook 6's quantization-aware training); ``seed`` picks another order than the
     one the model was trained with (seed 0)."""
-    return _batches(ref.info["recipe"], ref.tokenizer.bpe, seed)[0]
+    from llmlab.data import pretraining_corpus
+
+    recipe = ref.info["recipe"]
+    documents = pretraining_corpus(recipe["corpus_bytes"]).train.documents
+    return _batches(documents, recipe, ref.tokenizer.bpe, seed)[0]
 
 
 def _train(recipe: dict) -> tuple[Any, Any, dict]:
@@ -114,16 +117,23 @@ def _train(recipe: dict) -> tuple[Any, Any, dict]:
     t0 = time.perf_counter()
     corpus = pretraining_corpus(recipe["corpus_bytes"])
     bpe = train_bpe(corpus.train.text, vocab_size=recipe["vocab"], special_tokens=[EOT])
-    batches, n_tokens = _batches(recipe, bpe, recipe["seed"])
+    batches, n_tokens = _batches(corpus.train.documents, recipe, bpe, recipe["seed"])
     config = LlamaConfig(vocab_size=bpe.vocab_size, d_model=recipe["d_model"],
                          n_layers=recipe["n_layers"], n_heads=recipe["n_heads"],
                          d_ff=recipe["d_ff"], tie_embeddings=True)  # fmt: skip
     seed_everything(recipe["seed"])
     model = Llama(config)
-    train_config = TrainConfig(steps=recipe["steps"], lr=recipe["lr"], optimizer="muon",
-                               muon_lr=recipe["muon_lr"], weight_decay=recipe["weight_decay"],
-                               min_lr_ratio=0.0,
-        label_smoothing=0.0, precision="bf16", seed=recipe["seed"])  # fmt: skip
+    train_config = TrainConfig(
+        steps=recipe["steps"],
+        lr=recipe["lr"],
+        optimizer="muon",
+        muon_lr=recipe["muon_lr"],
+        weight_decay=recipe["weight_decay"],
+        min_lr_ratio=0.0,
+        label_smoothing=0.0,
+        precision="bf16",
+        seed=recipe["seed"],
+    )
     history = train(model, batches, train_config, progress=False)
     info = {
         "recipe": recipe,
@@ -149,9 +159,10 @@ def docstring_lm(smoke: bool = False, rebuild: bool = False) -> ReferenceLM:
     have = all(results.result_path(n, s).exists() for n, s in
                ((model_name, ".safetensors"), (tok_name, ".json"), (info_name, ".json")))  # fmt: skip
     recipe = SMOKE_RECIPE if smoke else RECIPE
-    if have and not rebuild and results.load_json(info_name).get("recipe") == recipe:
+    info = results.load_json(info_name) if have and not rebuild else None
+    if info is not None and info.get("recipe") == recipe:
         return ReferenceLM(load_model(model_name), TokenizerAdapter(BPETokenizer.load(tok_path)),
-                           results.load_json(info_name))  # fmt: skip
+                           info)  # fmt: skip
     model, bpe, info = _train(recipe)  # none saved, or saved from another recipe
     bpe.save(tok_path)
     results.save_json(info_name, info)
