@@ -137,6 +137,7 @@ SECOND_EDITION = {
     "chapters/04_post_training/09_constitutional_ai.ipynb",
     "chapters/04_post_training/10_domain_adaptation.ipynb",
     "chapters/05_compression/01_distillation.ipynb",
+    "chapters/05_compression/01b_sequence_distillation.ipynb",
     "chapters/05_compression/02_pruning.ipynb",
     "chapters/05_compression/03_low_rank.ipynb",
     "chapters/05_compression/04_int8.ipynb",
@@ -168,9 +169,11 @@ def test_second_edition_chapter(path):
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=_id)
 def test_one_title_scheme(path):
-    # "# 01.2 · Title" (chapter.notebook); chapter 00 has one notebook: "# 00 · Start here"
-    chapter, number = path.parent.name[:2], path.name[:2]
-    prefix = "# 00 · " if chapter == "00" else f"# {chapter}.{int(number)} · "
+    # "# 01.2 · Title" (chapter.notebook); chapter 00 has one notebook: "# 00 · Start here";
+    # a notebook that continues another keeps its number and adds a letter: 01b -> "# 05.1b · "
+    chapter, number = path.parent.name[:2], path.name.split("_")[0]
+    suffix = number[2:] if number[2:].isalpha() else ""
+    prefix = "# 00 · " if chapter == "00" else f"# {chapter}.{int(number[:2])}{suffix} · "
     title = nbformat.read(path, as_version=4).cells[0].source
     assert title.startswith(prefix), f"the title must start with {prefix!r}"
 

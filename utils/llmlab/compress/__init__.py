@@ -12,6 +12,7 @@ from its definition and measured on SmolLM2 and on full-precision models the cou
 - :mod:`.reference_lm` a full-precision LM the course owns (SmolLM2 offline is de-quantised Q4_1)
 - :mod:`.int4`      a 4-bit weight-only linear layer (W4A16 layout), to measure 4 bits on a CPU
 - :mod:`.evaluate`  the chapter's one perplexity protocol (text, windows, paired differences)
+- :mod:`.memory`    peak memory of each compressed SmolLM2, one variant per fresh process
 
 Import from the module: ``from llmlab.compress.quant import quantize``.
 """
