@@ -144,6 +144,7 @@ SECOND_EDITION = {
     "chapters/05_compression/05_gptq_awq.ipynb",
     "chapters/05_compression/06_4bit_in_practice.ipynb",
     "chapters/05_compression/07_table.ipynb",
+    "chapters/06_mixture_of_experts/01_the_layer.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")
@@ -180,7 +181,7 @@ def test_one_title_scheme(path):
 
 #: Chapters whose notebooks are still being written: their labs exist before the notebooks that
 #: teach them, so the link check waits until the chapter is complete.
-IN_PROGRESS: set[str] = set()
+IN_PROGRESS: set[str] = {"06_mixture_of_experts"}
 
 
 @pytest.mark.parametrize("chapter", sorted({p.parent for p in CHAPTERS}), ids=lambda p: p.name)

@@ -122,8 +122,12 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.
         )
     if hasattr(torch, "_grouped_mm") and x.shape[0] > 0:
         offs = counts.cumsum(0).to(torch.int32)
+        kind = x.device.type
+        # autocast does not know _grouped_mm: cast as it casts F.linear, both to its dtype
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
         try:
-            return _contiguous_grad(torch._grouped_mm(x, w.transpose(1, 2), offs=offs))
+            out = torch._grouped_mm(x.to(dtype), w.to(dtype).transpose(1, 2), offs=offs)
+            return _contiguous_grad(out)
         except (RuntimeError, NotImplementedError):
             pass  # this build, device or dtype has no grouped matmul: the loop below
     pieces = [F.linear(seg, w[e]) for e, seg in enumerate(x.split(counts.tolist()))]
