@@ -255,3 +255,26 @@ def test_moe_llama_trains_with_its_auxiliary_losses():
     assert balance.item() >= 1.0 - 1e-5 and z.item() > 0
     with pytest.raises(ValueError, match="balance"):
         moe_loss_fn(balance=-1)
+
+
+def test_muon_updates_each_expert_as_its_own_matrix_and_leaves_the_router_to_adamw():
+    from llmlab.training.optim import Muon, muon_param_groups, orthogonalize
+
+    model = moe_llama(_config(), MoESpec(n_experts=4, k=2, d_ff=16), seed=0)
+    groups = muon_param_groups(model, lr=1e-3, muon_lr=0.02)
+    muon_ids = {id(p) for p in groups[0]["params"]}
+    moe = model.layers[0].mlp
+    assert id(moe.experts.w_gate) in muon_ids and id(moe.router.weight) not in muon_ids
+    w = moe.experts.w_down
+    before = w.detach().clone()
+    w.grad = torch.randn_like(w)
+    opt = Muon(
+        [{"params": [w], "muon": True, "lr": 0.02, "weight_decay": 0.0}],
+        momentum=0.0,
+        nesterov=False,
+    )
+    opt.step()
+    scale = 0.02 * math.sqrt(max(1.0, w.shape[1] / w.shape[2]))
+    for e in range(w.shape[0]):
+        expected = before[e] - scale * orthogonalize(w.grad[e], 5)
+        torch.testing.assert_close(w.detach()[e], expected)

@@ -26,9 +26,11 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       kernels/        ch01-03  Triton kernels beside their PyTorch references
       posttrain/      ch04  finetune, lora (QLoRA, DoRA), sft, evaluate, logprobs, reward,
                             dpo, grpo, ppo, constitution, domain (continued pretraining)
-      compress/       ch05  quant (absmax, zero-point, NF4); distill, prune, lowrank to come
-      (homes to come, created with their chapter: moe/ ch06, retrieval/ ch07 (RAG and
-       agents), distributed/ ch08)
+      compress/       ch05  quant, int8, int4, gptq, distill, qat, prune, lowrank,
+                            reference_lm, evaluate, memory
+      moe/            ch06  router, losses, layer (experts, dense/loop/grouped), model
+      (homes to come, created with their chapter: retrieval/ ch07 (RAG and agents),
+       distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)
       course/         chapters, labs generator, grading, notebooks, doctor, CLI
@@ -68,6 +70,7 @@ _SUBMODULES = {
     "kernels",
     "posttrain",
     "compress",
+    "moe",
     # the labs' checks, and the machinery (never imported by the teaching code)
     "checks",
     "course",

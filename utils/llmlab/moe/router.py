@@ -103,6 +103,8 @@ class TopKRouter(nn.Module):
         self.n_experts, self.k, self.order, self.renormalize = n_experts, k, order, renormalize
         self.weight = nn.Parameter(torch.empty(n_experts, d_model))
         self.noise = nn.Linear(d_model, n_experts, bias=False) if noisy else None
+        for p in self.parameters():
+            p.muon = False  # a scoring head, not a hidden matrix: AdamW (muon_param_groups)
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:

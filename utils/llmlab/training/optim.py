@@ -278,7 +278,9 @@ class Muon(_GroupwiseOptimizer):
     that all its singular values are about 1: every direction the gradient points in moves
     by the same amount, the rare directions as far as the dominant ones. It applies to
     2-D weights inside the network; embeddings, the output layer, gains and biases are not
-    matrices of that kind and stay with AdamW. A parameter group with ``"muon": False`` is
+    matrices of that kind and stay with AdamW. A 3-D parameter is a stack of such matrices
+    (an MoE layer's experts, ``(n_experts, rows, cols)``): each matrix of the stack gets its
+    own Muon update, as if it were a parameter of its own. A parameter group with ``"muon": False`` is
     updated by AdamW with the group's ``lr``, ``betas``, ``eps`` and ``weight_decay``;
     :func:`muon_param_groups` makes both groups for a model. One optimizer for both keeps
     one learning-rate schedule and one checkpoint.
@@ -320,9 +322,10 @@ class Muon(_GroupwiseOptimizer):
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
-                if group["muon"] and p.dim() != 2:
+                if group["muon"] and p.dim() not in (2, 3):
                     raise ValueError(
-                        f"params: Muon updates 2-D weight matrices, got a parameter of shape "
+                        f"params: Muon updates 2-D weight matrices (or 3-D stacks of them), got a "
+                        f"parameter of shape "
                         f"{tuple(p.shape)}; put it in a group with 'muon': False (AdamW), "
                         "e.g. with muon_param_groups(model, ...)"
                     )
@@ -346,9 +349,12 @@ class Muon(_GroupwiseOptimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mu)
             update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-            update = orthogonalize(update, group["ns_steps"], dtype=group["ns_dtype"])
+            matrices = update[None] if update.dim() == 2 else update  # a stack: each on its own
+            update = torch.stack(
+                [orthogonalize(m, group["ns_steps"], dtype=group["ns_dtype"]) for m in matrices]
+            ).view_as(p)
             p.mul_(1 - lr * wd)
-            p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
+            p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[-2] / p.shape[-1])))
 
 
 def muon_param_groups(
@@ -356,10 +362,12 @@ def muon_param_groups(
 ) -> list[dict]:
     """Muon's and AdamW's parameter groups for ``model`` (Keller Jordan's split).
 
-    Muon: the 2-D weights of the hidden layers. AdamW: the embeddings (every
-    ``nn.Embedding``), the output layer (an ``nn.Linear`` with as many outputs as an
-    embedding has rows: it maps into the vocabulary; a tied head is the embedding itself),
-    with weight decay, and every 1-D parameter (gains, biases) without.
+    Muon: the 2-D weights of the hidden layers, and 3-D stacks of them (MoE experts). AdamW:
+    the embeddings (every ``nn.Embedding``), the output layer (an ``nn.Linear`` with as many
+    outputs as an embedding has rows: it maps into the vocabulary; a tied head is the
+    embedding itself), any matrix marked ``p.muon = False`` (an MoE router, which scores
+    tokens against experts as a head scores them against words), with weight decay, and
+    every 1-D parameter (gains, biases) without.
     """
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     vocab_sizes = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -374,7 +382,9 @@ def muon_param_groups(
             continue
         if p.dim() < 2:
             vectors.append(p)
-        elif id(p) in embedded or id(p) in heads or p.dim() != 2:
+        elif (
+            id(p) in embedded or id(p) in heads or p.dim() > 3 or getattr(p, "muon", True) is False
+        ):
             outer.append(p)
         else:
             hidden.append(p)
