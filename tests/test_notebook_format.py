@@ -145,6 +145,8 @@ SECOND_EDITION = {
     "chapters/05_compression/06_4bit_in_practice.ipynb",
     "chapters/05_compression/07_table.ipynb",
     "chapters/06_mixture_of_experts/01_the_layer.ipynb",
+    "chapters/06_mixture_of_experts/02_dense_vs_moe.ipynb",
+    "chapters/06_mixture_of_experts/03_at_scale.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")

@@ -28,7 +28,7 @@ Where things live (one home per concept; ch = the chapter that teaches it):
                             dpo, grpo, ppo, constitution, domain (continued pretraining)
       compress/       ch05  quant, int8, int4, gptq, distill, qat, prune, lowrank,
                             reference_lm, evaluate, memory
-      moe/            ch06  router, losses, layer (experts, dense/loop/grouped), model
+      moe/            ch06  router, losses, layer (experts, dense/loop/grouped), model, scale
       (homes to come, created with their chapter: retrieval/ ch07 (RAG and agents),
        distributed/ ch08)
     the labs' checks and the machinery

@@ -12,6 +12,9 @@ so the parameters grow with E while the work per token grows with k.
 - :mod:`.model`   a LLaMA whose FFNs are MoE layers, its training loss with the auxiliary
                   losses, parameter counts (total and active), and the copy of an MoE layer
                   into transformers' ``MixtralSparseMoeBlock``
+- :mod:`.scale`   published MoE models (GLaM, Switch, Mixtral, DeepSeek-V3) counted from their
+                  configurations (equal to transformers' to the parameter), FLOPs per token,
+                  and expert parallelism's all-to-all, computed and run on CPU processes (gloo)
 
 Import from the module: ``from llmlab.moe.router import TopKRouter``.
 """
