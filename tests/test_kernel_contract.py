@@ -86,6 +86,12 @@ def _w4a16_inputs():
     return _randn(2, 3, 48, seed=1), packed, scales, 16, zeros, None, _randn(13, seed=5)
 
 
+def _moe_grouped_gemm_inputs():
+    # 37 rows in 4 uneven segments, one empty; d_in 24 and d_out 20: partial tiles everywhere.
+    counts = torch.tensor([10, 0, 20, 7])
+    return _randn(37, 24, seed=1), _randn(4, 20, 24, seed=2, scale=0.2), counts
+
+
 def _targets(n: int, classes: int, seed: int) -> torch.Tensor:
     t = torch.randint(0, classes, (n,), generator=gen(seed))
     t[1] = -100  # an ignored row
@@ -150,6 +156,7 @@ CONTRACTS = [
         forward_only=True,
     ),
     Contract("w4a16", "w4a16_matmul", _w4a16_inputs, rtol=1e-4),
+    Contract("moe_grouped_gemm", "grouped_matmul", _moe_grouped_gemm_inputs),
 ]
 
 

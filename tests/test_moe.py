@@ -278,3 +278,19 @@ def test_muon_updates_each_expert_as_its_own_matrix_and_leaves_the_router_to_ada
     for e in range(w.shape[0]):
         expected = before[e] - scale * orthogonalize(w.grad[e], 5)
         torch.testing.assert_close(w.detach()[e], expected)
+
+
+def test_upcycled_layer_computes_the_dense_ffn_exactly():
+    from llmlab.moe.model import upcycle
+    from llmlab.nn.ffn import FeedForward
+
+    torch.manual_seed(0)
+    ffn = FeedForward(32, 48, activation="swiglu", bias=False)
+    x = torch.randn(3, 11, 32)
+    moe = upcycle(ffn, n_experts=4, k=2)
+    assert torch.equal(moe(x), ffn(x))
+    noisy = upcycle(ffn, n_experts=4, k=2, router_std=0.1)
+    torch.testing.assert_close(noisy(x), ffn(x))  # the copies are equal: any weights summing to 1
+    assert len(set(noisy.stats.router.experts.flatten().tolist())) > 2
+    with pytest.raises(ValueError, match="mlp"):
+        upcycle(FeedForward(32, 48, activation="gelu"), 4, 2)

@@ -147,6 +147,7 @@ SECOND_EDITION = {
     "chapters/06_mixture_of_experts/01_the_layer.ipynb",
     "chapters/06_mixture_of_experts/02_dense_vs_moe.ipynb",
     "chapters/06_mixture_of_experts/03_at_scale.ipynb",
+    "chapters/06_mixture_of_experts/04_making_it_fast.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")

@@ -9,6 +9,7 @@ many a token uses (the active ones: k of the E experts, the shared experts, ever
 
 :func:`to_mixtral_block` copies an MoE layer's weights into transformers'
 ``MixtralSparseMoeBlock``, whose output the tests and notebook 1 compare with ours.
+:func:`upcycle` turns a trained dense FFN into an MoE of copies (sparse upcycling).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "moe_loss_fn",
     "parameter_counts",
     "to_mixtral_block",
+    "upcycle",
 ]
 
 
@@ -149,3 +151,30 @@ def to_mixtral_block(moe: MoE, implementation: str = "eager"):
         block.experts.gate_up_proj.copy_(torch.cat([ex.w_gate, ex.w_up], dim=1))
         block.experts.down_proj.copy_(ex.w_down)
     return block.eval()
+
+
+def upcycle(mlp: nn.Module, n_experts: int, k: int, router_std: float = 0.0) -> MoE:
+    """Sparse upcycling (Komatsuzaki et al. 2022): an MoE layer whose ``n_experts`` experts are
+    all copies of a trained SwiGLU FFN ``mlp`` (``gate_proj``, ``up_proj``, ``down_proj``, no
+    biases: chapter 01's FeedForward or transformers' LlamaMLP), top-``k``, renormalised.
+
+    With ``router_std=0`` the router's weights are zero: every expert is equally likely, the
+    top-k ties resolve to the same k experts for every token, each weighted 1/k, and the layer
+    computes exactly what ``mlp`` computes. A small ``router_std`` breaks the tie so that
+    training can make the copies diverge."""
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        layer = getattr(mlp, name, None)
+        if not isinstance(layer, nn.Linear) or layer.bias is not None:
+            raise ValueError(
+                f"mlp: expected a SwiGLU FFN with bias-free nn.Linear {name}, got {layer!r}"
+            )
+    if not router_std >= 0:
+        raise ValueError(f"router_std: expected a number >= 0, got {router_std!r}")
+    d_ff, d_model = mlp.gate_proj.weight.shape
+    moe = MoE(d_model, d_ff, n_experts, k).to(mlp.gate_proj.weight.dtype)
+    with torch.no_grad():
+        moe.experts.w_gate.copy_(mlp.gate_proj.weight.expand(n_experts, -1, -1))
+        moe.experts.w_up.copy_(mlp.up_proj.weight.expand(n_experts, -1, -1))
+        moe.experts.w_down.copy_(mlp.down_proj.weight.expand(n_experts, -1, -1))
+        moe.router.weight.normal_(std=router_std) if router_std else moe.router.weight.zero_()
+    return moe
