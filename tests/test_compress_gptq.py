@@ -117,13 +117,31 @@ def test_gptq_errors():
 def test_awq_never_loses_to_rtn_and_finds_the_strong_feature():
     w, x, h = _layer()
     inputs = G.LayerInputs(h, x.abs().mean(0).double(), x.shape[0])
-    r = G.awq_quantize(w, inputs, bits=3, group_size=16)
+    r = G.awq_quantize(w, inputs, bits=3, group_size=16, clip=False)
     assert r.errors[0.0] == pytest.approx(G.output_error(w, G.rtn_quantize(w, 3, 16), h))
     assert r.errors[r.alpha] <= r.errors[0.0] and r.alpha > 0
     assert r.scales.argmax() == 3  # the strong feature gets the largest scale
     assert G.output_error(w, r.weight, h) == pytest.approx(r.errors[r.alpha], rel=1e-5)
+    assert r.error == pytest.approx(r.errors[r.alpha], rel=1e-6) and r.clip_ratios is None
     with pytest.raises(ValueError, match="inputs: expected the LayerInputs"):
         G.awq_quantize(w, G.LayerInputs(h, x.abs().mean(0)[:5], 1))
+
+
+def test_awq_clipping_search_lowers_the_error_and_keeps_ratio_1_as_an_option():
+    w, x, h = _layer()
+    inputs = G.LayerInputs(h, x.abs().mean(0).double(), x.shape[0])
+    plain = G.awq_quantize(w, inputs, bits=3, group_size=16, clip=False)
+    clipped = G.awq_quantize(w, inputs, bits=3, group_size=16)
+    assert clipped.alpha == plain.alpha
+    assert clipped.error < plain.error  # 3 bits: a shorter range pays off somewhere
+    assert clipped.error == pytest.approx(G.output_error(w, clipped.weight, h), rel=1e-5)
+    assert clipped.clip_ratios.shape == (w.shape[0], w.shape[1] // 16)
+    assert clipped.clip_ratios.min() >= 0.5 and clipped.clip_ratios.max() <= 1.0
+    assert (clipped.clip_ratios < 1).any()
+    one = G.awq_quantize(w, inputs, bits=3, group_size=16, clip_grid=1)  # ratio 1 only: no clip
+    torch.testing.assert_close(one.weight, plain.weight)
+    with pytest.raises(ValueError, match="min_clip"):
+        G.awq_quantize(w, inputs, bits=3, group_size=16, min_clip=0.0)
 
 
 def test_collect_hessians_on_a_tiny_llama():

@@ -27,7 +27,11 @@ each input column j of W by ``s_j = mean|x_j|^alpha`` before quantizing and divi
 ``W_hat = Q(W diag(s)) diag(s)^-1``, so the important columns get a finer share of their
 group's grid; ``alpha`` is searched on a grid to minimise the output error. (In deployment
 the division is folded into the layer before, as SmoothQuant does; here ``W_hat`` is kept in
-float, the same arithmetic.)
+float, the same arithmetic.) AWQ's second step, the clipping search, then shrinks each
+group's range, row by row: ``max|w|`` of the group times a ratio from 1 down to 0.5, the ratio
+with the least output error over that group's inputs (the block ``H_gg``, as the paper's code
+measures it on the group's inputs alone). A smaller range clips a few large weights and
+rounds all the others on a finer grid.
 
 Inputs come from :func:`collect_hessians`, which records ``H`` and ``mean|x|`` for every
 linear layer from a forward pass over calibration text. Layers are quantized from the float
@@ -286,13 +290,49 @@ def gptq_quantize(
 
 @dataclass
 class AWQResult:
-    """``weight``: ``Q(W diag(s)) diag(s)^-1`` in float; ``alpha`` the chosen exponent, ``scales``
-    s (in,); ``errors``: output error for each alpha tried (alpha 0 is RTN)."""
+    """``weight``: ``Q(clip(W diag(s))) diag(s)^-1`` in float; ``alpha`` the chosen exponent,
+    ``scales`` s (in,); ``errors``: output error for each alpha tried, without clipping (alpha 0
+    is RTN); ``error``: the output error of ``weight`` (after the clipping search, when it ran);
+    ``clip_ratios``: (out, groups) the ratio of each row's group range kept (None: no search)."""
 
     weight: torch.Tensor
     alpha: float
     scales: torch.Tensor
     errors: dict[float, float]
+    error: float = 0.0
+    clip_ratios: torch.Tensor | None = None
+
+
+def _clip_search(
+    ws: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None, scheme: str,
+    steps: int, min_ratio: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The quantized ``ws`` with each row's range in each group shrunk by the ratio (from 1 down
+    to ``min_ratio`` in ``steps`` steps) of least error ``d H_gg d^T`` on that group; returns
+    the quantized weight and the ratios (out, groups). All groups at once: one quantization of
+    the whole matrix per ratio."""
+    out_f, in_f = ws.shape
+    width = in_f if group_size is None else group_size
+    groups = in_f // width
+    blocks = torch.stack([hessian[g * width : (g + 1) * width, g * width : (g + 1) * width]
+                          for g in range(groups)]).double()  # fmt: skip
+    w3 = ws.view(out_f, groups, width)
+    limit = w3.abs().amax(dim=2, keepdim=True)
+    best_err = best_q = best_r = None
+    for i in range(steps):
+        r = 1.0 - (1.0 - min_ratio) * i / max(steps - 1, 1)
+        clipped = torch.maximum(torch.minimum(w3, r * limit), -r * limit).view(out_f, in_f)
+        q = rtn_quantize(clipped, bits, group_size, scheme).view(out_f, groups, width)
+        d = (w3 - q).double()
+        err = torch.einsum("ogi,gij,ogj->og", d, blocks, d)
+        if best_err is None:
+            best_err, best_q, best_r = err, q, torch.full_like(err, r)
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_q = torch.where(better[..., None], q, best_q)
+            best_r = torch.where(better, torch.full_like(err, r), best_r)
+    return best_q.reshape(out_f, in_f), best_r.float()
 
 
 def awq_quantize(
@@ -302,10 +342,15 @@ def awq_quantize(
     group_size: int | None = None,
     scheme: str = "zeropoint",
     grid: int = 20,
+    clip: bool = True,
+    clip_grid: int = 20,
+    min_clip: float = 0.5,
 ) -> AWQResult:
     """AWQ's activation-aware scaling: try ``alpha`` in ``0, 1/grid, ..., (grid-1)/grid``, keep
     the one with the least :func:`output_error` (alpha = 0 is plain RTN, so AWQ never loses to
-    it on the calibration data)."""
+    it on the calibration data). ``clip``: then AWQ's clipping search (module docstring), each
+    row's range in each group scaled by one of ``clip_grid`` ratios from 1 down to
+    ``min_clip`` (ratio 1 is no clipping)."""
     _require_weight(weight)
     bits, group_size = _require_options(weight, bits, scheme, group_size)
     grid = require_positive_int(grid, "grid")
@@ -326,7 +371,17 @@ def awq_quantize(
         if best is None or errors[alpha] < errors[best[0]]:
             best = (alpha, s, w_hat)
     alpha, s, w_hat = best
-    return AWQResult(weight=w_hat.to(weight.dtype), alpha=alpha, scales=s, errors=errors)
+    ratios = None
+    if clip:
+        if not 0.0 < min_clip <= 1.0:
+            raise ValueError(f"min_clip: expected a ratio in (0, 1], got {min_clip!r}")
+        clip_grid = require_positive_int(clip_grid, "clip_grid")
+        h_scaled = inputs.hessian.float() / (s[:, None] * s[None, :])  # the inputs of W s: x / s
+        q, ratios = _clip_search(W * s, h_scaled, bits, group_size, scheme, clip_grid, min_clip)
+        w_hat = q / s
+    error = output_error(W, w_hat, inputs.hessian)
+    return AWQResult(weight=w_hat.to(weight.dtype), alpha=alpha, scales=s, errors=errors,
+                     error=error, clip_ratios=ratios)  # fmt: skip
 
 
 METHODS = ("rtn", "gptq", "awq")
@@ -370,6 +425,6 @@ def quantize_weights(
             else:
                 result = awq_quantize(w, record, bits, group_size, scheme, awq_grid)
                 new = result.weight
-                ratios[name] = result.errors[result.alpha] / max(result.errors[0.0], 1e-30)
+                ratios[name] = result.error / max(result.errors[0.0], 1e-30)
             layer.weight.copy_(new.to(layer.weight.dtype))
     return ratios
