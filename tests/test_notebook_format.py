@@ -146,6 +146,7 @@ SECOND_EDITION = {
     "chapters/05_compression/07_table.ipynb",
     "chapters/06_mixture_of_experts/01_the_layer.ipynb",
     "chapters/06_mixture_of_experts/02_dense_vs_moe.ipynb",
+    "chapters/06_mixture_of_experts/02b_dense_vs_moe_longer.ipynb",
     "chapters/06_mixture_of_experts/03_at_scale.ipynb",
     "chapters/06_mixture_of_experts/04_making_it_fast.ipynb",
 }
