@@ -43,27 +43,18 @@ VARIANTS = {
 }
 
 
-def _linears(model):
-    import torch
-
-    return {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and "lm_head" not in n
-    }
-
-
 def _nf4(model):
     import bitsandbytes as bnb
     import torch
 
-    for name, layer in _linears(model).items():
+    from llmlab.compress.int8 import _linears, _set_module
+
+    for name, layer in _linears(model, ("lm_head",)):
         new = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=layer.bias is not None,
                                 compute_dtype=torch.float32, quant_type="nf4")  # fmt: skip
         new.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, quant_type="nf4",
                                        blocksize=64).to("cpu")  # fmt: skip
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+        _set_module(model, name, new)
     return model
 
 
