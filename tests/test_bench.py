@@ -157,3 +157,112 @@ def test_run_filters_providers_and_panels():
         sleepy, _machine(), "cpu", scale="quick", panel="no such panel", log=lambda s: None
     )
     assert record["results"] == []
+
+
+def _three_providers() -> bench.Benchmark:
+    """triton returns the reference's output off by 1%, compile the same as the reference."""
+
+    def setup(case, device):
+        ref = torch.arange(1.0, 5.0) * case.params["n"]
+        return {
+            "triton": lambda: lambda: (ref * 1.01, ref),
+            "compile": lambda: lambda: (ref.clone(), ref),
+            "eager": lambda: lambda: (ref, ref),
+        }
+
+    return bench.Benchmark(
+        name="three",
+        title="Three",
+        x_label="size (items)",
+        metric="GB/s",
+        cases=lambda scale: [bench.Case(p, x, {"n": x}) for p in ("a", "b") for x in (1, 2, 4)],
+        setup=setup,
+        work=lambda case: 1e3 * case.params["n"],
+    )
+
+
+def test_run_filters_sizes_runs_compile_at_some_and_compares_outputs():
+    record = bench.run(
+        _three_providers(),
+        _machine(),
+        "cpu",
+        scale="quick",
+        panel="b",
+        xs=[2, 4],
+        compile_xs=[4],
+        log=lambda s: None,
+    )
+    seen = {(e["panel"], e["x"], e["provider"]) for e in record["results"]}
+    assert seen == {
+        ("b", 2, "triton"),
+        ("b", 2, "eager"),
+        ("b", 4, "triton"),
+        ("b", 4, "compile"),
+        ("b", 4, "eager"),
+    }
+    rows = {(e["x"], e["provider"]): e for e in record["results"]}
+    # max |out - ref| / max |ref| over both outputs: 1% of the largest value, on triton only.
+    assert rows[(4, "triton")]["max_rel_diff"] == pytest.approx(0.01)
+    assert rows[(4, "triton")]["compared_with"] == "eager"
+    assert rows[(4, "compile")]["max_rel_diff"] == 0.0
+    assert "max_rel_diff" not in rows[(4, "eager")]
+    assert "rel diff" in bench.format_table(record) and "1.0e-02" in bench.format_table(record)
+    assert "stopped_at_deadline" not in record
+
+
+def test_run_starts_no_case_after_the_deadline():
+    lines = []
+    record = bench.run(
+        _three_providers(),
+        _machine(),
+        "cpu",
+        scale="quick",
+        deadline=time.monotonic() - 1,
+        log=lines.append,
+    )
+    assert record["results"] == [] and record["stopped_at_deadline"] is True
+    assert "deadline reached" in lines[0]
+
+
+def test_max_rel_diff_needs_paired_outputs():
+    a = [torch.ones(3)]
+    assert bench._max_rel_diff(a, [torch.ones(4)]) is None
+    assert bench._max_rel_diff(a, a + a) is None
+    assert bench._max_rel_diff([torch.zeros(2)], [torch.zeros(2)]) == 0.0
+
+
+def test_command_line_size_filters(tmp_path, capsys):
+    assert bench.main(["--cpu", "--out", str(tmp_path), "softmax", "--x", "100"]) == 0
+    (folder,) = tmp_path.iterdir()
+    record = json.loads((folder / "softmax.json").read_text())
+    assert {e["x"] for e in record["results"]} == {100}
+    with pytest.raises(SystemExit, match="--x: expected comma-separated integers"):
+        bench.main(["--cpu", "--out", str(tmp_path), "--x", "4k"])
+
+
+def test_device_check_merges_the_compile_pass(root, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "device_check", root / "benchmarks" / "device_check.py"
+    )
+    device_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_check)
+    first = {"results": [{"panel": "p", "x": 1, "provider": "triton", "ms": 2.0}]}
+    extra = {
+        "results": [
+            {"panel": "p", "x": 1, "provider": "triton", "ms": 9.0},
+            {"panel": "p", "x": 1, "provider": "compile", "ms": 3.0},
+        ],
+        "stopped_at_deadline": True,
+    }
+    merged = device_check.merge(first, extra)
+    assert [e["provider"] for e in merged["results"]] == ["triton", "compile"]
+    assert merged["results"][1]["triton_speedup"] == 1.5  # against the first pass's triton
+    assert merged["stopped_at_deadline"] is True
+    # Every benchmark of the plan exists; the CPU plumbing run writes a record for each.
+    names = {name for name, *_ in device_check.PLAN}
+    assert names <= set(bench.registry())
+    assert device_check.main(["--cpu", "--out", str(tmp_path), "--only", "softmax,rope"]) == 0
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert {p.name for p in folder.glob("*.json")} == {"softmax.json", "rope.json"}

@@ -313,3 +313,20 @@ def test_shape_helpers():
     assert _common.as_rows(rows).data_ptr() == rows.data_ptr()
     assert _common.interpreter_meta(True, BLOCK=16) == {"BLOCK": 16}
     assert _common.interpreter_meta(False, BLOCK=16) == {}
+
+
+def test_autotune_first_keeps_one_configuration(monkeypatch):
+    from llmlab.kernels import launch
+
+    monkeypatch.setenv("LLMLAB_AUTOTUNE", "first")
+    assert launch.autotune_mode() == "first"
+    keep_even = launch._first_of(
+        lambda configs, named_args, **kw: [c for c in configs if c % 2 == 0]
+    )
+    assert keep_even([1, 2, 3, 4], {}) == [2]
+    assert launch._first_of(None)([5, 6], {}) == [5]
+    monkeypatch.setenv("LLMLAB_AUTOTUNE", "fastest")
+    with pytest.raises(ValueError, match="LLMLAB_AUTOTUNE: expected one of"):
+        launch.autotune_mode()
+    monkeypatch.delenv("LLMLAB_AUTOTUNE")
+    assert launch.autotune_mode() == "full"

@@ -262,11 +262,22 @@ def run(
     providers: list[str] | None = None,
     panel: str | None = None,
     log=print,
+    xs: list[int] | None = None,
+    compile_xs: list[int] | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Run the cases and providers of ``benchmark``; return the JSON-ready record.
 
     ``providers`` keeps only those providers; ``panel`` only the cases whose panel name
-    contains it (e.g. ``"d=128"``). The "cpu" scale runs the ``eager`` reference only.
+    contains it (e.g. ``"d=128"``); ``xs`` only the cases at those x values; ``compile_xs``
+    runs the ``compile`` provider (tens of seconds per case on a GPU) only at those x values.
+    ``deadline`` (a ``time.monotonic()`` value) starts no case after it: the record keeps
+    the cases done and ``"stopped_at_deadline": True``. The "cpu" scale runs the ``eager``
+    reference only.
+
+    Each provider's output at the warm-up call is compared with the reference's (``eager``,
+    else a vendor op): ``max_rel_diff`` is ``max |out - ref| / max |ref|`` over the outputs
+    (the gradients, for a backward), so a kernel that is fast because it is wrong shows it.
     """
     import torch
 
@@ -274,22 +285,32 @@ def run(
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
     quick = scale != "full"
     results = []
+    stopped = False
     for case in benchmark.cases(scale):
         if panel and panel not in case.panel:
             continue
+        if xs is not None and case.x not in xs:
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            stopped = True
+            log(f"  {benchmark.name}: deadline reached, {case.panel} {case.x} and later not run")
+            break
         builders = benchmark.setup(case, torch.device(device))
         keep = ["eager"] if scale == "cpu" else providers  # the smoke run: reference only
         if keep is not None:
             builders = {k: v for k, v in builders.items() if k in keep}
+        if compile_xs is not None and case.x not in compile_xs:
+            builders.pop("compile", None)
         if "compile" in builders:
             torch._dynamo.reset()  # a fresh compile per case: no recompile limits, no reuse
         work = benchmark.work(case)
         row = []
+        outputs = {}
         for provider in sorted(builders, key=_provider_order):
             entry = {"panel": case.panel, "x": case.x, "params": case.params, "provider": provider}
             try:
                 fn = builders[provider]()
-                fn()  # warm up: compile, autotune, allocate
+                outputs[provider] = _tensors(fn())  # warm up: compile, autotune, allocate
                 ms = time_ms(fn, device, quick)
                 peak_mb, extra_mb = peak_memory_mb(fn, device)
             except (
@@ -311,12 +332,18 @@ def run(
             )
             row.append(entry)
         ours = next((e for e in row if e["provider"] == "triton" and "ms" in e), None)
+        reference = next((p for p in REFERENCES if outputs.get(p)), None)
         for entry in row:
             # How many times faster ours is than this provider (> 1: ours wins).
             entry["triton_speedup"] = entry["ms"] / ours["ms"] if ours and "ms" in entry else None
+            mine = outputs.get(entry["provider"])
+            if reference and mine and entry["provider"] != reference:
+                entry["max_rel_diff"] = _max_rel_diff(mine, outputs[reference])
+                entry["compared_with"] = reference
+        outputs.clear()
         results.extend(row)
         log(_progress_line(benchmark, case, row))
-    return {
+    record = {
         "benchmark": benchmark.name,
         "title": benchmark.title,
         "description": benchmark.description,
@@ -331,6 +358,34 @@ def run(
         else "perf_counter, median",
         "results": results,
     }
+    if stopped:
+        record["stopped_at_deadline"] = True
+    return record
+
+
+#: Whose output the others are compared with, first found first.
+REFERENCES = ("eager", "torch", "sdpa")
+
+
+def _tensors(out) -> list:
+    """The tensors of what a timed function returned (an output, or a tuple of gradients)."""
+    import torch
+
+    items = out if isinstance(out, (tuple, list)) else (out,)
+    return [t.detach() for t in items if isinstance(t, torch.Tensor)]
+
+
+def _max_rel_diff(mine: list, theirs: list) -> float | None:
+    """``max |a - b| / max |b|`` over paired tensors, in float32; None if they do not pair."""
+    if len(mine) != len(theirs) or any(
+        a.shape != b.shape for a, b in zip(mine, theirs, strict=True)
+    ):
+        return None
+    worst = 0.0
+    for a, b in zip(mine, theirs, strict=True):
+        scale = b.float().abs().max().item() or 1.0
+        worst = max(worst, (a.float() - b.float()).abs().max().item() / scale)
+    return worst
 
 
 def _provider_order(provider: str) -> tuple[int, str]:
@@ -384,7 +439,7 @@ def format_table(record: dict) -> str:
         rows = [e for e in results if e["panel"] == panel]
         header = [record["x_label"].split(" (")[0]] + providers
         if "triton" in providers:
-            header += ["% peak"] + [f"x {p}" for p in others]
+            header += ["% peak"] + [f"x {p}" for p in others] + ["rel diff"]
         table = [header]
         for x in dict.fromkeys(e["x"] for e in rows):
             by = {e["provider"]: e for e in rows if e["x"] == x}
@@ -392,6 +447,7 @@ def format_table(record: dict) -> str:
             if "triton" in providers:
                 cells.append(_cell(by.get("triton"), "share_of_peak", "{:.0%}"))
                 cells += [_cell(by.get(p), "triton_speedup", "{:.2f}") for p in others]
+                cells.append(_cell(by.get("triton"), "max_rel_diff", "{:.1e}"))
             table.append(cells)
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         lines.append(f"\n[{panel}]")
@@ -401,6 +457,10 @@ def format_table(record: dict) -> str:
                 lines.append("  ".join("-" * w for w in widths))
     if "triton" in providers and others:
         lines.append("\n'x P': how many times faster triton is than provider P (> 1: ours wins).")
+        lines.append(
+            "'rel diff': max |triton - reference| / max |reference| over the outputs (the "
+            "reference: eager, else a vendor op)."
+        )
     return "\n".join(lines)
 
 
@@ -593,6 +653,15 @@ def default_out_root() -> Path:
     return (root if root is not None else Path.cwd()) / "benchmarks" / "results"
 
 
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m llmlab.bench",
@@ -614,6 +683,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--panel", default=None, help="only cases whose panel contains this text, e.g. 'd=128'"
+    )
+    parser.add_argument(
+        "--x", default=None, help="only cases at these comma-separated x values, e.g. 4096,16384"
+    )
+    parser.add_argument(
+        "--compile-x",
+        default=None,
+        help="run torch.compile only at these comma-separated x values (it costs tens of "
+        "seconds per case)",
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
@@ -657,7 +735,16 @@ def main(argv: list[str] | None = None) -> int:
     for benchmark in selected:
         print(f"\n== {benchmark.name}: {benchmark.title}")
         providers = args.providers.split(",") if args.providers else None
-        record = run(benchmark, machine, device, scale, providers=providers, panel=args.panel)
+        record = run(
+            benchmark,
+            machine,
+            device,
+            scale,
+            providers=providers,
+            panel=args.panel,
+            xs=_ints(args.x, "--x"),
+            compile_xs=_ints(args.compile_x, "--compile-x"),
+        )
         if not record["results"]:
             print(f"no case of {benchmark.name} matches --panel {args.panel!r}")
             continue

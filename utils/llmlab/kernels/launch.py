@@ -100,6 +100,32 @@ def _undo_interpreter_patches():
                 setattr(obj, name, value)
 
 
+#: ``LLMLAB_AUTOTUNE=first`` launches each autotuned kernel with the first configuration
+#: its pruning keeps, instead of timing all of them (the default, ``full``). Correctness
+#: tests on a GPU use it: tuning every new shape compiles 10-50 variants of a kernel.
+AUTOTUNE_MODES = ("full", "first")
+
+
+def autotune_mode() -> str:
+    """``LLMLAB_AUTOTUNE`` (read when a kernel is first built): ``"full"`` or ``"first"``."""
+    import os
+
+    mode = os.environ.get("LLMLAB_AUTOTUNE", "full")
+    if mode not in AUTOTUNE_MODES:
+        raise ValueError(f"LLMLAB_AUTOTUNE: expected one of {AUTOTUNE_MODES}, got {mode!r}")
+    return mode
+
+
+def _first_of(prune):
+    """An early-prune function keeping only the first configuration ``prune`` keeps."""
+
+    def first(configs, named_args, **kwargs):
+        kept = prune(configs, named_args, **kwargs) if prune else configs
+        return list(kept)[:1]
+
+    return first
+
+
 class TritonKernel:
     """A Triton kernel that is compiled or interpreted when it is *launched*, not imported.
 
@@ -147,6 +173,8 @@ class TritonKernel:
             kernel = triton.heuristics(self.heuristics)(kernel)
         if self.autotune is not None and not interpret:
             configs, key, prune = self.autotune
+            if autotune_mode() == "first":
+                prune = _first_of(prune)
             options = {"prune_configs_by": {"early_config_prune": prune} if prune else None}
             if "cache_results" in inspect.signature(triton.autotune).parameters:
                 options["cache_results"] = True  # keep the tuned choice on disk across runs
