@@ -16,6 +16,7 @@ then this.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -37,7 +38,34 @@ PLAN = [
     ("int8_matmul", None, [1, 4096], (None, [4096])),
     ("w4a16", None, [1, 16], (None, [16])),
     ("flash_attention", "d=64", [4096], None),
+    # The same row-wise kernels on 8x (softmax) and 4x (RMSNorm) as many rows: at the
+    # specs' sizes (64-256 MB moved) a launch's fixed costs weigh on every provider.
+    ("softmax_32k_rows", None, [4096, 16384], (None, [4096])),
+    ("rmsnorm_64k_rows", None, [4096], (None, [4096])),
 ]
+
+#: name: (benchmark it is derived from, rows per case)
+MANY_ROWS = {"softmax_32k_rows": ("softmax", 32768), "rmsnorm_64k_rows": ("rmsnorm", 65536)}
+
+
+def many_rows(base: bench.Benchmark, name: str, rows: int) -> bench.Benchmark:
+    """``base`` with every case's ``rows`` set to ``rows`` (the CPU scale keeps its own)."""
+
+    def cases(scale: str) -> list:
+        if scale == "cpu":
+            return base.cases(scale)
+        return [
+            bench.Case(f"{c.panel}, {rows} rows", c.x, {**c.params, "rows": rows})
+            for c in base.cases(scale)
+        ]
+
+    return dataclasses.replace(
+        base,
+        name=name,
+        title=f"{base.title}, {rows} rows",
+        cases=cases,
+        description=f"{base.description} (here: {rows} rows per case)",
+    )
 
 
 def merge(record: dict, extra: dict) -> dict:
@@ -86,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     registry = bench.registry()
+    for name, (base, rows) in MANY_ROWS.items():
+        registry[name] = many_rows(registry[base], name, rows)
     only = set(args.only.split(",")) if args.only else None
     done: dict[str, dict] = {}
     summary = []

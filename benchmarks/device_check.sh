@@ -2,6 +2,7 @@
 # One GPU session's checks, in one command: every kernel's GPU tests, then the benchmarks.
 #
 #   OUT=/tmp/out TESTS_S=130 BENCH_S=380 bash benchmarks/device_check.sh
+#   FULL_TESTS="tests/test_kernel_softmax.py" ONLY=softmax,rmsnorm bash benchmarks/device_check.sh
 #
 # Runs from the repository root on a machine with its own CUDA torch and Triton (a lent GPU
 # has no network: llmlab is used from the source tree, nothing is installed). Writes under
@@ -38,9 +39,20 @@ LLMLAB_AUTOTUNE=first timeout -k 5 "$TESTS_S" $PY -m pytest -m gpu tests/test_ke
 echo "pytest exit: $?"
 tail -n 40 "$OUT/tests.log"
 
+# Kernels whose correctness depends on the configuration tuning picks (rows per program) or
+# on tuning itself (in-place writes restored between trials): again, every config timed.
+if [ -n "${FULL_TESTS:-}" ]; then
+  echo "== pytest -m gpu, full autotuning: $FULL_TESTS (limit ${FULL_TESTS_S:-60} s)"
+  LLMLAB_AUTOTUNE=full timeout -k 5 "${FULL_TESTS_S:-60}" $PY -m pytest -m gpu $FULL_TESTS \
+    -n 8 -p no:cacheprovider --timeout 60 -q -rfE --junitxml "$OUT/gpu_tests_full.xml" \
+    > "$OUT/tests_full.log" 2>&1
+  echo "pytest exit: $?"
+  tail -n 25 "$OUT/tests_full.log"
+fi
+
 echo "== benchmarks (budget ${BENCH_S} s)"
-timeout -k 5 $((BENCH_S + 60)) $PY benchmarks/device_check.py --out /tmp/device_results \
-  --budget-s "$BENCH_S" > "$OUT/bench.log" 2>&1
+TRITON_PRINT_AUTOTUNING=1 timeout -k 5 $((BENCH_S + 60)) $PY benchmarks/device_check.py \
+  --out /tmp/device_results --budget-s "$BENCH_S" ${ONLY:+--only "$ONLY"} > "$OUT/bench.log" 2>&1
 echo "bench exit: $?"
 tar czf "$OUT/results.tgz" -C /tmp/device_results .
 grep -E "^\[|^ *[0-9]+ |^==|wrote|budget|err|Error" "$OUT/bench.log" | tail -n 120

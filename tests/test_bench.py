@@ -261,8 +261,9 @@ def test_device_check_merges_the_compile_pass(root, tmp_path):
     assert merged["results"][1]["triton_speedup"] == 1.5  # against the first pass's triton
     assert merged["stopped_at_deadline"] is True
     # Every benchmark of the plan exists; the CPU plumbing run writes a record for each.
-    names = {name for name, *_ in device_check.PLAN}
+    names = {name for name, *_ in device_check.PLAN} - set(device_check.MANY_ROWS)
     assert names <= set(bench.registry())
+    assert {base for base, _ in device_check.MANY_ROWS.values()} <= set(bench.registry())
     assert device_check.main(["--cpu", "--out", str(tmp_path), "--only", "softmax,rope"]) == 0
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert {p.name for p in folder.glob("*.json")} == {"softmax.json", "rope.json"}

@@ -337,7 +337,7 @@ def run(
             # How many times faster ours is than this provider (> 1: ours wins).
             entry["triton_speedup"] = entry["ms"] / ours["ms"] if ours and "ms" in entry else None
             mine = outputs.get(entry["provider"])
-            if reference and mine and entry["provider"] != reference:
+            if reference and mine and entry["provider"] not in (reference, *BASELINES):
                 entry["max_rel_diff"] = _max_rel_diff(mine, outputs[reference])
                 entry["compared_with"] = reference
         outputs.clear()
@@ -365,6 +365,9 @@ def run(
 
 #: Whose output the others are compared with, first found first.
 REFERENCES = ("eager", "torch", "sdpa")
+#: Providers that time another computation as a speed baseline (``bf16``: a plain bf16
+#: matmul beside a quantized one): their outputs are not compared.
+BASELINES = ("bf16",)
 
 
 def _tensors(out) -> list:

@@ -247,8 +247,13 @@ def _configs(triton):
     ]
 
 
+# The kernel writes the gradient over the logits (DX is X) and the loss into LOSS: both are
+# restored after each tuning trial, or the call that tunes a new vocabulary size would read
+# gradients left by the trials as its logits (seen on an H200: losses near ln V).
 _kernel = TritonKernel(
-    _cross_entropy_kernel, autotune=(_configs, ["n_cols", "WRITE_GRAD", "SMOOTHING"], None)
+    _cross_entropy_kernel,
+    autotune=(_configs, ["n_cols", "WRITE_GRAD", "SMOOTHING"], None),
+    restore=("X", "LOSS"),
 )
 
 

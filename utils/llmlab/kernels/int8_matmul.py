@@ -154,7 +154,10 @@ def reference_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     ``q * scale[..., None]`` approximates ``x`` to half a step.
     """
     x32 = x.float()
-    scale = x32.abs().amax(dim=-1, keepdim=True) / 127
+    top = x32.abs().amax(dim=-1, keepdim=True)
+    # A tensor divisor: torch on CUDA turns division by a Python number into multiplication by
+    # its reciprocal (a last-bit difference); IEEE division is the same on every device.
+    scale = top / torch.full_like(top, 127.0)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(x32 / scale).clamp(-127, 127)
     return q.to(torch.int8), scale.squeeze(-1)
@@ -247,6 +250,10 @@ def _quantize_rowwise_kernel(X, Q, SCALE, stride_x, stride_q, n_cols, CHUNK: tl.
 # int8 tensor-core instruction.
 def _configs(triton):
     shapes = [
+        # Decode (M of a few rows): narrow column tiles, so that 4096 output columns make
+        # 128-256 programs for an H100's 132 multiprocessors instead of 32-64.
+        (16, 16, 256, 4, 4),
+        (16, 32, 256, 4, 4),
         (16, 64, 128, 4, 4),
         (16, 128, 128, 4, 4),
         (32, 64, 128, 4, 4),

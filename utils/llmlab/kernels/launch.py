@@ -140,13 +140,17 @@ class TritonKernel:
       key, prune_fn_or_None)`` is given, tunes it over ``configs_factory(triton)``.
 
     ``heuristics`` (``{name: fn(args) -> value}``, as for ``triton.heuristics``) derive
-    meta-parameters in both modes, after the block sizes are known. Kernels launched this way
+    meta-parameters in both modes, after the block sizes are known. ``restore`` names the
+    arguments a kernel overwrites in place: tuning runs the kernel once per candidate, so
+    their values are saved before each trial and put back after it (Triton's
+    ``restore_value``); without it the first call of a new shape computes on its own output. Kernels launched this way
     call only Triton built-ins and ``tl.*`` functions, never ``@jit`` helpers of their own.
     """
 
-    def __init__(self, fn, autotune=None, heuristics=None, interpret_meta=None):
+    def __init__(self, fn, autotune=None, heuristics=None, interpret_meta=None, restore=()):
         self.fn = fn
         self.autotune = autotune
+        self.restore = tuple(restore)
         self.heuristics = heuristics
         self.interpret_meta = interpret_meta if interpret_meta is not None else {}
         self._compiled = None
@@ -176,6 +180,8 @@ class TritonKernel:
             if autotune_mode() == "first":
                 prune = _first_of(prune)
             options = {"prune_configs_by": {"early_config_prune": prune} if prune else None}
+            if self.restore:  # arguments the kernel writes in place: put back after each trial
+                options["restore_value"] = list(self.restore)
             if "cache_results" in inspect.signature(triton.autotune).parameters:
                 options["cache_results"] = True  # keep the tuned choice on disk across runs
             kernel = triton.autotune(configs(triton), key=key, **options)(kernel)

@@ -297,6 +297,9 @@ def _w4a16_bwd_kernel(
 # neither, for group sizes 32 to 128 (tests/test_kernel_w4a16.py compiles a sample).
 _SHAPES_16 = {
     "forward": (
+        # Decode: narrow column tiles give 4096 output columns 128-256 programs, not 32-64.
+        (16, 16, 256, 4, 4),
+        (16, 32, 256, 4, 4),
         (16, 64, 128, 4, 4),
         (16, 128, 128, 4, 4),
         (32, 64, 128, 4, 4),

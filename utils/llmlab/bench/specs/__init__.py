@@ -34,7 +34,8 @@ def forward_or_backward(
 ) -> dict:
     """:func:`lazily` builders that time one call of each provider's op on ``inputs``
     (``direction="forward"``), or the backward of one call with respect to the first
-    ``n_grad`` inputs (default: all of them) against random output gradients."""
+    ``n_grad`` inputs (default: all of them) against random output gradients, the same for
+    every provider (drawn from a fixed seed), so that their gradients can be compared."""
     import torch
 
     n_grad = len(inputs) if n_grad is None else n_grad
@@ -46,7 +47,10 @@ def forward_or_backward(
         leaves = tuple(t.detach().requires_grad_() for t in inputs[:n_grad])
         outs = op(*leaves, *inputs[n_grad:])
         outs = outs if isinstance(outs, tuple) else (outs,)
-        grads = tuple(torch.randn_like(o) for o in outs)
+        g = torch.Generator(device=outs[0].device).manual_seed(0)
+        grads = tuple(
+            torch.randn(o.shape, generator=g, device=o.device, dtype=o.dtype) for o in outs
+        )
         return lambda: torch.autograd.grad(outs, leaves, grads, retain_graph=True)
 
     return lazily(ops, forward if direction == "forward" else backward)
