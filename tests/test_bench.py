@@ -267,3 +267,21 @@ def test_device_check_merges_the_compile_pass(root, tmp_path):
     assert device_check.main(["--cpu", "--out", str(tmp_path), "--only", "softmax,rope"]) == 0
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert {p.name for p in folder.glob("*.json")} == {"softmax.json", "rope.json"}
+
+
+def test_committed_reads_records_by_device_and_name(tmp_path):
+    assert bench.committed(["softmax"], root=tmp_path / "missing") == []
+    for device, names in (("b-gpu", ("softmax", "rope")), ("a-gpu", ("softmax",))):
+        (tmp_path / device).mkdir()
+        for name in names:
+            (tmp_path / device / f"{name}.json").write_text(
+                json.dumps({"benchmark": name, "d": device})
+            )
+    found = bench.committed(["rope", "softmax"], root=tmp_path)
+    assert [(r["d"], r["benchmark"]) for r in found] == [
+        ("a-gpu", "softmax"),
+        ("b-gpu", "rope"),
+        ("b-gpu", "softmax"),
+    ]
+    # The checkout's own results: the H200 run is committed.
+    assert any(r["device"]["name"] == "NVIDIA H200" for r in bench.committed(["flash_attention"]))

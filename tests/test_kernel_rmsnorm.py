@@ -215,9 +215,7 @@ def test_kernels_compile_for_hopper():
     triton = pytest.importorskip("triton")
     t32 = torch.empty(1)
     try:
-        bench.compile_offline(
-            R._fwd, (t32,) * 4 + (64, 64, 64, 64, 1e-6), num_warps=1, BLOCK=64, ROWS=1, STAGES=1
-        )
+        bench.compile_offline(R._fwd, (t32,) * 4 + (64, 64, 64, 1e-6), num_warps=1, BLOCK=64)
     except (ImportError, FileNotFoundError, RuntimeError) as err:  # no NVIDIA toolchain here
         pytest.skip(f"cannot compile for sm_90 here: {err}")
     configs = R._warps_configs(triton)
@@ -225,15 +223,9 @@ def test_kernels_compile_for_hopper():
         block = next_power_of_2(d)
         for dtype in (torch.bfloat16, torch.float32):
             t = torch.empty(1, dtype=dtype)
-            for config in R._pruned_warps(32)(R._row_configs(triton), {}, BLOCK=block):
-                if config.kwargs["ROWS"] == 4:  # 1 and 16 stand for the unpipelined / pipelined
-                    continue
+            for config in R._pruned_warps(32)(configs, {}, BLOCK=block):
                 report = bench.compile_offline(
-                    R._fwd,
-                    (t, t, t, t32, d, d, 16384, d, 1e-6),
-                    num_warps=config.num_warps,
-                    BLOCK=block,
-                    **config.kwargs,
+                    R._fwd, (t, t, t, t32, d, d, d, 1e-6), num_warps=config.num_warps, BLOCK=block
                 )
                 assert report["stack_bytes"] in (0, None), ("fwd", d, dtype, config, report)
             for config in R._pruned_warps(16)(configs, {}, BLOCK=block):

@@ -160,24 +160,19 @@ def test_kernels_compile_for_hopper():
     from llmlab.bench import compile_offline
 
     try:
-        compile_offline(
-            S._fwd, (torch.empty(1), torch.empty(1), 16, 16, 16, 16), BLOCK=16, ROWS=1, STAGES=1
-        )
+        compile_offline(S._fwd, (torch.empty(1), torch.empty(1), 16, 16, 16), BLOCK=16)
     except (ImportError, FileNotFoundError, RuntimeError) as err:  # no NVIDIA toolchain here
         pytest.skip(f"cannot compile for sm_90 here: {err}")
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         t = torch.empty(1, dtype=dtype)
         n = 4096
-        reports = []
-        for rows, stages in ((1, 1), (16, 2)):  # one row per program, and pipelined rows
-            meta = {"BLOCK": n, "ROWS": rows, "STAGES": stages}
-            reports.append(compile_offline(S._fwd, (t, t, n, n, n, n), num_warps=16, **meta))
-            reports.append(compile_offline(S._bwd, (t, t, t, n, n, n, n, n), num_warps=16, **meta))
-        reports.append(compile_offline(S._fwd_looped, (t, t, n, n, 40000), num_warps=8, CHUNK=4096))
-        reports.append(
-            compile_offline(S._bwd_looped, (t, t, t, n, n, n, 40000), num_warps=8, CHUNK=4096)
+        fwd = compile_offline(S._fwd, (t, t, n, n, n), num_warps=16, BLOCK=n)
+        bwd = compile_offline(S._bwd, (t, t, t, n, n, n, n), num_warps=16, BLOCK=n)
+        fwd_loop = compile_offline(S._fwd_looped, (t, t, n, n, 40000), num_warps=8, CHUNK=4096)
+        bwd_loop = compile_offline(
+            S._bwd_looped, (t, t, t, n, n, n, 40000), num_warps=8, CHUNK=4096
         )
-        for report in reports:
+        for report in (fwd, bwd, fwd_loop, bwd_loop):
             assert report["stack_bytes"] in (0, None), report  # no register spills
 
 

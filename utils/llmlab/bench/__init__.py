@@ -648,6 +648,22 @@ def compile_offline(
 # --------------------------------------------------------------------------------------------
 
 
+def committed(names: list[str] | tuple[str, ...], root: Path | None = None) -> list[dict]:
+    """The committed records of benchmarks ``names`` (``benchmarks/results/<device>/<name>.json``
+    of the course checkout, or of ``root``), device by device, in ``names`` order; ``[]`` when
+    none was committed (or outside a checkout). Chapters show them with :func:`format_table`."""
+    folder = Path(root) if root is not None else default_out_root()
+    if not folder.is_dir():
+        return []
+    records = []
+    for device in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for name in names:
+            path = device / f"{name}.json"
+            if path.is_file():
+                records.append(json.loads(path.read_text()))
+    return records
+
+
 def default_out_root() -> Path:
     """``benchmarks/results`` of the course checkout (or of the current folder)."""
     from llmlab import course

@@ -81,35 +81,3 @@ def dispatch(*named: tuple[torch.Tensor, str]) -> str:
             if t.dtype != INTERPRETER_DTYPE:
                 raise TypeError(f"{name}: the Triton interpreter runs float32 only, got {t.dtype}")
     return backend
-
-
-# --------------------------------------------------------------------------------------------
-# Row-wise kernels: rows per program
-# --------------------------------------------------------------------------------------------
-#: Rows per program in the interpreter: more than one, so the tests walk the row loop.
-INTERPRETER_ROWS = {"ROWS": 2, "STAGES": 1}
-
-
-def row_configs(triton, warps: tuple[int, ...], rows: tuple[int, ...] = (4, 16)) -> list:
-    """Autotuning candidates of a row-wise kernel that loops over rows (``ROWS``, ``STAGES``).
-
-    First one row per program for each warp count (the simple launch, and what
-    ``LLMLAB_AUTOTUNE=first`` keeps), then about ``rows`` rows per program with a two-stage
-    pipeline, which loads the next row while the current one is reduced: short rows are bound
-    by each load's latency rather than by bandwidth (measured on an H200: softmax at 4096
-    columns reached 13% of the copy bandwidth at one row per program).
-    """
-    one = [triton.Config({"ROWS": 1, "STAGES": 1}, num_warps=w) for w in warps]
-    many = [triton.Config({"ROWS": r, "STAGES": 2}, num_warps=w) for r in rows for w in warps]
-    return one + many
-
-
-def pipelined(config) -> int:
-    """2 for a row-looping configuration whose loop is pipelined (two rows live in registers
-    at once: prune it at half the values per thread), else 1."""
-    return 2 if config.kwargs.get("STAGES", 1) > 1 else 1
-
-
-def row_grid(n_rows: int):
-    """The launch grid of a row-looping kernel: about ``ROWS`` rows per program."""
-    return lambda meta: (cdiv(n_rows, meta["ROWS"]),)

@@ -58,15 +58,11 @@ import torch
 
 from llmlab import kernels
 from llmlab.kernels._common import (
-    INTERPRETER_ROWS,
     as_rows,
     dispatch,
     next_power_of_2,
-    pipelined,
     require_dtype,
     require_tensor,
-    row_configs,
-    row_grid,
     tl,
 )
 from llmlab.kernels.launch import TritonKernel
@@ -122,36 +118,18 @@ def reference_backward(
 # interpreter when they are launched.
 
 
-def _rmsnorm_fwd_kernel(
-    X,
-    W,
-    Y,
-    RSTD,
-    stride_x,
-    stride_y,
-    n_rows,
-    n_cols,
-    eps,
-    BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
-    STAGES: tl.constexpr,
-):
-    # The whole row in registers: x is read once and y written once. Each program takes about
-    # ROWS rows, strided by the number of programs; with several, tl.range's STAGES loads the
-    # next row while this one is reduced (short rows are bound by load latency otherwise).
+def _rmsnorm_fwd_kernel(X, W, Y, RSTD, stride_x, stride_y, n_cols, eps, BLOCK: tl.constexpr):
+    # One program per row, the whole row in registers: x is read once and y written once.
+    row = tl.program_id(0).to(tl.int64)  # int64: row * stride can pass 2**31 on big inputs
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    first = tl.program_id(0).to(tl.int64)  # int64: row * stride can pass 2**31 on big inputs
-    for row in tl.range(first, n_rows, tl.num_programs(0), num_stages=STAGES):
-        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
-        # LLaMA's rounding: n goes back to x's dtype before the weight multiplies it.
-        n = (x * rstd).to(X.dtype.element_ty).to(tl.float32)
-        # w is read per row (from L1/L2): held across rows it would be one more row of
-        # registers, and the widest rows would spill.
-        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + row * stride_y + cols, (n * w).to(Y.dtype.element_ty), mask=mask)
-        tl.store(RSTD + row, rstd)
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    # LLaMA's rounding: n goes back to x's dtype before the weight multiplies it.
+    n = (x * rstd).to(X.dtype.element_ty).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride_y + cols, (n * w).to(Y.dtype.element_ty), mask=mask)
+    tl.store(RSTD + row, rstd)
 
 
 def _rmsnorm_bwd_kernel(
@@ -199,16 +177,10 @@ def _warps_configs(triton):
     return [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16, 32)]
 
 
-def _row_configs(triton):
-    return row_configs(triton, (1, 2, 4, 8, 16, 32))
-
-
 def _pruned_warps(max_per_thread: int):
     def prune(configs, named_args, **kwargs):
         block = kwargs.get("BLOCK", named_args.get("BLOCK"))
-        kept = [
-            c for c in configs if 4 <= block // (32 * c.num_warps) <= max_per_thread // pipelined(c)
-        ]
+        kept = [c for c in configs if 4 <= block // (32 * c.num_warps) <= max_per_thread]
         if kept:
             return kept
         fewest = min(configs, key=lambda c: c.num_warps)
@@ -219,9 +191,7 @@ def _pruned_warps(max_per_thread: int):
 
 
 _fwd = TritonKernel(
-    _rmsnorm_fwd_kernel,
-    autotune=(_row_configs, ["BLOCK", "n_cols", "n_rows"], _pruned_warps(32)),
-    interpret_meta=INTERPRETER_ROWS,
+    _rmsnorm_fwd_kernel, autotune=(_warps_configs, ["BLOCK", "n_cols"], _pruned_warps(32))
 )
 _bwd = TritonKernel(
     _rmsnorm_bwd_kernel, autotune=(_warps_configs, ["BLOCK", "n_cols"], _pruned_warps(16))
@@ -243,14 +213,13 @@ def _forward(
     y2 = torch.empty(x2.shape, dtype=torch.result_type(x, weight), device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     _fwd.launch(
-        row_grid(n_rows),
+        (n_rows,),
         x2,
         weight,
         y2,
         rstd,
         x2.stride(0),
         y2.stride(0),
-        n_rows,
         n_cols,
         eps,
         interpret=interpret,

@@ -32,16 +32,12 @@ import torch
 
 from llmlab import kernels
 from llmlab.kernels._common import (
-    INTERPRETER_ROWS,
     as_rows,
     dispatch,
     interpreter_meta,
     next_power_of_2,
-    pipelined,
     require_dtype,
     require_tensor,
-    row_configs,
-    row_grid,
     tl,
 )
 from llmlab.kernels.launch import TritonKernel
@@ -89,31 +85,17 @@ def reference_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
 # to the interpreter when they are launched (see its docstring for why not at import).
 
 
-def _softmax_fwd_kernel(
-    X,
-    Y,
-    stride_x,
-    stride_y,
-    n_rows,
-    n_cols,
-    BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
-    STAGES: tl.constexpr,
-):
-    # Each program takes about ROWS rows, strided by the number of programs (ROWS = 1: one
-    # row each). With several, tl.range's STAGES lets the compiler load the next row while
-    # this one is reduced: short rows are otherwise bound by each load's latency.
-    # BLOCK is n_cols rounded up to a power of two (tl.arange needs one); the extra lanes
-    # load -inf so they add exp(-inf) = 0 to the sum and are never stored.
+def _softmax_fwd_kernel(X, Y, stride_x, stride_y, n_cols, BLOCK: tl.constexpr):
+    # One program per row. BLOCK is n_cols rounded up to a power of two (tl.arange needs one);
+    # the extra lanes load -inf so they add exp(-inf) = 0 to the sum and are never stored.
+    row = tl.program_id(0).to(tl.int64)  # int64: row * stride can pass 2**31 on big inputs
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    first = tl.program_id(0).to(tl.int64)  # int64: row * stride can pass 2**31 on big inputs
-    for row in tl.range(first, n_rows, tl.num_programs(0), num_stages=STAGES):
-        x = tl.load(X + row * stride_x + cols, mask=mask, other=-float("inf")).to(tl.float32)
-        # The whole row now sits in registers: max, exp, sum and scale cost no memory traffic.
-        e = tl.exp(x - tl.max(x, axis=0))
-        y = e * (1.0 / tl.sum(e, axis=0))  # one division per row, then multiplies
-        tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=-float("inf")).to(tl.float32)
+    # The whole row now sits in registers: max, exp, sum and scale cost no memory traffic.
+    e = tl.exp(x - tl.max(x, axis=0))
+    y = e * (1.0 / tl.sum(e, axis=0))  # one division per row, then multiplies
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def _softmax_fwd_looped_kernel(X, Y, stride_x, stride_y, n_cols, CHUNK: tl.constexpr):
@@ -146,29 +128,16 @@ def _softmax_fwd_looped_kernel(X, Y, stride_x, stride_y, n_cols, CHUNK: tl.const
         tl.store(y_row + start + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
-def _softmax_bwd_kernel(
-    Y,
-    DY,
-    DX,
-    stride_y,
-    stride_dy,
-    stride_dx,
-    n_rows,
-    n_cols,
-    BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
-    STAGES: tl.constexpr,
-):
-    # dx = y * (dy - sum(dy * y)): read y and dy once, write dx once; rows as in the forward.
+def _softmax_bwd_kernel(Y, DY, DX, stride_y, stride_dy, stride_dx, n_cols, BLOCK: tl.constexpr):
+    # dx = y * (dy - sum(dy * y)): read y and dy once, write dx once.
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    first = tl.program_id(0).to(tl.int64)
-    for row in tl.range(first, n_rows, tl.num_programs(0), num_stages=STAGES):
-        y = tl.load(Y + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        dot = tl.sum(y * dy, axis=0)
-        dx = y * (dy - dot)
-        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    y = tl.load(Y + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+    dot = tl.sum(y * dy, axis=0)
+    dx = y * (dy - dot)
+    tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
 
 
 def _softmax_bwd_looped_kernel(
@@ -198,15 +167,13 @@ def _softmax_bwd_looped_kernel(
 # and each thread has too little to do. The pruning keeps 4..64 values per thread in the
 # forward and 4..32 in the backward, which holds two rows (y and dy).
 def _warps_configs(triton):
-    return row_configs(triton, (4, 8, 16, 32))
+    return [triton.Config({}, num_warps=w) for w in (4, 8, 16, 32)]
 
 
 def _pruned_warps(max_per_thread: int):
     def prune(configs, named_args, **kwargs):
         block = kwargs.get("BLOCK", named_args.get("BLOCK"))
-        kept = [
-            c for c in configs if 4 <= block // (32 * c.num_warps) <= max_per_thread // pipelined(c)
-        ]
+        kept = [c for c in configs if 4 <= block // (32 * c.num_warps) <= max_per_thread]
         return kept or [min(configs, key=lambda c: c.num_warps)]
 
     return prune
@@ -222,17 +189,9 @@ def _looped_configs(triton):
     ]
 
 
-_fwd = TritonKernel(
-    _softmax_fwd_kernel,
-    autotune=(_warps_configs, ["BLOCK", "n_rows"], _pruned_warps(64)),
-    interpret_meta=INTERPRETER_ROWS,
-)
+_fwd = TritonKernel(_softmax_fwd_kernel, autotune=(_warps_configs, ["BLOCK"], _pruned_warps(64)))
 _fwd_looped = TritonKernel(_softmax_fwd_looped_kernel, autotune=(_looped_configs, ["n_cols"], None))
-_bwd = TritonKernel(
-    _softmax_bwd_kernel,
-    autotune=(_warps_configs, ["BLOCK", "n_rows"], _pruned_warps(32)),
-    interpret_meta=INTERPRETER_ROWS,
-)
+_bwd = TritonKernel(_softmax_bwd_kernel, autotune=(_warps_configs, ["BLOCK"], _pruned_warps(32)))
 _bwd_looped = TritonKernel(_softmax_bwd_looped_kernel, autotune=(_looped_configs, ["n_cols"], None))
 
 
@@ -242,12 +201,11 @@ def _forward(x: torch.Tensor, interpret: bool) -> torch.Tensor:
     y2 = torch.empty_like(x2)
     if n_cols <= MAX_FUSED_COLS:
         _fwd.launch(
-            row_grid(n_rows),
+            (n_rows,),
             x2,
             y2,
             x2.stride(0),
             y2.stride(0),
-            n_rows,
             n_cols,
             interpret=interpret,
             BLOCK=next_power_of_2(n_cols),
@@ -264,19 +222,12 @@ def _backward(y: torch.Tensor, dy: torch.Tensor, interpret: bool) -> torch.Tenso
     y2, dy2 = as_rows(y), as_rows(dy)
     n_rows, n_cols = y2.shape
     dx2 = torch.empty_like(y2)
-    args = (y2, dy2, dx2, y2.stride(0), dy2.stride(0), dx2.stride(0))
+    args = (y2, dy2, dx2, y2.stride(0), dy2.stride(0), dx2.stride(0), n_cols)
     if n_cols <= MAX_FUSED_COLS // 2:  # the backward holds two rows (y, dy) in registers
-        _bwd.launch(
-            row_grid(n_rows),
-            *args,
-            n_rows,
-            n_cols,
-            interpret=interpret,
-            BLOCK=next_power_of_2(n_cols),
-        )
+        _bwd.launch((n_rows,), *args, interpret=interpret, BLOCK=next_power_of_2(n_cols))
     else:
         meta = interpreter_meta(interpret, CHUNK=INTERPRETER_CHUNK)
-        _bwd_looped.launch((n_rows,), *args, n_cols, interpret=interpret, **meta)
+        _bwd_looped.launch((n_rows,), *args, interpret=interpret, **meta)
     return dx2.view(y.shape)
 
 
