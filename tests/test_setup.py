@@ -43,7 +43,14 @@ def test_one_python_floor_everywhere(root):
 
 
 # Distribution names of the modules llmlab imports, where they differ.
-_DISTRIBUTIONS = {"sentence_transformers": "sentence-transformers"}
+_DISTRIBUTIONS = {
+    "sentence_transformers": "sentence-transformers",
+    "faiss": "faiss-cpu",
+    "rank_bm25": "rank-bm25",
+    "langchain_core": "langchain-core",
+    "langchain_community": "langchain-community",
+    "langchain_huggingface": "langchain-huggingface",
+}
 
 
 def test_every_imported_library_is_declared(root):

@@ -1,0 +1,11 @@
+"""Retrieval-augmented generation (chapter 07): retrieve first, then generate from what was found.
+
+kb        a seeded fictional knowledge base (documents, questions, gold answers and evidence)
+          that no pretrained model can know, and the answer metrics (exact / contains match)
+chunking  documents cut into passages: fixed windows, sentences, paragraphs, with overlap
+embed     sentence embeddings from scratch (MiniLM's mean pooling), cached per corpus
+index     exact search, FAISS Flat / IVF / HNSW, recall against exact, latency, test vectors
+bm25      BM25 from its formula (okapi and lucene idf), equal to rank_bm25 / bm25s
+fusion    reciprocal rank fusion and min-max score fusion of several rankings
+metrics   recall@k, hit@k, reciprocal rank, and their means over queries
+"""
