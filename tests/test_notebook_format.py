@@ -149,6 +149,7 @@ SECOND_EDITION = {
     "chapters/06_mixture_of_experts/02b_dense_vs_moe_longer.ipynb",
     "chapters/06_mixture_of_experts/03_at_scale.ipynb",
     "chapters/06_mixture_of_experts/04_making_it_fast.ipynb",
+    "chapters/07_rag_and_agents/01_retrieval.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")

@@ -173,3 +173,18 @@ def test_latency_is_per_query():
     flat = index.flat_index(vectors)
     ms = index.latency_ms(lambda q: flat.search(q, 5), queries, repeats=2)
     assert ms > 0
+
+
+def test_stdlib_documents_are_distinct_docstrings_in_a_fixed_order():
+    from llmlab.rag import corpora
+
+    docs = corpora.stdlib_documents(max_docs=60)
+    again = corpora.stdlib_documents(max_docs=60)
+    assert [d.doc_id for d in docs] == [d.doc_id for d in again] and len(docs) == 60
+    assert len({d.text for d in docs}) == len(docs)  # no docstring twice
+    assert all(len(d.text.split()) >= 8 and d.title == d.doc_id for d in docs)
+    assert not any(d.doc_id.split(".")[0] in corpora.SKIP for d in docs)
+    chunks = chunking.chunk_corpus(docs, "paragraphs", max_words=120)
+    assert len(chunks) >= len(docs)
+    with pytest.raises(ValueError, match="min_words: expected an int >= 1"):
+        corpora.stdlib_documents(min_words=0)

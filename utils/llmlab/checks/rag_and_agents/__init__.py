@@ -1,0 +1,4 @@
+"""Checks of chapter 07's labs, one module per lab.
+
+01_ranking  -> :mod:`.ranking`
+"""
