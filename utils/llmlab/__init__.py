@@ -31,7 +31,7 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       moe/            ch06  router, losses, layer (experts, dense/loop/grouped), model, scale
       rag/            ch07  kb (a fictional knowledge base), corpora, chunking, embed (MiniLM's
                             mean pooling), index (exact, FAISS Flat/IVF/HNSW), bm25, fusion,
-                            metrics, store (FAISS + SQLite, crash-safe)
+                            metrics, store (FAISS + SQLite, crash-safe), cache (semantic)
       (homes to come, created with their chapter: agents/ ch07, distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)
