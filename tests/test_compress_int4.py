@@ -83,15 +83,23 @@ def test_peak_memory_during_sees_a_temporary_allocation():
 
     from llmlab.compress.evaluate import peak_memory_during
 
-    def allocate():
-        t = torch.ones(64 * 2**20 // 4)  # 64 MB, freed on return
+    def allocate(mb):
+        t = torch.ones(mb * 2**20 // 4)  # freed on return
         return float(t[0])
 
-    result, before, peak = peak_memory_during(allocate)
+    result, before, peak = peak_memory_during(lambda: allocate(64))
     assert result == 1.0
     if not sys.platform.startswith("linux"):
         assert before is None and peak is None
         return
     if before is None:
         pytest.skip("/proc/self/clear_refs is not writable here")
-    assert peak - before >= 60
+    # A busy test process may hand the allocation pages it already holds (then the peak does
+    # not move): try larger blocks than any it has freed, which must come from fresh pages.
+    seen = [(peak - before) / 64]
+    for mb in (160, 400):
+        if seen[-1] >= 0.9:
+            break
+        _, before, peak = peak_memory_during(lambda mb=mb: allocate(mb))
+        seen.append((peak - before) / mb)
+    assert max(seen) >= 0.9, f"peak growth as a share of each allocation: {seen}"
