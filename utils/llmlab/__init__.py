@@ -32,7 +32,9 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       rag/            ch07  kb (a fictional knowledge base), corpora, chunking, embed (MiniLM's
                             mean pooling), index (exact, FAISS Flat/IVF/HNSW), bm25, fusion,
                             metrics, store (FAISS + SQLite, crash-safe), cache (semantic)
-      (homes to come, created with their chapter: agents/ ch07, distributed/ ch08)
+      agents/         ch07  tools (a registry with JSON-schema arguments; calculator by ast, dates,
+                            Python in the sandbox, search), react (the step parser and the loop)
+      (home to come, created with its chapter: distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)
       course/         chapters, labs generator, grading, notebooks, doctor, CLI
@@ -74,6 +76,7 @@ _SUBMODULES = {
     "compress",
     "moe",
     "rag",
+    "agents",
     # the labs' checks, and the machinery (never imported by the teaching code)
     "checks",
     "course",

@@ -1,0 +1,7 @@
+"""Agents (chapter 07): a ReAct loop that plans, calls tools and remembers.
+
+tools   the tool registry (JSON-schema arguments, validated; failures recorded, never raised) and
+        the tools: a calculator that parses arithmetic with ast, dates, Python in the course's
+        sandbox, and search over a knowledge base
+react   the loop: thought, action, observation; the step parser and the dispatch
+"""
