@@ -33,7 +33,8 @@ Where things live (one home per concept; ch = the chapter that teaches it):
                             mean pooling), index (exact, FAISS Flat/IVF/HNSW), bm25, fusion,
                             metrics, store (FAISS + SQLite, crash-safe), cache (semantic)
       agents/         ch07  tools (a registry with JSON-schema arguments; calculator by ast, dates,
-                            Python in the sandbox, search), react (the step parser and the loop)
+                            Python in the sandbox, search), react (the step parser and the loop),
+                            constrained (tool calls that parse by construction)
       (home to come, created with its chapter: distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)

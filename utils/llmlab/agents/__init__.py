@@ -4,4 +4,7 @@ tools   the tool registry (JSON-schema arguments, validated; failures recorded, 
         the tools: a calculator that parses arithmetic with ast, dates, Python in the course's
         sandbox, and search over a knowledge base
 react   the loop: thought, action, observation; the step parser and the dispatch
+constrained
+        decoding a tool call that parses by construction: the schema's template, the model
+        filling only its holes with the most likely valid token
 """
