@@ -81,3 +81,52 @@ def dispatch(*named: tuple[torch.Tensor, str]) -> str:
             if t.dtype != INTERPRETER_DTYPE:
                 raise TypeError(f"{name}: the Triton interpreter runs float32 only, got {t.dtype}")
     return backend
+
+
+# --------------------------------------------------------------------------------------------
+# Tiled matmul kernels: autotuning candidates from (rows, other, step, warps, stages) tuples
+# --------------------------------------------------------------------------------------------
+
+
+def tile_shape(config, names: tuple[str, str, str]) -> tuple:
+    """``(tile rows, other tile dim, loop step, warps, stages)`` of a triton Config whose
+    three block sizes are named ``names`` in that order."""
+    k = config.kwargs
+    return (k[names[0]], k[names[1]], k[names[2]], config.num_warps, config.num_stages)
+
+
+def tile_configs(shapes_16: tuple, shapes_32: tuple, names: tuple[str, str, str]):
+    """A factory ``configs(triton)`` of every distinct shape in ``shapes_16 + shapes_32``
+    (tuples ``(a, b, c, warps, stages)``, block sizes named ``names``)."""
+
+    def factory(triton):
+        return [
+            triton.Config(dict(zip(names, shape[:3], strict=True)), num_warps=w, num_stages=s)
+            for *shape, w, s in dict.fromkeys(shapes_16 + shapes_32)
+        ]
+
+    return factory
+
+
+def tile_pruner(
+    first: str,
+    shapes_16: tuple,
+    shapes_32: tuple,
+    names: tuple[str, str, str],
+    rows_arg: str | None = None,
+):
+    """An early-prune function keeping the shapes for the dtype of argument ``first``
+    (``shapes_32`` for float32, ``shapes_16`` otherwise; the first config if none fits).
+
+    With ``rows_arg``, it also drops tiles taller than that argument rounded up to a power of
+    two (at least 16): rows of a tile beyond M are masked work (always keeping one shape)."""
+
+    def prune(configs, named_args, **kwargs):
+        allowed = set(shapes_32 if named_args[first].dtype == torch.float32 else shapes_16)
+        fitting = [c for c in configs if tile_shape(c, names) in allowed]
+        if rows_arg is None:
+            return fitting or configs[:1]
+        rows = max(16, next_power_of_2(max(1, named_args[rows_arg])))
+        return [c for c in fitting if c.kwargs[names[0]] <= rows] or fitting[:1]
+
+    return prune

@@ -67,6 +67,9 @@ from llmlab.kernels._common import (
     next_power_of_2,
     require_dtype,
     require_tensor,
+    tile_configs,
+    tile_pruner,
+    tile_shape,
     tl,
     unit_last_stride,
 )
@@ -260,31 +263,21 @@ _SHAPES_16 = {
 _SHAPES_32 = ((32, 32, 32, 4, 2), (32, 64, 32, 4, 2), (64, 64, 32, 4, 2), (16, 64, 32, 4, 2))
 
 
+_NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+
+
 def _shape(config) -> tuple:
-    k = config.kwargs
-    return (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"], config.num_warps, config.num_stages)
+    return tile_shape(config, _NAMES)
 
 
 def _configs(kernel: str):
-    def factory(triton):
-        return [
-            triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-            for m, n, k, w, s in dict.fromkeys(_SHAPES_16[kernel] + _SHAPES_32)
-        ]
-
-    return factory
+    return tile_configs(_SHAPES_16[kernel], _SHAPES_32, _NAMES)
 
 
 def _pruner(kernel: str):
+    # The shapes for the dtype of the first operand.
     first = "X" if kernel == "forward" else "DY"
-
-    def prune(configs, named_args, **kwargs):
-        # The shapes for the dtype of the first operand.
-        dtype = named_args[first].dtype
-        allowed = set(_SHAPES_32 if dtype == torch.float32 else _SHAPES_16[kernel])
-        return [c for c in configs if _shape(c) in allowed] or configs[:1]
-
-    return prune
+    return tile_pruner(first, _SHAPES_16[kernel], _SHAPES_32, _NAMES)
 
 
 _fwd = TritonKernel(

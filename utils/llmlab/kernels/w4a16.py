@@ -73,9 +73,11 @@ from llmlab.kernels._common import (
     as_rows,
     cdiv,
     dispatch,
-    next_power_of_2,
     require_dtype,
     require_tensor,
+    tile_configs,
+    tile_pruner,
+    tile_shape,
     tl,
     unit_last_stride,
 )
@@ -320,37 +322,25 @@ _SHAPES_16 = {
 # float32 x multiplies on CUDA cores with exact products (no tensor cores): its tiles hold
 # twice the bytes and the 16-bit tiles above spill; these do not, in either direction.
 _SHAPES_32 = ((16, 32, 32, 4, 2), (16, 64, 32, 4, 2), (16, 32, 64, 4, 2), (32, 32, 32, 4, 2))
-_META = {"forward": ("BLOCK_N", "BLOCK_K"), "backward": ("BLOCK_K", "BLOCK_N")}
+#: The block sizes of an entry, in order: BLOCK_M, the tile's other dim, the loop's step.
+_NAMES = {
+    "forward": ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+    "backward": ("BLOCK_M", "BLOCK_K", "BLOCK_N"),
+}
 
 
 def _shape(config, direction: str) -> tuple:
-    other, step = _META[direction]
-    k = config.kwargs
-    return (k["BLOCK_M"], k[other], k[step], config.num_warps, config.num_stages)
+    return tile_shape(config, _NAMES[direction])
 
 
 def _configs(direction: str):
-    def factory(triton):
-        other, step = _META[direction]
-        return [
-            triton.Config({"BLOCK_M": m, other: o, step: k}, num_warps=w, num_stages=st)
-            for m, o, k, w, st in dict.fromkeys(_SHAPES_16[direction] + _SHAPES_32)
-        ]
-
-    return factory
+    return tile_configs(_SHAPES_16[direction], _SHAPES_32, _NAMES[direction])
 
 
 def _pruner(direction: str):
-    def prune(configs, named_args, **kwargs):
-        # The shapes for x's dtype; then rows of the tile beyond M are masked work: keep
-        # BLOCK_M up to M rounded up to a power of two (and always the smallest).
-        x = named_args["X" if direction == "forward" else "DY"]
-        allowed = set(_SHAPES_32 if x.dtype == torch.float32 else _SHAPES_16[direction])
-        fitting = [c for c in configs if _shape(c, direction) in allowed]
-        rows = max(16, next_power_of_2(max(1, named_args["M"])))
-        return [c for c in fitting if c.kwargs["BLOCK_M"] <= rows] or fitting[:1]
-
-    return prune
+    # The shapes for x's dtype; then tiles no taller than M needs (see tile_pruner).
+    first = "X" if direction == "forward" else "DY"
+    return tile_pruner(first, _SHAPES_16[direction], _SHAPES_32, _NAMES[direction], rows_arg="M")
 
 
 _FLAGS = ["GROUP_SIZE", "HAS_ZEROS", "HAS_LUT"]
