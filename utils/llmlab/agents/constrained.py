@@ -64,9 +64,10 @@ class NextTokenLogits:
 
 
 def _candidates(logits: torch.Tensor, tokenizer, k: int = TOP_CANDIDATES):
-    """(token id, its text) of the ``k`` most likely tokens, most likely first."""
-    top = torch.topk(logits, min(k, logits.shape[-1])).indices.tolist()
-    return [(t, tokenizer.decode([t])) for t in top]
+    """(token id, its text) of the ``k`` most likely tokens, most likely first, each decoded
+    only when reached: the first valid one usually comes first, and the search stops there."""
+    for t in torch.topk(logits, min(k, logits.shape[-1])).indices.tolist():
+        yield t, tokenizer.decode([t])
 
 
 def _choice(
