@@ -102,13 +102,7 @@ def _metric(metric: str):
 def flat_index(vectors, metric: str = "ip"):
     """FAISS's exact index (``IndexFlatIP`` or ``IndexFlatL2``) holding ``vectors``."""
     vectors = _as_matrix(vectors, "vectors")
-    faiss = _faiss()
-    _metric(metric)
-    index = (
-        faiss.IndexFlatIP(vectors.shape[1])
-        if metric == "ip"
-        else faiss.IndexFlatL2(vectors.shape[1])
-    )
+    index = _faiss().IndexFlat(vectors.shape[1], _metric(metric))
     index.add(vectors)
     return index
 
@@ -123,11 +117,7 @@ def ivf_index(vectors, nlist: int, metric: str = "ip", seed: int = 0):
         raise ValueError(f"nlist: expected an int in [1, {len(vectors)}], got {nlist!r}")
     faiss = _faiss()
     metric_type = _metric(metric)
-    quantizer = (
-        faiss.IndexFlatIP(vectors.shape[1])
-        if metric == "ip"
-        else faiss.IndexFlatL2(vectors.shape[1])
-    )
+    quantizer = faiss.IndexFlat(vectors.shape[1], metric_type)  # finds each vector's list
     index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, metric_type)
     index.cp.seed = seed
     index.train(vectors)
