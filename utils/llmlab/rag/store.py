@@ -35,13 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from llmlab.rag.index import _faiss  # imports faiss on first use, or says how to install it
+
 _INDEX_FILE = re.compile(r"^index-(\d+)\.faiss$")
-
-
-def _faiss():
-    from llmlab.rag.index import _faiss as load
-
-    return load()
 
 
 class VectorStore:
