@@ -329,3 +329,14 @@ def test_module_docstring_example_holds():
 
     result = doctest.testmod(kbmod, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_paraphrases_are_the_other_wordings_of_the_same_fact():
+    kb = make_kb(24, seed=3)
+    for q in kb.questions:
+        others = kb.paraphrases(q)
+        assert len(others) >= 2 and q.question not in others
+        name = kb.document(q.doc_id).title
+        assert all(name in o and o.endswith("?") for o in others)
+    with pytest.raises(TypeError, match="question: expected a Question"):
+        kb.paraphrases("When was it founded?")

@@ -8,6 +8,9 @@ embed     sentence embeddings from scratch (MiniLM's mean pooling), cached per c
 index     exact search, FAISS Flat / IVF / HNSW, recall against exact, latency, test vectors
 bm25      BM25 from its formula (okapi and lucene idf), equal to rank_bm25 / bm25s
 fusion    reciprocal rank fusion and min-max score fusion of several rankings
+retriever the hybrid retriever (dense + BM25, fused by RRF) that later notebooks search with
+reader    the generation half: numbered-source prompts, cited replies, their scores, and the
+          fine-tuning examples that teach a small model to read
 metrics   recall@k, hit@k, reciprocal rank, and their means over queries
 store     a persistent vector store (FAISS + SQLite): atomic changes, safe against crashes
 cache     a semantic cache: the nearest cached question above a cosine threshold

@@ -222,6 +222,19 @@ class KnowledgeBase:
         except KeyError:
             raise KeyError(f"doc_id: no document {doc_id!r} in this knowledge base") from None
 
+    def paraphrases(self, question: Question) -> list[str]:
+        """The other wordings of ``question`` that the generator could have drawn for the same
+        fact ("When was X born?" -> "In which year was X born?", ...): questions with the same
+        answer, for testing a semantic cache's true hits. Empty when none is known."""
+        if not isinstance(question, Question):
+            raise TypeError(f"question: expected a Question, got {type(question).__name__}")
+        name = self.document(question.doc_id).title
+        for templates in (*_QUESTIONS.values(), *_WORK_QUESTIONS.values()):
+            wordings = [t.format(name=name) for t in templates]
+            if question.question in wordings:
+                return [w for w in wordings if w != question.question]
+        return []
+
     def names(self) -> list[str]:
         """Every invented proper name: entities, works, products, festivals, hills and lakes."""
         out = []
