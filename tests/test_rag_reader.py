@@ -185,8 +185,8 @@ def test_conflicting_passage():
 def test_cached_reader_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     from llmlab.assets import tiny_smollm2
 
-    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
-    base, tokenizer = tiny_smollm2(seed=0)
+    base, tokenizer = tiny_smollm2(seed=0)  # from the real cache: the asset is prepared there
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))  # results go to a fresh cache
     before = {k: v.clone() for k, v in base.state_dict().items()}
     options = dict(
         name="07_rag/test_reader", n_train=6, steps=1, batch_size=2, n_entities=12, rank=2
