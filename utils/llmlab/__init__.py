@@ -31,10 +31,12 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       moe/            ch06  router, losses, layer (experts, dense/loop/grouped), model, scale
       rag/            ch07  kb (a fictional knowledge base), corpora, chunking, embed (MiniLM's
                             mean pooling), index (exact, FAISS Flat/IVF/HNSW), bm25, fusion,
-                            metrics, store (FAISS + SQLite, crash-safe), cache (semantic)
+                            metrics, retriever (hybrid), reader (cited answers, the fine-tuned
+                            reader), store (FAISS + SQLite, crash-safe), cache (semantic)
       agents/         ch07  tools (a registry with JSON-schema arguments; calculator by ast, dates,
                             Python in the sandbox, search), react (the step parser and the loop),
-                            constrained (tool calls that parse by construction)
+                            constrained (tool calls that parse by construction), tasks
+                            (verifiable agent tasks and their scoring)
       (home to come, created with its chapter: distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)
