@@ -1,4 +1,5 @@
 """Checks of chapter 07's labs, one module per lab.
 
 01_ranking  -> :mod:`.ranking`
+02_react    -> :mod:`.react`
 """
