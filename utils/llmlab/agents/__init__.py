@@ -7,4 +7,6 @@ react   the loop: thought, action, observation; the step parser and the dispatch
 constrained
         decoding a tool call that parses by construction: the schema's template, the model
         filling only its holes with the most likely valid token
+tasks   verifiable tasks for an agent (arithmetic, dates, lookups, lookups with arithmetic,
+        Python), each with the tools it needs and a gold plan of calls, and their scoring
 """
