@@ -129,3 +129,56 @@ def test_errors_and_the_kv_cached_logits():
     assert calls == [(3, None), (1, 3), (2, None)]
     with pytest.raises(ValueError, match="ids: expected at least one token"):
         nxt([])
+
+
+OPTIONAL = [
+    {
+        "name": "date",
+        "description": "dates",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "operation": {"enum": ["today", "add_days", "weekday"]},
+                "date": {"type": "string"},
+                "days": {"type": "integer"},
+            },
+            "required": ["operation"],
+        },
+    },
+    {
+        "name": "clock",
+        "description": "no required arguments",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
+    },
+]
+
+
+def _optional_call(wish):
+    prompt = [ord(c) for c in "Task: "]
+    next_logits = wishful_model(len(prompt), wish)
+    return constrained_tool_call(next_logits, CharTokenizer(), prompt, OPTIONAL)
+
+
+def test_optional_arguments_are_the_models_choice():
+    for wish in (
+        '{"tool": "date", "arguments": {"operation": "add_days", "date": "2024-11-30", "days": 45}}',
+        '{"tool": "date", "arguments": {"operation": "add_days", "days": 45, "date": "2024-11-30"}}',
+        '{"tool": "date", "arguments": {"operation": "today"}}',
+        '{"tool": "clock", "arguments": {}}',
+        '{"tool": "clock", "arguments": {"zone": "UTC"}}',
+    ):
+        call, text = _optional_call(wish)
+        assert text == wish and call == json.loads(wish)
+    # an optional argument the schema does not have, or one given twice, cannot come out
+    call, text = _optional_call(
+        '{"tool": "date", "arguments": {"operation": "weekday", "when": "2024-01-01"}}'
+    )
+    assert set(call["arguments"]) <= {"operation", "date", "days"}
+    call, _ = _optional_call(
+        '{"tool": "date", "arguments": {"operation": "weekday", "days": 1, "days": 2}}'
+    )
+    assert call["arguments"]["operation"] == "weekday" and set(call["arguments"]) <= {
+        "operation",
+        "date",
+        "days",
+    }

@@ -20,7 +20,9 @@ Taking the most likely *valid* token at each step is greedy decoding with every 
 logit masked to minus infinity, computed without scoring the whole vocabulary: the candidates are
 visited in the order of their logits and the first valid one wins. The result always parses, and
 its tool and argument names always exist; whether the model chose the *right* tool and values is
-what chapter 07 measures. Arguments are written in the schema's order, required ones only.
+what chapter 07 measures. Required arguments are written in the schema's order; then the model
+chooses, token by token, the key of an optional argument it has not written yet or the closing
+brace (a *choice* hole over those options).
 
     >>> next_logits = NextTokenLogits(model)            # a transformers causal LM, KV-cached
     >>> call, text = constrained_tool_call(next_logits, tokenizer, prompt_ids, registry.schemas())
@@ -175,15 +177,15 @@ def constrained_tool_call(
     write(out_args)
     out += out_args
     properties = params.get("properties", {})
-    for i, arg in enumerate(params.get("required", [])):
-        key = ("" if i == 0 else ", ") + json.dumps(arg) + ": "
-        write(key)
-        out += key
+    required = list(params.get("required", []))
+
+    def fill(arg: str) -> str:
+        """The value of ``arg``, decoded by the hole its schema asks for."""
+        nonlocal ids
         spec = properties.get(arg, {})
         kind = spec.get("type")
         if "enum" in spec:
-            options = [json.dumps(v) for v in spec["enum"]]
-            value, ids = _choice(next_logits, tokenizer, ids, options)
+            value, ids = _choice(next_logits, tokenizer, ids, [json.dumps(v) for v in spec["enum"]])
         elif kind == "boolean":
             value, ids = _choice(next_logits, tokenizer, ids, ["true", "false"])
         elif kind in ("integer", "number"):
@@ -192,6 +194,22 @@ def constrained_tool_call(
             write('"')
             body, ids = _string(next_logits, tokenizer, ids, max_string_chars)
             value = '"' + body + '"'
-        out += value
+        return value
+
+    for i, arg in enumerate(required):
+        key = ("" if i == 0 else ", ") + json.dumps(arg) + ": "
+        write(key)
+        out += key + fill(arg)
+    # Optional arguments: the model chooses the next one's key, or the closing brace.
+    optional = [a for a in properties if a not in required]
+    while optional:
+        comma = ", " if out[-1] != "{" else ""
+        keys = {comma + json.dumps(a) + ": ": a for a in optional}
+        picked, ids = _choice(next_logits, tokenizer, ids, [*keys, "}"])
+        if picked == "}":
+            out += "}}"
+            return json.loads(out), out
+        out += picked + fill(keys[picked])
+        optional.remove(keys[picked])
     out += "}}"
     return json.loads(out), out
