@@ -182,3 +182,29 @@ def test_optional_arguments_are_the_models_choice():
         "date",
         "days",
     }
+
+
+def test_constrained_react_steps_always_parse():
+    from llmlab.agents.constrained import ConstrainedReAct
+    from llmlab.agents.react import parse_step
+
+    transcript = "Task: What is 17 * 23?\n"
+    start = len(transcript + "Thought:")
+    cases = {
+        ' multiply\nAction: {"tool": "calculator", "arguments": {"expression": "17 * 23"}}': (
+            "calculator",
+            None,
+        ),
+        " done\nFinal Answer: 391\nmore": (None, "391"),
+        " hmm\nI will call calculater(17*23)": None,  # neither label: still one of the two
+    }
+    for wish, expected in cases.items():
+        agent = ConstrainedReAct.__new__(ConstrainedReAct)
+        agent.next_logits, agent.tokenizer = wishful_model(start, wish), CharTokenizer()
+        agent.schemas, agent.thought_tokens, agent.answer_tokens = SCHEMAS, 32, 24
+        step = parse_step(agent(transcript))
+        assert step.error is None and (step.tool is None) != (step.final is None)
+        if expected is not None:
+            assert (step.tool, step.final) == expected
+    with pytest.raises(ValueError, match="schemas: expected at least one"):
+        ConstrainedReAct(None, CharTokenizer(), [])

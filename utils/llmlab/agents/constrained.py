@@ -213,3 +213,53 @@ def constrained_tool_call(
         optional.remove(keys[picked])
     out += "}}"
     return json.loads(out), out
+
+
+def _greedy_line(next_logits, tokenizer, ids: list[int], max_tokens: int) -> tuple[str, list[int]]:
+    """Greedy tokens up to the end of the line (or ``max_tokens``): the text without the
+    newline, and the ids with it."""
+    text = ""
+    for _ in range(max_tokens):
+        token = int(torch.argmax(next_logits(ids)))
+        piece = tokenizer.decode([token])
+        if "\n" in piece:
+            text += piece.split("\n", 1)[0]
+            break
+        ids = ids + [token]
+        text += piece
+    return text, ids + tokenizer("\n", add_special_tokens=False)["input_ids"]
+
+
+class ConstrainedReAct:
+    """A ``generate(transcript) -> text`` for :func:`llmlab.agents.react.run_agent` whose every
+    step parses: the model writes a thought freely (to the end of its line), then chooses
+    between ``Action:`` and ``Final Answer:`` (a choice hole); an action is decoded by
+    :func:`constrained_tool_call` over ``schemas``, a final answer is free text to the end of
+    its line. ``model``: a transformers causal LM; the transcript is read as plain text."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        schemas: Sequence[dict],
+        thought_tokens: int = 32,
+        answer_tokens: int = 24,
+    ):
+        if not schemas:
+            raise ValueError("schemas: expected at least one tool's schema")
+        self.next_logits = NextTokenLogits(model)
+        self.tokenizer = tokenizer
+        self.schemas = list(schemas)
+        self.thought_tokens = thought_tokens
+        self.answer_tokens = answer_tokens
+
+    def __call__(self, transcript: str) -> str:
+        tokenizer = self.tokenizer
+        ids = tokenizer(transcript + "Thought:", add_special_tokens=False)["input_ids"]
+        thought, ids = _greedy_line(self.next_logits, tokenizer, ids, self.thought_tokens)
+        label, ids = _choice(self.next_logits, tokenizer, ids, ["Action: ", "Final Answer: "])
+        if label == "Action: ":
+            _, text = constrained_tool_call(self.next_logits, tokenizer, ids, self.schemas)
+        else:
+            text, _ = _greedy_line(self.next_logits, tokenizer, ids, self.answer_tokens)
+        return f"Thought:{thought}\n{label}{text.strip()}"
