@@ -122,3 +122,16 @@ def test_with_the_real_tools():
     assert run.steps[0].observation == "391" and run.answer == "391"
     assert run.steps[1].error and "allowed" in run.steps[1].error  # refused, never evaluated
     assert "calculator(expression: string)" in model.seen[0]
+
+
+def test_greedy_generator_continues_the_transcript():
+    from llmlab.agents.react import greedy_generator
+    from llmlab.assets import tiny_smollm2
+
+    model, tokenizer = tiny_smollm2(seed=0)
+    generate = greedy_generator(model, tokenizer, max_new_tokens=5)
+    text = generate("Task: What is 2 + 2?\nThought:")
+    assert isinstance(text, str) and text == generate("Task: What is 2 + 2?\nThought:")
+    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 6
+    with pytest.raises(ValueError, match="max_new_tokens: expected an int >= 1"):
+        greedy_generator(model, tokenizer, max_new_tokens=0)

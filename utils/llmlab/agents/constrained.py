@@ -257,6 +257,12 @@ class ConstrainedReAct:
         tokenizer = self.tokenizer
         ids = tokenizer(transcript + "Thought:", add_special_tokens=False)["input_ids"]
         thought, ids = _greedy_line(self.next_logits, tokenizer, ids, self.thought_tokens)
+        for label in ("Action:", "Final Answer:", "Observation:"):  # the labels belong to the loop
+            if label in thought:
+                thought = thought.split(label, 1)[0]
+                ids = tokenizer(transcript + "Thought:" + thought + "\n", add_special_tokens=False)[
+                    "input_ids"
+                ]
         label, ids = _choice(self.next_logits, tokenizer, ids, ["Action: ", "Final Answer: "])
         if label == "Action: ":
             _, text = constrained_tool_call(self.next_logits, tokenizer, ids, self.schemas)

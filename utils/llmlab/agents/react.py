@@ -208,3 +208,29 @@ def run_agent(
         transcript += f"{text}\n{OBSERVATION} {observation}\n"
     run.transcript = transcript
     return run
+
+
+def greedy_generator(model, tokenizer, max_new_tokens: int = 64) -> Callable[[str], str]:
+    """``generate(transcript) -> text`` for :func:`run_agent` from a transformers causal LM:
+    greedy decoding of the transcript read as plain text, stopped at ``Observation:`` (the loop
+    writes those) or after ``max_new_tokens`` tokens. Free text: nothing makes it parse."""
+    import torch
+
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+
+    @torch.no_grad()
+    def generate(transcript: str) -> str:
+        ids = tokenizer(transcript, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stop_strings=[OBSERVATION],
+            tokenizer=tokenizer,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        )
+        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    return generate
