@@ -36,7 +36,7 @@ Where things live (one home per concept; ch = the chapter that teaches it):
       agents/         ch07  tools (a registry with JSON-schema arguments; calculator by ast, dates,
                             Python in the sandbox, search), react (the step parser and the loop),
                             constrained (tool calls that parse by construction), tasks
-                            (verifiable agent tasks and their scoring)
+                            (verifiable agent tasks and their scoring), traces (tool-use SFT)
       (home to come, created with its chapter: distributed/ ch08)
     the labs' checks and the machinery
       checks/         one module per lab, grouped by chapter (checks.<chapter>.<lab>)

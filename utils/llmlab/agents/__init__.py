@@ -9,4 +9,6 @@ constrained
         filling only its holes with the most likely valid token
 tasks   verifiable tasks for an agent (arithmetic, dates, lookups, lookups with arithmetic,
         Python), each with the tools it needs and a gold plan of calls, and their scoring
+traces  the transcripts a good agent would write (the gold plans run through the real tools),
+        and the SFT examples that teach them, one per model turn
 """
