@@ -158,13 +158,11 @@ def cached_agent(
     """Notebook 07.4's tool-using SmolLM2: from the course cache (``name``), or trained now on
     :func:`trace_examples` of ``traces``. LoRA of rank ``rank`` on every linear layer of a copy
     of ``base``, :func:`llmlab.posttrain.sft.train_sft` for ``steps`` steps of ``batch_size``
-    turns at ``lr``, merged. Returns ``(model, trained, loss)``; the adapter and the loss curve
+    turns at ``lr``, merged. Returns ``(model, trained, record)`` (:func:`llmlab.posttrain.sft.cached_lora_sft`); the adapter and the loss curve
     are saved atomically under ``name`` and a fingerprint of the recipe and the traces."""
     import hashlib
 
-    from llmlab import results
     from llmlab.posttrain import sft
-    from llmlab.posttrain.lora import cached_lora
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected the agent's course-cache name, got {name!r}")
@@ -173,30 +171,14 @@ def cached_agent(
     digest = hashlib.sha256(repr((steps, batch_size, lr, rank, seed)).encode())
     for trace in traces:
         digest.update(trace.transcript.encode())
-    name = f"{name}-{digest.hexdigest()[:10]}"
-    record: dict = {}
-
-    def fit(model):
-        examples = trace_examples(traces, tokenizer)
-        history = sft.train_sft(
-            model,
-            examples,
-            tokenizer.pad_token_id,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            progress=False,
-        )
-        record.update(loss=list(history.loss), seconds=float(sum(history.seconds)))
-        results.save_json(f"{name}-history", record)
-
-    model, trained = cached_lora(
-        base, name, fit, target_modules=sft.ALL_LINEAR, rank=rank, seed=seed, merge=True
+    return sft.cached_lora_sft(
+        base,
+        f"{name}-{digest.hexdigest()[:10]}",
+        lambda: trace_examples(traces, tokenizer),
+        tokenizer.pad_token_id,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rank=rank,
+        seed=seed,
     )
-    if not trained:
-        try:
-            record = results.load_json(f"{name}-history")
-        except results.ResultMissingError:
-            record = {"loss": [], "seconds": float("nan")}
-    return model, trained, record

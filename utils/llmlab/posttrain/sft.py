@@ -56,6 +56,7 @@ __all__ = [
     "train_sft",
     "ALL_LINEAR",
     "lora_sft_model",
+    "cached_lora_sft",
 ]
 
 Example = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both (seq,) int64
@@ -491,3 +492,63 @@ def lora_sft_model(
     return cached_lora(
         base, name, fit, target_modules=ALL_LINEAR, rank=rank, seed=seed, merge=merge
     )
+
+
+def cached_lora_sft(
+    base: nn.Module,
+    name: str,
+    make_examples: Callable[[], Sequence[Example]],
+    pad_id: int,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    rank: int = 16,
+    seed: int = 0,
+) -> tuple[nn.Module, bool, dict]:
+    """LoRA SFT kept in the course cache, with its loss curve: ``(model, trained, record)``.
+
+    Like :func:`lora_sft_model`: a copy of ``base`` gets adapters of rank ``rank`` on
+    :data:`ALL_LINEAR`; they are read from the course-cache result ``name``, or trained by
+    :func:`train_sft` on ``make_examples()`` (called only then, so a cache hit builds no data)
+    for ``steps`` steps of ``batch_size`` at ``lr`` and saved, then merged. ``record`` holds the
+    loss per step, the training seconds and the number of examples, saved as ``name + "-history"``
+    (empty when an old cache entry has no history). Put the recipe in ``name`` (a fingerprint):
+    the cache cannot tell two recipes apart.
+    """
+    import time
+
+    from llmlab import results
+    from llmlab.posttrain.lora import cached_lora
+
+    record: dict = {}
+
+    def fit(model: nn.Module) -> None:
+        examples = list(make_examples())
+        started = time.perf_counter()
+        history = train_sft(
+            model,
+            examples,
+            pad_id,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            progress=False,
+        )
+        record.update(
+            loss=list(history.loss),
+            seconds=time.perf_counter() - started,
+            n_examples=len(examples),
+        )
+        results.save_json(f"{name}-history", record)
+
+    model, trained = cached_lora(
+        base, name, fit, target_modules=ALL_LINEAR, rank=rank, seed=seed, merge=True
+    )
+    if not trained:
+        try:
+            record = results.load_json(f"{name}-history")
+        except results.ResultMissingError:
+            record = {"loss": [], "seconds": float("nan"), "n_examples": None}
+    return model, trained, record

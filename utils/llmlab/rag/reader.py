@@ -417,20 +417,16 @@ def cached_reader(
     same reader instead of training it again, and a changed recipe trains a new one.
     """
     import hashlib
-    import time
 
-    from llmlab import results
     from llmlab.posttrain import sft
-    from llmlab.posttrain.lora import cached_lora
 
     n_train = require_positive_int(n_train, "n_train")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected the reader's course-cache name, got {name!r}")
     recipe = (n_train, steps, batch_size, lr, rank, n_entities, kb_seed, n_sources, seed, SYSTEM)
     name = f"{name}-{hashlib.sha256(repr(recipe).encode()).hexdigest()[:10]}"  # a new recipe, a new name
-    record: dict = {}
 
-    def fit(model):
+    def make_examples():
         examples = training_examples(
             embedder,
             n_train,
@@ -439,29 +435,18 @@ def cached_reader(
             n_sources=n_sources,
             seed=seed,
         )
-        rows = [sft.format_example(tokenizer, e.prompt, e.target, system=SYSTEM) for e in examples]
-        t0 = time.perf_counter()
-        history = sft.train_sft(
-            model,
-            rows,
-            tokenizer.pad_token_id,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            progress=False,
-        )
-        record.update(
-            loss=list(history.loss), seconds=time.perf_counter() - t0, n_examples=len(rows)
-        )
-        results.save_json(f"{name}-history", record)
+        return [sft.format_example(tokenizer, e.prompt, e.target, system=SYSTEM) for e in examples]
 
-    model, trained = cached_lora(
-        base, name, fit, target_modules=sft.ALL_LINEAR, rank=rank, seed=seed, merge=True
+    model, trained, record = sft.cached_lora_sft(
+        base,
+        name,
+        make_examples,
+        tokenizer.pad_token_id,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rank=rank,
+        seed=seed,
     )
-    if not trained:
-        try:
-            record = results.load_json(f"{name}-history")
-        except results.ResultMissingError:
-            record = {"loss": [], "seconds": float("nan"), "n_examples": n_train}
-    return ReaderFit(model, trained, record["loss"], record["seconds"], record["n_examples"])
+    n_examples = record.get("n_examples") or n_train
+    return ReaderFit(model, trained, record["loss"], record["seconds"], n_examples)
