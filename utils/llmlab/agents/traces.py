@@ -154,11 +154,13 @@ def cached_agent(
     lr: float = 1e-3,
     rank: int = 16,
     seed: int = 0,
+    packing: bool = False,
+    max_len: int | None = None,
 ):
     """Notebook 07.4's tool-using SmolLM2: from the course cache (``name``), or trained now on
     :func:`trace_examples` of ``traces``. LoRA of rank ``rank`` on every linear layer of a copy
     of ``base``, :func:`llmlab.posttrain.sft.train_sft` for ``steps`` steps of ``batch_size``
-    turns at ``lr``, merged. Returns ``(model, trained, record)`` (:func:`llmlab.posttrain.sft.cached_lora_sft`); the adapter and the loss curve
+    turns (with ``packing``: rows of ``max_len`` tokens) at ``lr``, merged. Returns ``(model, trained, record)`` (:func:`llmlab.posttrain.sft.cached_lora_sft`); the adapter and the loss curve
     are saved atomically under ``name`` and a fingerprint of the recipe and the traces."""
     import hashlib
 
@@ -168,7 +170,8 @@ def cached_agent(
         raise ValueError(f"name: expected the agent's course-cache name, got {name!r}")
     if not traces:
         raise ValueError("traces: expected at least one trace to learn from")
-    digest = hashlib.sha256(repr((steps, batch_size, lr, rank, seed)).encode())
+    recipe = (steps, batch_size, lr, rank, seed) + ((packing, max_len) if packing else ())
+    digest = hashlib.sha256(repr(recipe).encode())
     for trace in traces:
         digest.update(trace.transcript.encode())
     return sft.cached_lora_sft(
@@ -181,4 +184,6 @@ def cached_agent(
         lr=lr,
         rank=rank,
         seed=seed,
+        packing=packing,
+        max_len=max_len,
     )

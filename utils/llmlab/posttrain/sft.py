@@ -505,6 +505,8 @@ def cached_lora_sft(
     lr: float,
     rank: int = 16,
     seed: int = 0,
+    packing: bool = False,
+    max_len: int | None = None,
 ) -> tuple[nn.Module, bool, dict]:
     """LoRA SFT kept in the course cache, with its loss curve: ``(model, trained, record)``.
 
@@ -513,7 +515,8 @@ def cached_lora_sft(
     :func:`train_sft` on ``make_examples()`` (called only then, so a cache hit builds no data)
     for ``steps`` steps of ``batch_size`` at ``lr`` and saved, then merged. ``record`` holds the
     loss per step, the training seconds and the number of examples, saved as ``name + "-history"``
-    (empty when an old cache entry has no history). Put the recipe in ``name`` (a fingerprint):
+    (empty when an old cache entry has no history). ``packing``/``max_len``: as in
+    :func:`train_sft` (rows of ``max_len`` tokens, ``batch_size`` rows a step). Put the recipe in ``name`` (a fingerprint):
     the cache cannot tell two recipes apart.
     """
     import time
@@ -534,6 +537,8 @@ def cached_lora_sft(
             batch_size=batch_size,
             lr=lr,
             seed=seed,
+            packing=packing,
+            max_len=max_len,
             progress=False,
         )
         record.update(
