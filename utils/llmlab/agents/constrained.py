@@ -48,7 +48,6 @@ class NextTokenLogits:
         self.model = model
         self._ids: list[int] = []
         self._past = None
-        self._last = None
 
     @torch.no_grad()
     def __call__(self, ids: Sequence[int]) -> torch.Tensor:
@@ -61,8 +60,7 @@ class NextTokenLogits:
         new = torch.tensor([ids[n:]])
         out = self.model(input_ids=new, past_key_values=self._past, use_cache=True)
         self._ids, self._past = ids, out.past_key_values
-        self._last = out.logits[0, -1].float()
-        return self._last
+        return out.logits[0, -1].float()
 
 
 def _candidates(logits: torch.Tensor, tokenizer, k: int = TOP_CANDIDATES):
