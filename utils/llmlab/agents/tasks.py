@@ -64,6 +64,7 @@ __all__ = [
     "KINDS",
     "TODAY",
     "make_tasks",
+    "plan_outputs",
     "run_plan",
     "score_answer",
     "score_run",
@@ -443,18 +444,24 @@ def summarize(scores: Sequence[dict]) -> dict:
     }
 
 
-def run_plan(task: AgentTask, registry) -> str:
+def plan_outputs(task: AgentTask, registry) -> list[str]:
     """Run ``task.plan`` through ``registry.call`` (a :class:`llmlab.agents.tools.ToolRegistry`
     with the tools the plan names, the date tool given ``make_tasks``'s ``today``) and return
-    the last call's output. RuntimeError, naming the call, if one fails."""
+    each call's output, in order. RuntimeError, naming the call, if one fails."""
     if not isinstance(task, AgentTask):
         raise TypeError(f"task: expected an AgentTask, got {type(task).__name__}")
     if not callable(getattr(registry, "call", None)):
         raise TypeError(f"registry: expected a ToolRegistry, got {type(registry).__name__}")
-    output = ""
+    outputs = []
     for i, call in enumerate(task.plan):
         result = registry.call(call["tool"], call["arguments"])
         if not result.ok:
             raise RuntimeError(f"{task.task_id}: plan step {i} ({call['tool']}): {result.error}")
-        output = result.output
-    return output
+        outputs.append(result.output)
+    return outputs
+
+
+def run_plan(task: AgentTask, registry) -> str:
+    """The last output of :func:`plan_outputs`: what the plan answers ("" for an empty plan)."""
+    outputs = plan_outputs(task, registry)
+    return outputs[-1] if outputs else ""

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmlab.agents.react import OBSERVATION, PROMPT
-from llmlab.agents.tasks import AgentTask
+from llmlab.agents.tasks import AgentTask, plan_outputs
 
 __all__ = ["Trace", "thought_for", "make_trace", "grounded", "trace_examples", "cached_agent"]
 
@@ -78,11 +78,7 @@ def make_trace(task: AgentTask, registry, prompt: str = PROMPT) -> Trace:
     transcript = prompt.format(tools=registry.describe(), task=task.prompt)
     turns, starts = [], []
     output = ""
-    for i, call in enumerate(task.plan):
-        result = registry.call(call["tool"], call["arguments"])
-        if not result.ok:
-            raise RuntimeError(f"{task.task_id}: plan step {i} ({call['tool']}): {result.error}")
-        output = result.output
+    for call, output in zip(task.plan, plan_outputs(task, registry), strict=True):
         turn = f"Thought: {thought_for(call)}\nAction: {json.dumps(call)}"
         turns.append(turn)
         starts.append(len(transcript))
