@@ -153,6 +153,7 @@ SECOND_EDITION = {
     "chapters/07_rag_and_agents/02_generation.ipynb",
     "chapters/07_rag_and_agents/02b_sources_store_cache.ipynb",
     "chapters/07_rag_and_agents/03_agents.ipynb",
+    "chapters/07_rag_and_agents/03b_planning_memory.ipynb",
     "chapters/07_rag_and_agents/04_tool_use_sft.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")

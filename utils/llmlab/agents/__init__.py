@@ -9,6 +9,11 @@ constrained
         filling only its holes with the most likely valid token
 tasks   verifiable tasks for an agent (arithmetic, dates, lookups, lookups with arithmetic,
         Python), each with the tools it needs and a gold plan of calls, and their scoring
+planning
+        plan, then act: a planner writes every step (tool calls with #n references to earlier
+        results) and a worker runs the plans in batches
+memory  a short-term window of the conversation, a long-term store searched by meaning, and
+        scripted dialogues whose facts an agent must recall
 traces  the transcripts a good agent would write (the gold plans run through the real tools),
         and the SFT examples that teach them, one per model turn
 """
