@@ -85,3 +85,25 @@ def test_threshold_sweep_counts_true_and_false_hits():
     }
     with pytest.raises(ValueError, match="similarities, should_hit"):
         threshold_sweep([0.9], [True, False], [0.5])
+
+
+def test_many_entries_and_evictions_keep_every_vector_in_order():
+    # The buffer grows by doubling and evicts by moving its start: what it holds must be exactly
+    # the last max_entries vectors, in order, through several growths and evictions.
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    table = {f"q{i}": vectors[i] for i in range(300)}
+    for max_entries in (None, 1, 5, 37):
+        cache = SemanticCache(lambda texts: np.stack([table[t] for t in texts]), 0.99, max_entries)
+        for i in range(300):
+            cache.put(f"q{i}", i)
+            kept = (
+                range(i + 1) if max_entries is None else range(max(0, i + 1 - max_entries), i + 1)
+            )
+            if i % 17 == 0 or i == 299:
+                np.testing.assert_array_equal(cache._vectors, vectors[list(kept)])
+                assert cache.questions == [f"q{j}" for j in kept]
+        for j in kept:
+            found = cache.lookup(f"q{j}")
+            assert found.hit and found.answer == j

@@ -43,6 +43,21 @@ def test_add_search_delete_and_reopen(tmp_path):
     ]
 
 
+def test_a_large_search_reads_every_hit_right(tmp_path):
+    # More hits than one SQL query's parameters: every (id, text, metadata) still matches get().
+    store = VectorStore.create(tmp_path / "s", dim=8)
+    vecs = _vectors(1200)
+    store.add([f"chunk {i}" for i in range(1200)], vecs, [{"i": i} for i in range(1200)])
+    store.delete(list(range(0, 1200, 7)))
+    hits = store.search(vecs[:3], k=1000)  # of 1,028 left
+    assert [len(h) for h in hits] == [1000] * 3
+    for row in hits:
+        assert [s for _, s, _, _ in row] == sorted((s for _, s, _, _ in row), reverse=True)
+        for i, _, text, meta in row:
+            assert (text, meta) == store.get(i) == (f"chunk {i}", {"i": i})
+    store.close()
+
+
 def test_errors_name_the_argument(tmp_path):
     store = VectorStore.create(tmp_path / "s", dim=4)
     with pytest.raises(ValueError, match=r"vectors: expected shape \(2, 4\)"):

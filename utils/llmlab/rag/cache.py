@@ -61,12 +61,31 @@ class SemanticCache:
         self.max_entries = max_entries
         self.questions: list[str] = []
         self.answers: list[object] = []
-        self._vectors: np.ndarray | None = None
+        self._buffer: np.ndarray | None = None  # rows [_start, _end) are the cached vectors
+        self._start = self._end = 0
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self.questions)
+
+    @property
+    def _vectors(self) -> np.ndarray | None:
+        """The cached questions' unit vectors, one row each (None before the first put)."""
+        return None if self._buffer is None else self._buffer[self._start : self._end]
+
+    def _append(self, row: np.ndarray) -> None:
+        """Add a row in amortised O(d): the buffer doubles when full (after moving the live rows
+        to its front), instead of copying every row at every put."""
+        if self._buffer is None:
+            self._buffer = np.empty((16, row.shape[0]), dtype=np.float32)
+        if self._end == self._buffer.shape[0]:
+            live = self._end - self._start
+            grown = np.empty((max(16, 2 * live), self._buffer.shape[1]), dtype=np.float32)
+            grown[:live] = self._buffer[self._start : self._end]
+            self._buffer, self._start, self._end = grown, 0, live
+        self._buffer[self._end] = row
+        self._end += 1
 
     def _embed_one(self, question: str) -> np.ndarray:
         if not isinstance(question, str) or not question.strip():
@@ -105,12 +124,11 @@ class SemanticCache:
         if answer is None:
             raise ValueError("answer: None marks a miss and cannot be cached")
         vector = self._embed_one(question) if vector is None else vector
-        row = vector[None, :].astype(np.float32)
-        self._vectors = row if self._vectors is None else np.vstack([self._vectors, row])
+        self._append(np.asarray(vector, dtype=np.float32).reshape(-1))
         self.questions.append(question)
         self.answers.append(answer)
         if self.max_entries is not None and len(self.questions) > self.max_entries:
-            self._vectors = self._vectors[1:]
+            self._start += 1  # the oldest entry goes
             self.questions.pop(0)
             self.answers.pop(0)
 

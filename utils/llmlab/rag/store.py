@@ -160,15 +160,31 @@ class VectorStore:
         if len(self) == 0:
             return [[] for _ in queries]
         scores, ids = self._index.search(queries, min(k, len(self)))
-        results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            hits = []
-            for score, i in zip(row_scores, row_ids, strict=True):
-                if i >= 0:
-                    text, meta = self.get(int(i))
-                    hits.append((int(i), float(score), text, meta))
-            results.append(hits)
-        return results
+        rows = self._rows({int(i) for i in ids.ravel() if i >= 0})
+        return [
+            [
+                (int(i), float(score), *rows[int(i)])
+                for score, i in zip(row_scores, row_ids, strict=True)
+                if i >= 0
+            ]
+            for row_scores, row_ids in zip(scores, ids, strict=True)
+        ]
+
+    def _rows(self, chunk_ids: set[int]) -> dict[int, tuple[str, dict]]:
+        """``{id: (text, metadata)}`` for ``chunk_ids``, read in one query per 500 ids (not one
+        per hit)."""
+        out: dict[int, tuple[str, dict]] = {}
+        wanted = sorted(chunk_ids)
+        for start in range(0, len(wanted), 500):  # SQLite limits the parameters of a query
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT id, text, meta FROM chunks WHERE id IN ({marks})"
+            for i, text, meta in self._db.execute(query, part):
+                out[i] = (text, json.loads(meta))
+        missing = set(wanted) - set(out)
+        if missing:  # the index and the table disagree: cannot happen through this class
+            raise RuntimeError(f"ids {sorted(missing)[:5]} are in the index but not the table")
+        return out
 
     def close(self) -> None:
         self._db.close()
