@@ -117,6 +117,13 @@ def test_cached_embeddings_reuses_and_refreshes(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first, again)
     assert calls == [["a", "b"], ["a", "c"]] and other.shape == (2, 2)
 
+    class Other(Fake):
+        name = "another-model"
+
+    # the same texts under the same cache name, embedded by another model: not read stale
+    embed.cached_embeddings(["a", "b"], "07_rag/test", Other())
+    assert calls[-1] == ["a", "b"] and len(calls) == 3
+
 
 def _data(n=2000, q=50, dim=32, seed=0):
     both, labels = index.clustered_vectors(n + q, dim=dim, n_clusters=20, seed=seed)

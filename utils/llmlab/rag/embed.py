@@ -51,7 +51,7 @@ class Embedder:
     """A sentence embedder built from a tokenizer and an encoder: tokenize, encode, mean-pool,
     normalise (module docstring). ``Embedder.load()`` gives the offline all-MiniLM-L6-v2."""
 
-    def __init__(self, tokenizer, model, max_length: int = 256, device=None):
+    def __init__(self, tokenizer, model, max_length: int = 256, device=None, name=None):
         self.tokenizer = tokenizer
         self.model = model.eval()
         self.max_length = int(max_length)
@@ -59,6 +59,8 @@ class Embedder:
             torch.device(device) if device is not None else next(model.parameters()).device
         )
         self.dim = int(model.config.hidden_size)
+        #: names the model in cache keys: vectors of another model are never read as these
+        self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
 
     @classmethod
     def load(cls, path=None, device=None) -> Embedder:
@@ -79,7 +81,8 @@ class Embedder:
             model = AutoModel.from_pretrained(folder)
         if device is not None:
             model = model.to(device)
-        return cls(tokenizer, model, max_length=max_length, device=device)
+        name = "minilm" if path is None else f"minilm:{folder.name}"
+        return cls(tokenizer, model, max_length=max_length, device=device, name=name)
 
     @torch.no_grad()
     def encode(
@@ -125,12 +128,14 @@ def cached_embeddings(
 ) -> np.ndarray:
     """``embedder.encode(texts)``, computed once and kept in the course cache.
 
-    ``name`` is a results name such as ``"07_rag/kb_chunks"``; the texts' fingerprint is part
-    of the file name, so a changed corpus is embedded afresh instead of read stale. The write
-    is atomic (:mod:`llmlab.results`)."""
+    ``name`` is a results name such as ``"07_rag/kb_chunks"``; the fingerprint of the texts and
+    of the embedder (its ``name``, e.g. "minilm"; the default embedder when None) is part of the
+    file name, so a changed corpus or another model is embedded afresh instead of read stale.
+    The write is atomic (:mod:`llmlab.results`)."""
     from llmlab import results
 
-    key = f"{name}-{corpus_key(texts)}"
+    model_name = "minilm" if embedder is None else getattr(embedder, "name", None)
+    key = f"{name}-{corpus_key(texts, model_name or type(embedder).__qualname__)}"
     try:
         return results.load_tensors(key)["embeddings"].numpy()
     except results.ResultMissingError:
