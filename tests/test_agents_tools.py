@@ -364,6 +364,7 @@ def test_python_tool_runs_code_and_reports_failures(python):
     failed = python.call("python", {"code": "print('partial')\n1 / 0"})
     assert not failed.ok and failed.error.startswith("exit status 1")
     assert "ZeroDivisionError: division by zero" in failed.error
+    assert 'File "snippet.py", line 2' in failed.error and "llmlab-sandbox" not in failed.error
     memory = python.call("python", {"code": "x = bytearray(1024 ** 3)"})
     assert not memory.ok and "MemoryError" in memory.error
 

@@ -611,8 +611,10 @@ def python_tool(timeout_s: float = 10.0, memory_mb: int = 512) -> Tool:
 
     def run(code: str) -> str:
         done = sandbox.run_python(code, limits=limits)
-        stdout = done.stdout.decode("utf-8", errors="replace")
-        stderr = done.stderr.decode("utf-8", errors="replace")
+        # The sandbox's temporary directory means nothing to the model and differs every run:
+        # a traceback says 'File "snippet.py"', not the machine's path to it.
+        stdout = _SANDBOX_DIR.sub("", done.stdout.decode("utf-8", errors="replace"))
+        stderr = _SANDBOX_DIR.sub("", done.stderr.decode("utf-8", errors="replace"))
         if done.timed_out:
             raise ToolError(
                 f"timed out after {float(timeout_s)} s (killed){_tail(stdout, 'stdout')}"
@@ -644,6 +646,9 @@ def python_tool(timeout_s: float = 10.0, memory_mb: int = 512) -> Tool:
         fn=run,
         timeout_s=float(timeout_s) + 10.0,
     )
+
+
+_SANDBOX_DIR = re.compile(r"/[^\s\"']*?llmlab-sandbox-[\w-]+/")
 
 
 def _tail(text: str, what: str, lines: int = 8) -> str:
