@@ -472,26 +472,20 @@ def lora_sft_model(
     are folded into the weights and removed, so the result is a plain model that a later
     method (a reward head, DPO's own adapter) can build on.
     """
-    from llmlab.posttrain.lora import cached_lora
-
     rank = require_positive_int(rank, "rank")  # cached_lora checks base and name
-
-    def fit(model):
-        examples = [format_example(tokenizer, t.prompt, t.answer) for t in tasks]
-        train_sft(
-            model,
-            examples,
-            tokenizer.pad_token_id,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            progress=False,
-        )
-
-    return cached_lora(
-        base, name, fit, target_modules=ALL_LINEAR, rank=rank, seed=seed, merge=merge
+    model, trained, _ = cached_lora_sft(
+        base,
+        name,
+        lambda: [format_example(tokenizer, t.prompt, t.answer) for t in tasks],
+        tokenizer.pad_token_id,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rank=rank,
+        seed=seed,
+        merge=merge,
     )
+    return model, trained
 
 
 def cached_lora_sft(
@@ -507,13 +501,15 @@ def cached_lora_sft(
     seed: int = 0,
     packing: bool = False,
     max_len: int | None = None,
+    merge: bool = True,
 ) -> tuple[nn.Module, bool, dict]:
     """LoRA SFT kept in the course cache, with its loss curve: ``(model, trained, record)``.
 
-    Like :func:`lora_sft_model`: a copy of ``base`` gets adapters of rank ``rank`` on
+    A copy of ``base`` gets adapters of rank ``rank`` on
     :data:`ALL_LINEAR`; they are read from the course-cache result ``name``, or trained by
     :func:`train_sft` on ``make_examples()`` (called only then, so a cache hit builds no data)
-    for ``steps`` steps of ``batch_size`` at ``lr`` and saved, then merged. ``record`` holds the
+    for ``steps`` steps of ``batch_size`` at ``lr`` and saved, then merged (unless ``merge`` is
+    False). ``record`` holds the
     loss per step, the training seconds and the number of examples, saved as ``name + "-history"``
     (empty when an old cache entry has no history). ``packing``/``max_len``: as in
     :func:`train_sft` (rows of ``max_len`` tokens, ``batch_size`` rows a step). Put the recipe in ``name`` (a fingerprint):
@@ -549,7 +545,7 @@ def cached_lora_sft(
         results.save_json(f"{name}-history", record)
 
     model, trained = cached_lora(
-        base, name, fit, target_modules=ALL_LINEAR, rank=rank, seed=seed, merge=True
+        base, name, fit, target_modules=ALL_LINEAR, rank=rank, seed=seed, merge=merge
     )
     if not trained:
         try:
