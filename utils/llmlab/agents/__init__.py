@@ -14,6 +14,8 @@ planning
         results) and a worker runs the plans in batches
 memory  a short-term window of the conversation, a long-term store searched by meaning, and
         scripted dialogues whose facts an agent must recall
+injection
+        prompt injection: orders planted in the knowledge base, and how often an agent obeys
 traces  the transcripts a good agent would write (the gold plans run through the real tools),
         and the SFT examples that teach them, one per model turn
 """

@@ -24,6 +24,16 @@ what chapter 07 measures. Required arguments are written in the schema's order; 
 chooses, token by token, the key of an optional argument it has not written yet or the closing
 brace (a *choice* hole over those options).
 
+**Token healing.** A BPE tokenizer merges a closing quote with what follows it (``'",'``,
+``'"}'``), so a model trained on JSON wants the merged token at the end of a value, and the
+template's fixed text would split it into a lone quote and a comma: a tokenization the model
+has never seen, after which it may go astray (end the call where it meant to add an argument).
+A hole therefore accepts a last token that runs on into the fixed text that can come next; that
+text is then written without the part the token already holds. For the same reason the fixed
+text between two holes is tokenized in one piece, and a key is written up to its colon, the
+value starting with the space after it (SmolLM2 merges that space with a string's opening
+quote): a model that wants the tokens of well-formed JSON gets exactly those.
+
     >>> next_logits = NextTokenLogits(model)            # a transformers causal LM, KV-cached
     >>> call, text = constrained_tool_call(next_logits, tokenizer, prompt_ids, registry.schemas())
     >>> call                                            # {"tool": "calculator", "arguments": {...}}
@@ -70,46 +80,83 @@ def _candidates(logits: torch.Tensor, tokenizer, k: int = TOP_CANDIDATES):
         yield t, tokenizer.decode([t])
 
 
+def _healed(text: str, piece: str, ends: Sequence[str], after: Sequence[str]) -> str | None:
+    """Token healing: when ``text + piece`` is one of ``ends`` followed by the start of one of
+    ``after`` (the fixed text that may come next), the part that spills over (``","`` of the
+    token ``'",'``); else None. A tokenizer merges a closing quote with what follows it (``'",'``,
+    ``'"}'``), and a model trained on such text wants the merged token: refusing it would make
+    the model end the call where it wanted a comma."""
+    full = text + piece
+    for end in ends:
+        if full.startswith(end) and len(full) > len(end):
+            spill = full[len(end) :]
+            if any(a.startswith(spill) for a in after):
+                return spill
+    return None
+
+
 def _choice(
-    next_logits, tokenizer, ids: list[int], options: Sequence[str]
-) -> tuple[str, list[int]]:
-    """Fill a hole with one of ``options`` (their closing quote, if any, is part of each)."""
-    text = ""
+    next_logits,
+    tokenizer,
+    ids: list[int],
+    options: Sequence[str],
+    after: Sequence[str] = (),
+    written: str = "",
+) -> tuple[str, list[int], str]:
+    """Fill a hole with one of ``options`` (their closing quote, if any, is part of each).
+
+    ``written``: the start of the option already written (by the previous hole's healed last
+    token). ``after``: the texts that may follow the option; a last token that runs into one of
+    them is taken (:func:`_healed`). Returns ``(option, ids, spill)``, ``spill`` the part of
+    ``after`` already written ("" when none)."""
+    text = written
     while text not in options:
         chosen = None
         for token, piece in _candidates(next_logits(ids), tokenizer):
-            if piece and any(o.startswith(text + piece) for o in options):
+            if not piece:
+                continue
+            if any(o.startswith(text + piece) for o in options):
                 chosen = (token, piece)
                 break
+            spill = _healed(text, piece, options, after) if after else None
+            if spill is not None:
+                return (text + piece)[: len(text + piece) - len(spill)], ids + [token], spill
         if chosen is None:  # no likely token continues an option: write the first one out
             rest = next(o for o in options if o.startswith(text))[len(text) :]
             ids = ids + tokenizer(rest, add_special_tokens=False)["input_ids"]
-            return text + rest, ids
+            return text + rest, ids, ""
         ids = ids + [chosen[0]]
         text += chosen[1]
-    return text, ids
+    return text, ids, ""
 
 
-def _string(next_logits, tokenizer, ids: list[int], max_chars: int) -> tuple[str, list[int]]:
-    """Fill a string hole up to its closing quote (written as part of the result)."""
+def _string(
+    next_logits, tokenizer, ids: list[int], max_chars: int, after: Sequence[str] = ()
+) -> tuple[str, list[int], str]:
+    """Fill a string hole up to its closing quote (written as part of the result). A closing
+    token that runs into one of ``after`` is taken (:func:`_healed`). Returns ``(body, ids,
+    spill)``."""
     text = ""
     while len(text) < max_chars:
         chosen = None
         for token, piece in _candidates(next_logits(ids), tokenizer):
-            body, quote, after = piece.partition('"')
-            if any(c in body for c in "\\\n\r\t") or (quote and after.strip(" ")):
-                continue  # escapes, control characters, or text after the closing quote
-            chosen = (token, body, bool(quote))
+            body, quote, rest = piece.partition('"')
+            if any(c in body for c in "\\\n\r\t"):
+                continue  # escapes and control characters
+            spill = rest if quote and rest.strip(" ") else ""
+            if spill and not any(a.startswith(spill) for a in after):
+                continue  # text after the closing quote that cannot come next
+            chosen = (token, body, bool(quote), spill)
             break
         if chosen is None:
             break
-        token, body, closes = chosen
+        token, body, closes, spill = chosen
         ids = ids + [token]
         text += body
         if closes:
-            return text, ids
+            return text, ids, spill
     ids = ids + tokenizer('"', add_special_tokens=False)["input_ids"]
-    return text, ids
+    return text, ids, ""
 
 
 def _number(next_logits, tokenizer, ids, integer: bool, max_chars: int = 12):
@@ -150,65 +197,103 @@ def constrained_tool_call(
     prompt_ids: Sequence[int],
     schemas: Sequence[dict],
     max_string_chars: int = 80,
+    heal: bool = True,
 ) -> tuple[dict, str]:
     """Decode one tool call after ``prompt_ids`` that parses by construction.
 
     ``schemas``: OpenAI-style specs ``{"name", "description", "parameters"}`` (what
-    :meth:`llmlab.agents.tools.ToolRegistry.schemas` returns). Returns ``(call, text)``: the call
-    as a dict ``{"tool", "arguments"}`` and its JSON text.
+    :meth:`llmlab.agents.tools.ToolRegistry.schemas` returns). ``heal``: take a hole's last
+    token when it runs on into the fixed text that follows (module docstring; False refuses it,
+    to measure what healing changes). Returns ``(call, text)``: the call as a dict ``{"tool",
+    "arguments"}`` and its JSON text.
     """
     specs = {s["name"]: s.get("parameters", {}) for s in schemas}
     if not specs:
         raise ValueError("schemas: expected at least one tool")
     ids = list(prompt_ids)
+    spill = ""  # the start of the next fixed text, written by a hole's healed last token
+    pending = ""  # fixed text not yet tokenized: adjacent fixed parts are tokenized together
 
-    def write(text: str) -> None:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    def write(text: str) -> str:
+        """Queue fixed text (what ``spill`` holds of it is there already); return it."""
+        nonlocal spill, pending
+        pending += text[len(spill) :]
+        spill = ""
+        return text
 
-    out = '{"tool": "'
-    write(out)
-    name, ids = _choice(next_logits, tokenizer, ids, [n + '"' for n in specs])
-    out += name
-    name = name[:-1]
-    params = specs[name]
-    out_args = ', "arguments": {'
-    write(out_args)
-    out += out_args
+    def flush() -> list[int]:
+        """Tokenize the queued fixed text before a hole; return the ids so far."""
+        nonlocal pending
+        if pending:
+            ids.extend(tokenizer(pending, add_special_tokens=False)["input_ids"])
+            pending = ""
+        return ids
+
+    out = write('{"tool": "')
+    arguments = ', "arguments": {'
+    name, ids, spill = _choice(
+        next_logits,
+        tokenizer,
+        flush(),
+        [n + '"' for n in specs],
+        after=[arguments] if heal else (),
+    )
+    out += name + write(arguments)
+    params = specs[name[:-1]]
     properties = params.get("properties", {})
     required = list(params.get("required", []))
+    optional = [a for a in properties if a not in required]
 
-    def fill(arg: str) -> str:
-        """The value of ``arg``, decoded by the hole its schema asks for."""
-        nonlocal ids
+    # A key is written up to its colon and a value starts with the space after it: the
+    # tokenizer merges that space with a string's opening quote (' "'), as in the traces.
+    def fill(arg: str, after: list[str]) -> str:
+        """The value of ``arg`` (with its leading space), decoded by the hole its schema asks
+        for; ``after``: the fixed texts that may follow it."""
+        nonlocal ids, spill
+        after = after if heal else []
         spec = properties.get(arg, {})
         kind = spec.get("type")
+        options = None
         if "enum" in spec:
-            value, ids = _choice(next_logits, tokenizer, ids, [json.dumps(v) for v in spec["enum"]])
+            options = [" " + json.dumps(v) for v in spec["enum"]]
         elif kind == "boolean":
-            value, ids = _choice(next_logits, tokenizer, ids, ["true", "false"])
+            options = [" true", " false"]
+        if options is not None:
+            value, ids, spill = _choice(next_logits, tokenizer, flush(), options, after=after)
         elif kind in ("integer", "number"):
-            value, ids = _number(next_logits, tokenizer, ids, integer=kind == "integer")
+            write(" ")
+            value, ids = _number(next_logits, tokenizer, flush(), integer=kind == "integer")
+            value = " " + value
         else:  # a string (and anything else, written as a string)
-            write('"')
-            body, ids = _string(next_logits, tokenizer, ids, max_string_chars)
-            value = '"' + body + '"'
+            write(' "')
+            body, ids, spill = _string(next_logits, tokenizer, flush(), max_string_chars, after)
+            value = ' "' + body + '"'
         return value
 
+    def keys(names: list[str]) -> list[str]:
+        return [", " + json.dumps(a) + ":" for a in names]
+
     for i, arg in enumerate(required):
-        key = ("" if i == 0 else ", ") + json.dumps(arg) + ": "
-        write(key)
-        out += key + fill(arg)
+        out += write(("" if i == 0 else ", ") + json.dumps(arg) + ":")
+        if i + 1 < len(required):
+            after = keys(required[i + 1 : i + 2])
+        else:
+            after = keys(optional) + ["}}"]
+        out += fill(arg, after)
     # Optional arguments: the model chooses the next one's key, or the closing brace.
-    optional = [a for a in properties if a not in required]
-    while optional:
+    while optional and not spill.startswith("}"):
         comma = ", " if out[-1] != "{" else ""
-        keys = {comma + json.dumps(a) + ": ": a for a in optional}
-        picked, ids = _choice(next_logits, tokenizer, ids, [*keys, "}"])
+        choices = {comma + json.dumps(a) + ":": a for a in optional}
+        closing = ["}"] if heal else []  # '}}' ends the arguments and the call in one token
+        picked, ids, _ = _choice(
+            next_logits, tokenizer, flush(), [*choices, "}"], after=closing, written=spill
+        )
+        spill = ""
         if picked == "}":
-            out += "}}"
-            return json.loads(out), out
-        out += picked + fill(keys[picked])
-        optional.remove(keys[picked])
+            break
+        out += picked
+        optional.remove(choices[picked])
+        out += fill(choices[picked], keys(optional) + ["}}"])
     out += "}}"
     return json.loads(out), out
 
@@ -233,7 +318,8 @@ class ConstrainedReAct:
     step parses: the model writes a thought freely (to the end of its line), then chooses
     between ``Action:`` and ``Final Answer:`` (a choice hole); an action is decoded by
     :func:`constrained_tool_call` over ``schemas``, a final answer is free text to the end of
-    its line. ``model``: a transformers causal LM; the transcript is read as plain text."""
+    its line. ``model``: a transformers causal LM; the transcript is read as plain text.
+    ``heal``: token healing in the tool calls (:func:`constrained_tool_call`)."""
 
     def __init__(
         self,
@@ -242,6 +328,7 @@ class ConstrainedReAct:
         schemas: Sequence[dict],
         thought_tokens: int = 32,
         answer_tokens: int = 24,
+        heal: bool = True,
     ):
         if not schemas:
             raise ValueError("schemas: expected at least one tool's schema")
@@ -250,6 +337,7 @@ class ConstrainedReAct:
         self.schemas = list(schemas)
         self.thought_tokens = thought_tokens
         self.answer_tokens = answer_tokens
+        self.heal = heal
 
     def __call__(self, transcript: str) -> str:
         tokenizer = self.tokenizer
@@ -261,9 +349,11 @@ class ConstrainedReAct:
                 ids = tokenizer(transcript + "Thought:" + thought + "\n", add_special_tokens=False)[
                     "input_ids"
                 ]
-        label, ids = _choice(self.next_logits, tokenizer, ids, ["Action: ", "Final Answer: "])
+        label, ids, _ = _choice(self.next_logits, tokenizer, ids, ["Action: ", "Final Answer: "])
         if label == "Action: ":
-            _, text = constrained_tool_call(self.next_logits, tokenizer, ids, self.schemas)
+            _, text = constrained_tool_call(
+                self.next_logits, tokenizer, ids, self.schemas, heal=self.heal
+            )
         else:
             text, _ = _greedy_line(self.next_logits, tokenizer, ids, self.answer_tokens)
         return f"Thought:{thought}\n{label}{text.strip()}"
