@@ -155,6 +155,7 @@ SECOND_EDITION = {
     "chapters/07_rag_and_agents/03_agents.ipynb",
     "chapters/07_rag_and_agents/03b_planning_memory.ipynb",
     "chapters/07_rag_and_agents/04_tool_use_sft.ipynb",
+    "chapters/07_rag_and_agents/05_langchain.ipynb",
 }
 FROZEN = ("interactive(children=", "application/vnd.jupyter.widget-view+json")
 MACHINE_PATHS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\\\")

@@ -63,7 +63,12 @@ CHAPTERS = (
         "distillation, pruning, low rank, INT8, GPTQ, AWQ, NF4, QAT",
     ),
     Chapter(6, "mixture_of_experts", "Mixture of Experts", "routing, balancing, grouped GEMM"),
-    Chapter(7, "rag_and_agents", "RAG and agents", "embeddings, FAISS, BM25, ReAct, tools"),
+    Chapter(
+        7,
+        "rag_and_agents",
+        "RAG and agents",
+        "embeddings, FAISS, BM25, ReAct, tools, planning, memory, LangChain",
+    ),
     Chapter(
         8,
         "distributed_and_inference",

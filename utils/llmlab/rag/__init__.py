@@ -14,4 +14,7 @@ reader    the generation half: numbered-source prompts, cited replies, their sco
 metrics   recall@k, hit@k, reciprocal rank, and their means over queries
 store     a persistent vector store (FAISS + SQLite): atomic changes, safe against crashes
 cache     a semantic cache: the nearest cached question above a cosine threshold
+frameworks
+          the same retrieval in LangChain: course chunks as Documents, rankings mapped back to
+          chunks, and how often two pipelines' rankings agree
 """
