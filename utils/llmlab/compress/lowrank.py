@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from llmlab.compress.int8 import _linears, _set_module
+from llmlab.compress.prune import _require_matrix
 from llmlab.validate import require_positive_int, require_real
 
 __all__ = [
@@ -95,11 +96,7 @@ def decompose(
 ) -> Decomposition:
     """The SVD of ``weight`` (plain), or of ``weight @ C`` with ``H + damp * mean(diag H) I
     = C C^T`` (activation-aware, ``hessian``: the inputs' ``X^T X / n``), in float64."""
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError(
-            f"weight: expected a 2-D tensor (out, in), got {getattr(weight, 'shape', type(weight).__name__)}"
-        )
-    w, chol = weight.detach().double(), None
+    w, chol = _require_matrix(weight, "weight").detach().double(), None
     if hessian is not None:
         if not isinstance(hessian, torch.Tensor) or hessian.shape != (w.shape[1], w.shape[1]):
             raise ValueError(
@@ -155,12 +152,19 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, rank: int, hessian: torch.Tensor | None = None, damp: float = 0.01
+        cls,
+        linear: nn.Linear,
+        rank: int,
+        hessian: torch.Tensor | None = None,
+        damp: float = 0.01,
+        decomposition: Decomposition | None = None,
     ) -> LowRankLinear:
-        """Factor ``linear``: plain SVD, or activation-aware when ``hessian`` is given."""
-        a, b = decompose(linear.weight, hessian, damp).factors(rank)
+        """Factor ``linear``: plain SVD, or activation-aware when ``hessian`` is given; or the
+        ``decomposition`` of its weight computed earlier (a sweep over ranks reuses one)."""
+        if decomposition is None:
+            decomposition = decompose(linear.weight, hessian, damp)
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls(a, b, bias)
+        return cls(*decomposition.factors(rank), bias)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -199,6 +203,5 @@ def factorize_linears(
             dec = decompose(
                 layer.weight, None if hessians is None else hessians[name].hessian, damp
             )
-        bias = None if layer.bias is None else layer.bias.detach()
-        _set_module(model, name, LowRankLinear(*dec.factors(rank), bias))
+        _set_module(model, name, LowRankLinear.from_linear(layer, rank, decomposition=dec))
     return model
