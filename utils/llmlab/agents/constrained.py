@@ -88,11 +88,14 @@ def _healed(text: str, piece: str, ends: Sequence[str], after: Sequence[str]) ->
     the model end the call where it wanted a comma."""
     full = text + piece
     for end in ends:
-        if full.startswith(end) and len(full) > len(end):
-            spill = full[len(end) :]
-            if any(a.startswith(spill) for a in after):
-                return spill
+        if full.startswith(end) and len(full) > len(end) and _runs_into(full[len(end) :], after):
+            return full[len(end) :]
     return None
+
+
+def _runs_into(spill: str, after: Sequence[str]) -> bool:
+    """Whether ``spill``, text a token wrote past the end of a hole, starts one of ``after``."""
+    return any(a.startswith(spill) for a in after)
 
 
 def _choice(
@@ -144,7 +147,7 @@ def _string(
             if any(c in body for c in "\\\n\r\t"):
                 continue  # escapes and control characters
             spill = rest if quote and rest.strip(" ") else ""
-            if spill and not any(a.startswith(spill) for a in after):
+            if spill and not _runs_into(spill, after):
                 continue  # text after the closing quote that cannot come next
             chosen = (token, body, bool(quote), spill)
             break

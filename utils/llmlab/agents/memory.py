@@ -219,6 +219,15 @@ def make_dialogue(n_facts: int = 6, n_chat: int = 24, seed: int = 0) -> Dialogue
 # Long-term memory
 
 
+def _messages(messages: Iterable[Message]) -> list[Message]:
+    """``messages`` as a list, each checked to be a :class:`Message`."""
+    messages = list(messages)
+    for i, m in enumerate(messages):
+        if not isinstance(m, Message):
+            raise TypeError(f"messages[{i}]: expected a Message, got {type(m).__name__}")
+    return messages
+
+
 class LongTermMemory:
     """Messages in a :class:`llmlab.rag.store.VectorStore` (on disk, atomic, reopened across
     sessions), searched with ``embedder`` (an object with ``encode(texts) -> (n, d)`` unit
@@ -246,10 +255,7 @@ class LongTermMemory:
 
     def remember(self, messages: Iterable[Message]) -> int:
         """Store ``messages`` (one atomic change, embedded in one batch); returns how many."""
-        messages = list(messages)
-        for i, m in enumerate(messages):
-            if not isinstance(m, Message):
-                raise TypeError(f"messages[{i}]: expected a Message, got {type(m).__name__}")
+        messages = _messages(messages)
         if not messages:
             return 0
         vectors = self.embedder.encode([m.text for m in messages])
@@ -303,10 +309,7 @@ class Memory:
 
     def extend(self, messages: Sequence[Message]) -> None:
         """Add messages said one after another; the user's go to long-term memory too."""
-        messages = list(messages)
-        for i, m in enumerate(messages):
-            if not isinstance(m, Message):
-                raise TypeError(f"messages[{i}]: expected a Message, got {type(m).__name__}")
+        messages = _messages(messages)
         self.messages.extend(messages)
         if self.long_term is not None:
             self.long_term.remember(m for m in messages if m.role == "user")
@@ -315,7 +318,7 @@ class Memory:
         """The short-term window: the last ``window`` messages (all when ``window`` is None)."""
         if self.window is None:
             return list(self.messages)
-        return self.messages[len(self.messages) - self.window :] if self.window else []
+        return self.messages[-self.window :] if self.window else []
 
     def context(self, question: str) -> list[Message]:
         """The messages a prompt for ``question`` holds: the recalled ones (in the order they
