@@ -196,3 +196,41 @@ def test_quantize_weights_on_a_tiny_llama(method):
         G.quantize_weights(q, records, "smooth")
     with pytest.raises(KeyError, match="no linear layer"):
         G.quantize_weights(q, {"nope": records["model.layers.0.mlp.up_proj"]})
+
+
+def test_loudness_counts_each_shared_record_once():
+    quiet = G.LayerInputs(torch.eye(3, dtype=torch.float64), torch.ones(3), 10)
+    h = torch.diag(torch.tensor([1.0, 4.0, 400.0], dtype=torch.float64))
+    loud = G.LayerInputs(h, torch.ones(3), 10)
+    inputs = {"q": loud, "k": loud, "v": loud, "o": quiet}
+    assert G.loudness(inputs) == pytest.approx([10.0, 1.0])  # norms 1, 2, 20: 20 / 2
+
+
+def test_compare_methods_scores_every_variant_and_leaves_the_model_alone():
+    from llmlab.assets import tiny_smollm2
+    from llmlab.compress.evaluate import window_nll
+
+    model, _ = tiny_smollm2(seed=0)
+    model = model.float().eval()
+    before = copy.deepcopy(model.state_dict())
+    g = torch.Generator().manual_seed(2)
+    calib, windows = (
+        torch.randint(0, 1000, (4, 16), generator=g),
+        torch.randint(0, 1000, (3, 16), generator=g),
+    )
+    records = G.collect_hessians(model, calib.split(2))
+    rows = G.compare_methods(model, records, windows, bits=(4, 3), group_size=16, awq_grid=2)
+    assert list(rows) == ["fp32"] + [f"{v} {b}-bit" for b in (4, 3) for v in G.VARIANTS]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    torch.testing.assert_close(rows["fp32"]["nll"], window_nll(model, windows))
+    rtn = copy.deepcopy(model)
+    G.quantize_weights(rtn, records, "rtn", bits=3, group_size=16)
+    torch.testing.assert_close(rows["RTN 3-bit"]["nll"], window_nll(rtn, windows))
+    assert rows["RTN 3-bit"]["layer_error_vs_rtn"] == 1.0
+    assert rows["AWQ 4-bit"]["layer_error_vs_rtn"] <= 1.0 + 1e-9
+    assert not torch.equal(rows["RTN 3-bit"]["nll"], rows["fp32"]["nll"])
+    only = G.compare_methods(
+        model, records, windows, {"RTN": dict(method="rtn")}, bits=(4,), group_size=16
+    )
+    assert list(only) == ["fp32", "RTN 4-bit"]

@@ -333,6 +333,29 @@ def test_paired_difference():
         E.paired_difference(a, a[:3])
 
 
+def test_gap_closed_is_the_share_of_rtn_loss_taken_back_with_its_interval():
+    g = torch.Generator().manual_seed(0)
+    base = 3.0 + 0.1 * torch.randn(200, generator=g, dtype=torch.float64)
+    rtn = base + 0.2 + 0.01 * torch.randn(200, generator=g, dtype=torch.float64)
+    half = base + 0.1 + 0.01 * torch.randn(200, generator=g, dtype=torch.float64)
+    share, low, high = E.gap_closed(base, rtn, half)
+    expected = float((rtn.mean() - half.mean()) / (rtn.mean() - base.mean()))
+    assert share == pytest.approx(expected) and abs(share - 0.5) < 0.02
+    assert low < share < high and high - low < 0.05  # paired: the windows' own spread cancels
+    assert E.gap_closed(base, rtn, rtn)[0] == pytest.approx(0.0)
+    assert E.gap_closed(base, rtn, base)[0] == pytest.approx(1.0)
+    assert E.gap_closed(base, rtn, rtn + 0.1)[0] < 0  # worse than RTN
+    assert E.gap_closed(base, rtn, half, seed=1)[1:] != (low, high)  # the resamples follow the seed
+    # unpaired resampling (a mutant) would let the windows' spread of 0.1 widen the interval
+    assert high - low < 0.1 * 4 / 200**0.5
+    with pytest.raises(ValueError, match="rtn: its mean NLL equals base"):
+        E.gap_closed(base, base, half)
+    with pytest.raises(ValueError, match="nll: expected a per-window NLL vector"):
+        E.gap_closed(base, rtn, half[:10])
+    with pytest.raises(ValueError, match="draws"):
+        E.gap_closed(base, rtn, half, draws=0)
+
+
 def test_model_bytes_counts_the_weights_quantize_dynamic_packs():
     import warnings
 

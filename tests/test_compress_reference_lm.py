@@ -73,3 +73,30 @@ def test_a_model_saved_from_another_recipe_is_retrained(tmp_path, monkeypatch):
     monkeypatch.setitem(R.SMOKE_RECIPE, "steps", 3)
     again = R.docstring_lm(smoke=True)
     assert again.info["recipe"]["steps"] == 3
+
+
+def test_a_changed_recipe_is_cached_under_its_own_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    course = R.docstring_lm(smoke=True)
+    wide = R.docstring_lm(smoke=True, d_model=128, d_ff=384, optimizer="adamw")
+    assert wide.info["recipe"] == dict(R.SMOKE_RECIPE, d_model=128, d_ff=384, optimizer="adamw")
+    assert wide.model.config.d_model == 128 and course.model.config.d_model == 64
+    name = "05_compression/docstring-lm-smoke-d_ff-384-d_model-128-optimizer-adamw"
+    assert results.result_path(name, ".safetensors").exists()
+    # the defaults named explicitly are the course's model, not a new one
+    same = R.docstring_lm(smoke=True, optimizer="muon", d_model=64)
+    assert same.info == course.info
+    assert R.recipe_with(optimizer="muon") == R.RECIPE
+
+
+def test_recipe_changes_are_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="width: not a recipe option"):
+        R.recipe_with(width=256)
+    with pytest.raises(ValueError, match="optimizer: expected 'muon' or 'adamw'"):
+        R.recipe_with(optimizer="sgd")
+    with pytest.raises(ValueError, match="n_heads: expected a divisor of d_model 128"):
+        R.recipe_with(n_heads=5)
+    with pytest.raises(ValueError, match="vocab: not a recipe option"):
+        R.docstring_lm(smoke=True, vocab=4096)  # the tokenizer is fixed by the recipe

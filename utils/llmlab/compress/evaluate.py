@@ -39,6 +39,7 @@ __all__ = [
     "document_windows",
     "window_nll",
     "paired_difference",
+    "gap_closed",
     "generation_speed",
     "compare_speed",
     "peak_memory_during",
@@ -133,6 +134,32 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
         )
     d = (a - b).double()
     return float(d.mean()), float(d.std(unbiased=True) / math.sqrt(d.numel()))
+
+
+def gap_closed(
+    base: torch.Tensor, rtn: torch.Tensor, nll: torch.Tensor, draws: int = 4000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The share of ``rtn``'s mean NLL increase over ``base`` that ``nll`` takes back (1: all of
+    it, 0: none, below 0: worse than RTN), and its 95% bootstrap interval: ``draws`` resamples of
+    the windows with replacement, the same windows for all three (their differences are
+    paired). ``(share, low, high)``; per-window NLL vectors as :func:`window_nll` returns."""
+    draws = require_positive_int(draws, "draws")
+    shape = getattr(base, "shape", None)
+    for name, t in (("rtn", rtn), ("nll", nll)):
+        if not isinstance(t, torch.Tensor) or t.shape != shape or t.dim() != 1:
+            raise ValueError(f"{name}: expected a per-window NLL vector shaped like base")
+    if base.numel() < 2:
+        raise ValueError(f"base: expected at least 2 windows, got {base.numel()}")
+    gap = (rtn.double().mean() - base.double().mean()).item()
+    if gap == 0:
+        raise ValueError("rtn: its mean NLL equals base's; there is no gap to close")
+    share = (rtn.double().mean() - nll.double().mean()).item() / gap
+    idx = torch.randint(base.numel(), (draws, base.numel()),
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    b, r, m = (t.double()[idx].mean(dim=1) for t in (base, rtn, nll))
+    shares = (r - m) / (r - b)
+    low, high = torch.nanquantile(shares, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
+    return share, low, high
 
 
 SPEED_PROMPT = "The history of the Python programming language begins"

@@ -62,6 +62,9 @@ __all__ = [
     "awq_quantize",
     "METHODS",
     "quantize_weights",
+    "VARIANTS",
+    "loudness",
+    "compare_methods",
 ]
 
 
@@ -428,3 +431,60 @@ def quantize_weights(
                 ratios[name] = result.error / max(result.errors[0.0], 1e-30)
             layer.weight.copy_(new.to(layer.weight.dtype))
     return ratios
+
+
+# --------------------------------------------------------------------------------------------
+# Every method on one model
+# --------------------------------------------------------------------------------------------
+
+VARIANTS = {
+    "RTN": dict(method="rtn"),
+    "GPTQ": dict(method="gptq"),
+    "GPTQ act-order": dict(method="gptq", act_order=True),
+    "AWQ": dict(method="awq"),
+}
+
+
+def loudness(inputs: dict[str, LayerInputs]) -> list[float]:
+    """For each distinct record of :func:`collect_hessians` (q, k and v share one), the input
+    norm of its loudest feature over that of its median feature, over the calibration tokens:
+    about 1 for inputs of equal size, hundreds where a few features carry outliers."""
+    records = {id(r): r for r in inputs.values()}.values()
+    norms = [r.hessian.diagonal().clamp(min=0).sqrt() for r in records]
+    return [float(n.max() / n.median().clamp(min=1e-30)) for n in norms]
+
+
+def compare_methods(
+    model: nn.Module,
+    inputs: dict[str, LayerInputs],
+    windows: torch.Tensor,
+    variants: dict[str, dict] | None = None,
+    bits: Iterable[int] = (4, 3),
+    group_size: int | None = 64,
+    awq_grid: int = 10,
+) -> dict[str, dict]:
+    """Quantize a copy of ``model`` with every variant (``{label: quantize_weights options}``,
+    default :data:`VARIANTS`) at every width in ``bits`` and score it on ``windows``.
+
+    Returns ``{"fp32": {"nll"}, "<label> <b>-bit": {"nll", "seconds", "layer_error_vs_rtn"}}``:
+    per-window NLL (:func:`llmlab.compress.evaluate.window_nll`), the seconds quantization took,
+    and the median over layers of the output error relative to RTN's on the same grid.
+    ``model`` itself is left as it was."""
+    import copy
+    import statistics
+    import time
+
+    from llmlab.compress.evaluate import window_nll
+
+    variants = VARIANTS if variants is None else variants
+    rows: dict[str, dict] = {"fp32": {"nll": window_nll(model, windows)}}
+    for b in bits:
+        for label, options in variants.items():
+            quantized = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            ratios = quantize_weights(quantized, inputs, bits=b, group_size=group_size,
+                                      awq_grid=awq_grid, **options)  # fmt: skip
+            seconds = time.perf_counter() - t0
+            rows[f"{label} {b}-bit"] = {"nll": window_nll(quantized, windows), "seconds": seconds,
+                                        "layer_error_vs_rtn": statistics.median(ratios.values())}  # fmt: skip
+    return rows

@@ -24,6 +24,8 @@ from typing import Any
 
 __all__ = [
     "RECIPE",
+    "OPTIONS",
+    "recipe_with",
     "SMOKE_RECIPE",
     "TokenizerAdapter",
     "ReferenceLM",
@@ -47,6 +49,8 @@ RECIPE = dict(
     weight_decay=0.1,
     seed=0,
 )
+OPTIONS = ("d_model", "n_layers", "n_heads", "d_ff", "steps", "lr", "muon_lr", "seed", "optimizer")
+_OPTIMIZERS = {"muon": "muon", "adamw": "llmlab"}  # recipe name -> llmlab.training's name
 SMOKE_RECIPE = dict(RECIPE, corpus_bytes=250_000, vocab=512, d_model=64, n_layers=2, n_heads=2,
                     d_ff=192, steps=5)  # fmt: skip
 
@@ -74,9 +78,33 @@ class ReferenceLM:
     info: dict
 
 
-def _names(smoke: bool) -> tuple[str, str, str]:
+def _names(smoke: bool, changes: dict | None = None) -> tuple[str, str, str]:
     base = "05_compression/docstring-lm" + ("-smoke" if smoke else "")
+    base += "".join(f"-{k}-{v}" for k, v in sorted((changes or {}).items()))
     return base, base + "-tokenizer", base + "-info"
+
+
+def _changes(smoke: bool, changes: dict) -> dict:
+    """``changes`` checked, without those that leave the recipe as it is (the default
+    optimizer is Muon)."""
+    unknown = sorted(set(changes) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a recipe option; expected one of {OPTIONS}")
+    if changes.get("optimizer", "muon") not in _OPTIMIZERS:
+        raise ValueError(f"optimizer: expected 'muon' or 'adamw', got {changes['optimizer']!r}")
+    base = dict(SMOKE_RECIPE if smoke else RECIPE, optimizer="muon")
+    return {k: v for k, v in changes.items() if base[k] != v}
+
+
+def recipe_with(smoke: bool = False, **changes) -> dict:
+    """:data:`RECIPE` (or :data:`SMOKE_RECIPE`) with ``changes`` (names in :data:`OPTIONS`;
+    ``optimizer``: ``"muon"``, the default, or ``"adamw"``)."""
+    recipe = dict(SMOKE_RECIPE if smoke else RECIPE, **_changes(smoke, changes))
+    if recipe["d_model"] % recipe["n_heads"]:
+        raise ValueError(
+            f"n_heads: expected a divisor of d_model {recipe['d_model']}, got {recipe['n_heads']}"
+        )
+    return recipe
 
 
 def _batches(documents, recipe: dict, bpe, seed: int):
@@ -126,7 +154,7 @@ def _train(recipe: dict) -> tuple[Any, Any, dict]:
     train_config = TrainConfig(
         steps=recipe["steps"],
         lr=recipe["lr"],
-        optimizer="muon",
+        optimizer=_OPTIMIZERS[recipe.get("optimizer", "muon")],
         muon_lr=recipe["muon_lr"],
         weight_decay=recipe["weight_decay"],
         min_lr_ratio=0.0,
@@ -146,19 +174,21 @@ def _train(recipe: dict) -> tuple[Any, Any, dict]:
     return model.eval(), bpe, info
 
 
-def docstring_lm(smoke: bool = False, rebuild: bool = False) -> ReferenceLM:
+def docstring_lm(smoke: bool = False, rebuild: bool = False, **changes) -> ReferenceLM:
     """The course's full-precision reference LM (fp32 weights), from the course cache or trained
     now and saved (atomically: the model is written last, so a run stopped halfway is rebuilt).
-    ``smoke``: a tiny version in a few seconds, for CI."""
+    ``smoke``: a tiny version in a few seconds, for CI. ``changes``: another recipe (see
+    :func:`recipe_with`, e.g. ``d_model=256, d_ff=768`` or ``optimizer="adamw"``), cached under
+    its own name; the course's model is the one without changes."""
     from llmlab import results
     from llmlab.compress.distill import load_model, save_model
     from llmlab.tokenization import BPETokenizer
 
-    model_name, tok_name, info_name = _names(bool(smoke))
+    recipe = recipe_with(bool(smoke), **changes)
+    model_name, tok_name, info_name = _names(bool(smoke), _changes(bool(smoke), changes))
     tok_path = results.result_path(tok_name, ".json")
     have = all(results.result_path(n, s).exists() for n, s in
                ((model_name, ".safetensors"), (tok_name, ".json"), (info_name, ".json")))  # fmt: skip
-    recipe = SMOKE_RECIPE if smoke else RECIPE
     info = results.load_json(info_name) if have and not rebuild else None
     if info is not None and info.get("recipe") == recipe:
         return ReferenceLM(load_model(model_name), TokenizerAdapter(BPETokenizer.load(tok_path)),
