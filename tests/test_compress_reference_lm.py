@@ -98,5 +98,11 @@ def test_recipe_changes_are_checked():
         R.recipe_with(optimizer="sgd")
     with pytest.raises(ValueError, match="n_heads: expected a divisor of d_model 128"):
         R.recipe_with(n_heads=5)
+    with pytest.raises(TypeError, match="d_model: expected an int"):
+        R.recipe_with(d_model="256")
+    with pytest.raises(ValueError, match="lr: expected a positive number"):
+        R.recipe_with(lr=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        R.recipe_with(steps=0)
     with pytest.raises(ValueError, match="vocab: not a recipe option"):
         R.docstring_lm(smoke=True, vocab=4096)  # the tokenizer is fixed by the recipe

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmlab.validate import require_int, require_positive_int
+
 __all__ = [
     "RECIPE",
     "OPTIONS",
@@ -92,6 +94,14 @@ def _changes(smoke: bool, changes: dict) -> dict:
         raise ValueError(f"{unknown[0]}: not a recipe option; expected one of {OPTIONS}")
     if changes.get("optimizer", "muon") not in _OPTIMIZERS:
         raise ValueError(f"optimizer: expected 'muon' or 'adamw', got {changes['optimizer']!r}")
+    for key, value in changes.items():
+        if key in ("lr", "muon_lr"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{key}: expected a positive number, got {value!r}")
+        elif key == "seed":
+            require_int(value, key, 0)
+        elif key != "optimizer":
+            require_positive_int(value, key)
     base = dict(SMOKE_RECIPE if smoke else RECIPE, optimizer="muon")
     return {k: v for k, v in changes.items() if base[k] != v}
 
