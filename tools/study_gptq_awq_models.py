@@ -3,6 +3,7 @@ models of two widths trained with two optimizers (chapter 05, notebook 5, sectio
 
     .venv/bin/python tools/study_gptq_awq_models.py            # about 12 minutes on 2 cores
     .venv/bin/python tools/study_gptq_awq_models.py --out /tmp/study.json
+    .venv/bin/python tools/study_gptq_awq_models.py --smoke --out /tmp/smoke.json   # seconds
 
 Each variant is the course's docstring LM recipe (``llmlab.compress.reference_lm.RECIPE``:
 4 layers, 1,200 steps of 8 x 128 tokens, the standard library's docstrings, bf16 autocast,
@@ -15,6 +16,8 @@ zero point (``gptq.compare_methods``), the share of RTN's gap each takes back wi
 bootstrap interval over windows (``evaluate.gap_closed``), and how loud the layers' inputs
 are (``gptq.loudness``). The record is written to
 ``benchmarks/results/cpu-2core/gptq_awq_models.json`` (atomically), which notebook 5 reads.
+``--smoke`` runs the same on the tiny smoke recipe and a few windows (for tests; its numbers
+mean nothing).
 """
 
 from __future__ import annotations
@@ -43,16 +46,19 @@ LR_SWEEP = {"d_model 128": {"0.001": 4.093, "0.003": 3.758, "0.006": 3.726},
 CALIB_WINDOWS, TEST_WINDOWS, WINDOW, GROUP, BITS = 64, 384, 128, 64, (4, 3)
 
 
-def measure(label: str, changes: dict) -> dict:
+def measure(label: str, changes: dict, smoke: bool = False) -> dict:
     from llmlab.compress import evaluate as E
     from llmlab.compress import gptq as G
     from llmlab.compress import reference_lm as R
 
     t0 = time.perf_counter()
-    ref = R.docstring_lm(**changes)
+    if smoke:  # half the widths: the smoke recipe's d_model 64, or 128 for the wide variants
+        changes = {k: v // 2 if k in ("d_model", "d_ff") else v for k, v in changes.items()}
+    ref = R.docstring_lm(smoke=smoke, **changes)
     model = ref.model.float().eval()
-    calib = R.calibration_windows(ref, CALIB_WINDOWS, WINDOW)
-    windows = R.test_windows(ref, TEST_WINDOWS, WINDOW)
+    n_calib, n_test, window = (2, 4, 32) if smoke else (CALIB_WINDOWS, TEST_WINDOWS, WINDOW)
+    calib = R.calibration_windows(ref, n_calib, window)
+    windows = R.test_windows(ref, n_test, window)
     inputs = G.collect_hessians(model, calib.split(2))
     loud = G.loudness(inputs)
     rows = G.compare_methods(model, inputs, windows, bits=BITS, group_size=GROUP, awq_grid=10)
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
     parser.add_argument("--out", type=Path,
                         default=root / "benchmarks/results/cpu-2core/gptq_awq_models.json")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="tiny models, a few windows")
     args = parser.parse_args(argv)
 
     import torch
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
     started = time.perf_counter()
-    records = [measure(label, changes) for label, changes in VARIANTS.items()]
+    records = [measure(label, changes, args.smoke) for label, changes in VARIANTS.items()]
     study = {
         "name": "gptq_awq_models",
         "command": "python tools/study_gptq_awq_models.py",
