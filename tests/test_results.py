@@ -75,3 +75,22 @@ def test_tensors_round_trip():
         results.save_tensors("ch/empty", {})
     with pytest.raises(results.ResultMissingError):
         results.load_tensors("ch/none")
+
+
+def test_recipe_name_fingerprints_the_recipe_and_the_texts():
+    import hashlib
+
+    recipe = (224, 56, 4, 1e-3, 16)
+    old_reader = f"r-{hashlib.sha256(repr(recipe).encode()).hexdigest()[:10]}"
+    assert results.recipe_name("r", recipe) == old_reader  # the names cached so far stay valid
+    digest = hashlib.sha256(repr(recipe).encode())
+    for text in ("first trace", "second trace"):
+        digest.update(text.encode())
+    old_agent = f"a-{digest.hexdigest()[:10]}"
+    assert results.recipe_name("a", recipe, "first trace", "second trace") == old_agent
+    assert results.recipe_name("a", recipe, "first trace") != old_agent
+    assert results.recipe_name("a", (224, 56, 4, 1e-3, 8)) != results.recipe_name("a", recipe)
+    with pytest.raises(ValueError, match="name"):
+        results.recipe_name("", recipe)
+    with pytest.raises(TypeError, match="texts: expected strings"):
+        results.recipe_name("a", recipe, b"bytes")

@@ -38,6 +38,7 @@ __all__ = [
     "save_tensors",
     "load_tensors",
     "write_atomic",
+    "recipe_name",
 ]
 
 _NAME = re.compile(r"^[a-z0-9_.-]+(/[a-z0-9_.-]+)*$")
@@ -62,6 +63,23 @@ def result_path(name: str, suffix: str = ".json") -> Path:
             f"(lowercase letters, digits, '_', '-', '.', parts joined by '/'), got {name!r}"
         )
     return results_dir() / f"{name}{suffix}"
+
+
+def recipe_name(name: str, recipe: Any, *texts: str) -> str:
+    """``name`` with a fingerprint of ``recipe`` (its ``repr``) and of ``texts`` (training data
+    whose content, not only its size, makes the result): ``"<name>-<10 hex digits>"``. A result
+    saved under it is found again by the same recipe, and a changed recipe gets a new name
+    instead of a stale result."""
+    import hashlib
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a course-cache name, got {name!r}")
+    digest = hashlib.sha256(repr(recipe).encode())
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"texts: expected strings, got {type(text).__name__}")
+        digest.update(text.encode())
+    return f"{name}-{digest.hexdigest()[:10]}"
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:

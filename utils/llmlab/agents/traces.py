@@ -158,21 +158,17 @@ def cached_agent(
     of ``base``, :func:`llmlab.posttrain.sft.train_sft` for ``steps`` steps of ``batch_size``
     turns (with ``packing``: rows of ``max_len`` tokens) at ``lr``, merged. Returns ``(model, trained, record)`` (:func:`llmlab.posttrain.sft.cached_lora_sft`); the adapter and the loss curve
     are saved atomically under ``name`` and a fingerprint of the recipe and the traces."""
-    import hashlib
-
     from llmlab.posttrain import sft
+    from llmlab.results import recipe_name
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected the agent's course-cache name, got {name!r}")
     if not traces:
         raise ValueError("traces: expected at least one trace to learn from")
     recipe = (steps, batch_size, lr, rank, seed) + ((packing, max_len) if packing else ())
-    digest = hashlib.sha256(repr(recipe).encode())
-    for trace in traces:
-        digest.update(trace.transcript.encode())
     return sft.cached_lora_sft(
         base,
-        f"{name}-{digest.hexdigest()[:10]}",
+        recipe_name(name, recipe, *(trace.transcript for trace in traces)),
         lambda: trace_examples(traces, tokenizer),
         tokenizer.pad_token_id,
         steps=steps,

@@ -416,15 +416,14 @@ def cached_reader(
     atomically under ``name`` and a fingerprint of the recipe, so a later notebook reads the
     same reader instead of training it again, and a changed recipe trains a new one.
     """
-    import hashlib
-
     from llmlab.posttrain import sft
+    from llmlab.results import recipe_name
 
     n_train = require_positive_int(n_train, "n_train")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected the reader's course-cache name, got {name!r}")
     recipe = (n_train, steps, batch_size, lr, rank, n_entities, kb_seed, n_sources, seed, SYSTEM)
-    name = f"{name}-{hashlib.sha256(repr(recipe).encode()).hexdigest()[:10]}"  # a new recipe, a new name
+    name = recipe_name(name, recipe)  # a new recipe, a new name
 
     def make_examples():
         examples = training_examples(
