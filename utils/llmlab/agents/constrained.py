@@ -215,6 +215,11 @@ def constrained_tool_call(
         raise ValueError("schemas: expected at least one tool")
     ids = list(prompt_ids)
     spill = ""  # the start of the next fixed text, written by a hole's healed last token
+
+    def healing(texts: list[str]) -> list[str]:
+        """The fixed texts a hole's last token may run into: none without ``heal``."""
+        return texts if heal else []
+
     pending = ""  # fixed text not yet tokenized: adjacent fixed parts are tokenized together
 
     def write(text: str) -> str:
@@ -239,7 +244,7 @@ def constrained_tool_call(
         tokenizer,
         flush(),
         [n + '"' for n in specs],
-        after=[arguments] if heal else (),
+        after=healing([arguments]),
     )
     out += name + write(arguments)
     params = specs[name[:-1]]
@@ -253,7 +258,7 @@ def constrained_tool_call(
         """The value of ``arg`` (with its leading space), decoded by the hole its schema asks
         for; ``after``: the fixed texts that may follow it."""
         nonlocal ids, spill
-        after = after if heal else []
+        after = healing(after)
         spec = properties.get(arg, {})
         kind = spec.get("type")
         options = None
@@ -287,9 +292,9 @@ def constrained_tool_call(
     while optional and not spill.startswith("}"):
         comma = ", " if out[-1] != "{" else ""
         choices = {comma + json.dumps(a) + ":": a for a in optional}
-        closing = ["}"] if heal else []  # '}}' ends the arguments and the call in one token
+        # '}}' ends the arguments and the call in one token
         picked, ids, _ = _choice(
-            next_logits, tokenizer, flush(), [*choices, "}"], after=closing, written=spill
+            next_logits, tokenizer, flush(), [*choices, "}"], after=healing(["}"]), written=spill
         )
         spill = ""
         if picked == "}":
