@@ -103,3 +103,24 @@ def test_peak_memory_during_sees_a_temporary_allocation():
         _, before, peak = peak_memory_during(lambda mb=mb: allocate(mb))
         seen.append((peak - before) / mb)
     assert max(seen) >= 0.9, f"peak growth as a share of each allocation: {seen}"
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_nf4_bitsandbytes_multiplies_by_our_nf4_weight_and_keeps_the_bias(bias):
+    pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 12, bias=bias), nn.ReLU(), nn.Linear(12, 7))
+    first = model[0]
+    expected_w = quantize_nf4(first.weight.detach().clone(), 64).dequantize()
+    expected_b = None if not bias else first.bias.detach().clone()
+    out = I.nf4_bitsandbytes(model, torch.float32, 64, skip=("2",))
+    assert out is model and type(model[0]).__name__ == "Linear4bit"
+    assert isinstance(model[2], nn.Linear) and type(model[2]) is nn.Linear  # skipped
+    x = torch.randn(5, 128)
+    torch.testing.assert_close(
+        model[0](x), nn.functional.linear(x, expected_w, expected_b), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="compute_dtype"):
+        I.nf4_bitsandbytes(nn.Linear(64, 4), torch.int8)
+    with pytest.raises(ValueError, match="blocksize"):
+        I.nf4_bitsandbytes(nn.Linear(64, 4), blocksize=0)

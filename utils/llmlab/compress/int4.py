@@ -22,7 +22,7 @@ from llmlab.compress.int8 import _linears, _set_module
 from llmlab.compress.quant import nf4_values, pack_4bit, quantize, quantize_nf4
 from llmlab.validate import require_positive_int
 
-__all__ = ["FORMATS", "Int4Linear", "quantize_linears_4bit"]
+__all__ = ["FORMATS", "Int4Linear", "quantize_linears_4bit", "nf4_bitsandbytes"]
 
 FORMATS = ("zeropoint", "absmax", "nf4")
 
@@ -102,4 +102,30 @@ def quantize_linears_4bit(
     :class:`Int4Linear` rounded to nearest; return the model."""
     for name, layer in list(_linears(model, skip)):
         _set_module(model, name, Int4Linear.from_linear(layer, fmt, group_size))
+    return model
+
+
+def nf4_bitsandbytes(
+    model: nn.Module,
+    compute_dtype: torch.dtype = torch.float32,
+    blocksize: int = 64,
+    skip: tuple[str, ...] = ("lm_head",),
+) -> nn.Module:
+    """Replace, in place, every ``nn.Linear`` of ``model`` (but ``skip``) by bitsandbytes'
+    ``Linear4bit`` in NF4 (QLoRA's format: blocks of ``blocksize`` weights, one absmax each),
+    which multiplies in ``compute_dtype``; return the model. Placing the weight
+    (``Params4bit(...).to("cpu")``) is what quantizes it. bitsandbytes must be installed."""
+    import bitsandbytes as bnb
+
+    blocksize = require_positive_int(blocksize, "blocksize")
+    if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
+        raise ValueError(f"compute_dtype: expected a float torch.dtype, got {compute_dtype!r}")
+    for name, layer in list(_linears(model, skip)):
+        new = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                                compute_dtype=compute_dtype, quant_type="nf4")  # fmt: skip
+        new.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, quant_type="nf4",
+                                       blocksize=blocksize).to("cpu")  # fmt: skip
+        if layer.bias is not None:
+            new.bias = nn.Parameter(layer.bias.data, requires_grad=False)
+        _set_module(model, name, new)
     return model

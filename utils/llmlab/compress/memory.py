@@ -43,21 +43,6 @@ VARIANTS = {
 }
 
 
-def _nf4(model):
-    import bitsandbytes as bnb
-    import torch
-
-    from llmlab.compress.int8 import _linears, _set_module
-
-    for name, layer in _linears(model, ("lm_head",)):
-        new = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                                compute_dtype=torch.float32, quant_type="nf4")  # fmt: skip
-        new.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, quant_type="nf4",
-                                       blocksize=64).to("cpu")  # fmt: skip
-        _set_module(model, name, new)
-    return model
-
-
 def _drop_groups(model):
     from llmlab.compress.prune import _group_width, keep_attention_groups
 
@@ -99,7 +84,7 @@ def build_variant(model, name: str):
     if name.startswith("4-bit"):
         return int4.quantize_linears_4bit(model, "zeropoint", 64)
     if name.startswith("NF4"):
-        return _nf4(model)
+        return int4.nf4_bitsandbytes(model)
     if name.startswith("FFN"):
         for layer in model.model.layers:
             prune.keep_ffn_channels(layer.mlp, list(range(layer.mlp.down_proj.in_features // 2)))
