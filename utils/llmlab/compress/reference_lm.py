@@ -80,9 +80,12 @@ class ReferenceLM:
     info: dict
 
 
-def _names(smoke: bool, changes: dict | None = None) -> tuple[str, str, str]:
+def _names(smoke: bool, recipe: dict) -> tuple[str, str, str]:
+    """Cache names of the model of ``recipe``: the course's, plus each option it changes."""
+    course = SMOKE_RECIPE if smoke else RECIPE
+    changed = {k: v for k, v in recipe.items() if course.get(k) != v}
     base = "05_compression/docstring-lm" + ("-smoke" if smoke else "")
-    base += "".join(f"-{k}-{v}" for k, v in sorted((changes or {}).items()))
+    base += "".join(f"-{k}-{v}" for k, v in sorted(changed.items()))
     return base, base + "-tokenizer", base + "-info"
 
 
@@ -195,7 +198,7 @@ def docstring_lm(smoke: bool = False, rebuild: bool = False, **changes) -> Refer
     from llmlab.tokenization import BPETokenizer
 
     recipe = recipe_with(bool(smoke), **changes)
-    model_name, tok_name, info_name = _names(bool(smoke), _changes(bool(smoke), changes))
+    model_name, tok_name, info_name = _names(bool(smoke), recipe)
     tok_path = results.result_path(tok_name, ".json")
     have = all(results.result_path(n, s).exists() for n, s in
                ((model_name, ".safetensors"), (tok_name, ".json"), (info_name, ".json")))  # fmt: skip
